@@ -1,0 +1,1 @@
+//! A cluster agent: watches a source and streams exports to the hub.

@@ -1,0 +1,341 @@
+//! The backend computation: a pure, deterministic function from one
+//! service's replicated inputs (exports, MultiClusterService, cluster
+//! states) to its weighted per-cluster backends.
+//!
+//! No I/O, no clock, no globals: the hub calls [`compute`] for each service a
+//! change touches, and property tests pin its invariants.
+
+use crate::model::{
+    manifest::mcs_import_key, Cluster, ClusterId, ClusterState, Condition, Endpoint, Export, MultiClusterService, Port,
+    ServiceImport, ServiceKey, ServiceType, SessionAffinity,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+/// Largest weight accepted: keeps sums far from overflow.
+pub const MAX_WEIGHT: i64 = 1_000_000;
+
+/// One cluster's part in a service's traffic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterBackend {
+    pub cluster: ClusterId,
+    /// The configured weight; `None` when no MultiClusterService applies
+    /// (every healthy exporting cluster then weighs the same).
+    pub weight: Option<u64>,
+    /// The weight actually used: 0 unless the cluster receives traffic.
+    pub effective_weight: u64,
+    /// Effective fraction of traffic, in [0, 1].
+    pub share: f64,
+    /// The cluster can serve the service (reachable, not drained, ready
+    /// endpoints).
+    pub healthy: bool,
+    /// Why the cluster has the share it has, in words.
+    pub reason: String,
+    /// Ready endpoint addresses: what DNS hands out for this cluster.
+    pub addresses: Vec<IpAddr>,
+    /// Ready endpoints, for per-endpoint DNS names and SRV records.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// The computed backends of one ServiceImport.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceBackends {
+    pub service: ServiceKey,
+    #[serde(rename = "type")]
+    pub service_type: ServiceType,
+    pub ports: Vec<Port>,
+    pub session_affinity: SessionAffinity,
+    /// The MultiClusterService whose weights apply, if any.
+    pub multi_cluster_service: Option<String>,
+    /// Every exporting or listed cluster, sorted by ID.
+    pub clusters: Vec<ClusterBackend>,
+    pub conditions: Vec<Condition>,
+    /// Increases on every change of this service's backends.
+    pub revision: u64,
+}
+
+impl ServiceBackends {
+    /// True when at least one cluster receives traffic.
+    pub fn has_healthy_backends(&self) -> bool {
+        self.clusters.iter().any(|c| c.effective_weight > 0)
+    }
+
+    /// Equality ignoring `revision`: used to decide whether to bump it.
+    pub fn same_as(&self, other: &ServiceBackends) -> bool {
+        let mut a = self.clone();
+        a.revision = other.revision;
+        &a == other
+    }
+}
+
+/// Everything the computation reads for one service.
+pub struct ServiceInputs<'a> {
+    pub service: &'a ServiceKey,
+    /// A ServiceImport applied by a user, if any.
+    pub declared: Option<&'a ServiceImport>,
+    /// Every cluster's export of the service, in any order.
+    pub exports: Vec<&'a Export>,
+    /// The MultiClusterService weighting this service, if any.
+    pub mcs: Option<&'a MultiClusterService>,
+    pub clusters: &'a BTreeMap<ClusterId, Cluster>,
+}
+
+/// Computes a service's backends; `None` when the service does not exist
+/// (nothing exports it and no ServiceImport was applied). `revision` is left
+/// at 0 for the caller to assign.
+pub fn compute(input: &ServiceInputs<'_>) -> Option<ServiceBackends> {
+    if input.exports.is_empty() && input.declared.is_none() {
+        return None;
+    }
+    let mut exports = input.exports.clone();
+    // Oldest export first: it wins conflicts. Cluster ID breaks ties so the
+    // order of the input never matters.
+    exports.sort_by(|a, b| (a.created_unix_ms, &a.cluster).cmp(&(b.created_unix_ms, &b.cluster)));
+
+    let mut conditions = Vec::new();
+    let (service_type, ports, session_affinity) = resolve_properties(input, &exports, &mut conditions);
+
+    let mcs_name = input.mcs.map(|m| format!("{}/{}", m.metadata.namespace, m.metadata.name));
+    let listed: Option<BTreeMap<&str, u64>> = input.mcs.map(|m| {
+        let mut w = BTreeMap::new();
+        for b in &m.spec.cluster_backends {
+            // Validation rejects negatives on apply; clamp defensively.
+            w.insert(b.cluster.as_str(), b.weight.clamp(0, MAX_WEIGHT) as u64);
+        }
+        w
+    });
+
+    let by_cluster: BTreeMap<&str, &Export> = exports.iter().map(|e| (e.cluster.as_str(), *e)).collect();
+    let mut ids: BTreeSet<&str> = by_cluster.keys().copied().collect();
+    if let Some(l) = &listed {
+        ids.extend(l.keys().copied());
+    }
+
+    let mut clusters = Vec::with_capacity(ids.len());
+    for id in ids {
+        let export = by_cluster.get(id).copied();
+        let endpoints: Vec<Endpoint> = export.map(|e| e.ready_endpoints().cloned().collect()).unwrap_or_default();
+        let mut addresses: Vec<IpAddr> = endpoints.iter().map(|e| e.address).collect();
+        addresses.sort();
+        addresses.dedup();
+        let health = cluster_health(input, id, export, endpoints.is_empty());
+        let weight = listed.as_ref().and_then(|l| l.get(id).copied());
+        let (effective_weight, reason) = match (&health, &listed, weight) {
+            (Err(why), _, _) => (0, why.clone()),
+            (Ok(()), Some(_), None) => {
+                (0, format!("not listed in MultiClusterService {}", mcs_name.as_deref().unwrap_or_default()))
+            }
+            (Ok(()), Some(_), Some(0)) => (0, "weight 0: drained by the MultiClusterService".to_string()),
+            (Ok(()), Some(_), Some(w)) => (w, "Ready".to_string()),
+            (Ok(()), None, _) => (1, "Ready".to_string()),
+        };
+        clusters.push(ClusterBackend {
+            cluster: id.to_string(),
+            weight,
+            effective_weight,
+            share: 0.0,
+            healthy: health.is_ok(),
+            reason,
+            addresses,
+            endpoints,
+        });
+    }
+
+    let total: u64 = clusters.iter().map(|c| c.effective_weight).sum();
+    if total > 0 {
+        for c in &mut clusters {
+            c.share = c.effective_weight as f64 / total as f64;
+        }
+        conditions.push(Condition::new("Ready", true, "BackendsReady", ready_message(&clusters)));
+    } else {
+        conditions.push(Condition::new("Ready", false, "NoHealthyBackends", no_backends_message(input.service, &clusters)));
+    }
+
+    Some(ServiceBackends {
+        service: input.service.clone(),
+        service_type,
+        ports,
+        session_affinity,
+        multi_cluster_service: mcs_name,
+        clusters,
+        conditions,
+        revision: 0,
+    })
+}
+
+fn cluster_health(input: &ServiceInputs<'_>, id: &str, export: Option<&Export>, no_ready: bool) -> Result<(), String> {
+    let Some(cluster) = input.clusters.get(id) else {
+        return Err("not a member of the ClusterSet (no agent registered this cluster ID)".to_string());
+    };
+    match cluster.state() {
+        ClusterState::Unreachable => return Err("cluster unreachable: its lease expired".to_string()),
+        ClusterState::Drained => return Err("cluster drained by an operator".to_string()),
+        ClusterState::Healthy => {}
+    }
+    if export.is_none() {
+        return Err(format!("does not export {}", input.service));
+    }
+    if no_ready {
+        return Err("no ready endpoints".to_string());
+    }
+    Ok(())
+}
+
+fn ready_message(clusters: &[ClusterBackend]) -> String {
+    let parts: Vec<String> = clusters
+        .iter()
+        .filter(|c| c.effective_weight > 0)
+        .map(|c| format!("{} {:.1}%", c.cluster, c.share * 100.0))
+        .collect();
+    format!("traffic goes to {}", parts.join(", "))
+}
+
+fn no_backends_message(service: &ServiceKey, clusters: &[ClusterBackend]) -> String {
+    if clusters.is_empty() {
+        return format!("MultiClusterService has no endpoints: no cluster exports {service}");
+    }
+    let parts: Vec<String> = clusters.iter().map(|c| format!("{}: {}", c.cluster, c.reason)).collect();
+    format!("no healthy backends for {service}: {}", parts.join("; "))
+}
+
+/// Type, ports and session affinity: from the oldest export, with a
+/// `Conflict` condition naming the clusters that disagree; from the applied
+/// ServiceImport when nothing exports the service.
+fn resolve_properties(
+    input: &ServiceInputs<'_>,
+    exports: &[&Export],
+    conditions: &mut Vec<Condition>,
+) -> (ServiceType, Vec<Port>, SessionAffinity) {
+    let Some(oldest) = exports.first() else {
+        let spec = input.declared.map(|d| d.spec.clone()).unwrap_or_default();
+        return (spec.service_type, spec.ports, spec.session_affinity.unwrap_or_default());
+    };
+    let mut problems: Vec<(&'static str, String)> = Vec::new();
+
+    let type_dissent: Vec<&str> =
+        exports.iter().filter(|e| e.service_type != oldest.service_type).map(|e| e.cluster.as_str()).collect();
+    if !type_dissent.is_empty() {
+        problems.push((
+            "TypeConflict",
+            format!(
+                "type: {} export{} a different type than the oldest export ({} exports {}); using {}",
+                type_dissent.join(", "),
+                if type_dissent.len() == 1 { "s" } else { "" },
+                oldest.cluster,
+                oldest.service_type,
+                oldest.service_type
+            ),
+        ));
+    }
+    let affinity_dissent: Vec<&str> = exports
+        .iter()
+        .filter(|e| e.session_affinity != oldest.session_affinity)
+        .map(|e| e.cluster.as_str())
+        .collect();
+    if !affinity_dissent.is_empty() {
+        problems.push((
+            "SessionAffinityConflict",
+            format!(
+                "sessionAffinity: {} disagree with the oldest export ({} uses {:?})",
+                affinity_dissent.join(", "),
+                oldest.cluster,
+                oldest.session_affinity
+            ),
+        ));
+    }
+
+    // Ports are the union over exports; a port number whose protocol or
+    // name differs from the first (oldest) export that declared it conflicts.
+    let mut ports: BTreeMap<u16, (Port, &str)> = BTreeMap::new();
+    let mut port_dissent: BTreeMap<u16, (String, BTreeSet<&str>)> = BTreeMap::new();
+    for e in exports {
+        for p in &e.ports {
+            match ports.get(&p.port) {
+                None => {
+                    ports.insert(p.port, (p.clone(), e.cluster.as_str()));
+                }
+                Some((kept, owner)) if kept.protocol != p.protocol || kept.name != p.name => {
+                    port_dissent
+                        .entry(p.port)
+                        .or_insert_with(|| (owner.to_string(), BTreeSet::new()))
+                        .1
+                        .insert(e.cluster.as_str());
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    for (port, (owner, dissent)) in &port_dissent {
+        let kept = &ports[port].0;
+        problems.push((
+            "PortConflict",
+            format!(
+                "port {port}: {} declare{} it differently than the oldest export ({owner}: {}/{}); using {owner}'s",
+                dissent.iter().copied().collect::<Vec<_>>().join(", "),
+                if dissent.len() == 1 { "s" } else { "" },
+                if kept.name.is_empty() { "unnamed" } else { &kept.name },
+                kept.protocol
+            ),
+        ));
+    }
+    if let Some((reason, _)) = problems.first() {
+        let message = problems.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>().join("; ");
+        conditions.push(Condition::new("Conflict", true, reason, message));
+    }
+    (oldest.service_type, ports.into_values().map(|(p, _)| p).collect(), oldest.session_affinity)
+}
+
+/// Why a MultiClusterService cannot be applied. Messages name the object and
+/// say what to change.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WeightError {
+    #[error("MultiClusterService {mcs}: weight {weight} for cluster {cluster} is negative; weights are relative and must be 0 or more")]
+    Negative { mcs: String, cluster: String, weight: i64 },
+    #[error("MultiClusterService {mcs}: weight {weight} for cluster {cluster} is above the maximum of {MAX_WEIGHT}")]
+    TooLarge { mcs: String, cluster: String, weight: i64 },
+    #[error("MultiClusterService {mcs}: cluster {cluster:?} is not a member of the ClusterSet (members: {members})")]
+    UnknownCluster { mcs: String, cluster: String, members: String },
+    #[error("MultiClusterService {mcs}: cluster {cluster} is listed twice")]
+    Duplicate { mcs: String, cluster: String },
+    #[error("MultiClusterService {mcs}: every cluster weight is 0, which would send traffic nowhere; give at least one cluster a positive weight")]
+    AllZero { mcs: String },
+    #[error("MultiClusterService {mcs}: ServiceImport {import} does not exist (no cluster exports it and none was applied); apply the ServiceImport or export the service first")]
+    MissingImport { mcs: String, import: ServiceKey },
+}
+
+/// Checks a MultiClusterService against the ClusterSet's members and the
+/// services that exist.
+pub fn validate_mcs(
+    mcs: &MultiClusterService,
+    clusters: &BTreeMap<ClusterId, Cluster>,
+    import_exists: impl Fn(&ServiceKey) -> bool,
+) -> Result<(), WeightError> {
+    let name = format!("{}/{}", mcs.metadata.namespace, mcs.metadata.name);
+    let mut seen = BTreeSet::new();
+    for b in &mcs.spec.cluster_backends {
+        if b.weight < 0 {
+            return Err(WeightError::Negative { mcs: name, cluster: b.cluster.clone(), weight: b.weight });
+        }
+        if b.weight > MAX_WEIGHT {
+            return Err(WeightError::TooLarge { mcs: name, cluster: b.cluster.clone(), weight: b.weight });
+        }
+        if !clusters.contains_key(&b.cluster) {
+            let members = clusters.keys().cloned().collect::<Vec<_>>().join(", ");
+            return Err(WeightError::UnknownCluster { mcs: name, cluster: b.cluster.clone(), members });
+        }
+        if !seen.insert(b.cluster.as_str()) {
+            return Err(WeightError::Duplicate { mcs: name, cluster: b.cluster.clone() });
+        }
+    }
+    if !mcs.spec.cluster_backends.is_empty() && mcs.spec.cluster_backends.iter().all(|b| b.weight == 0) {
+        return Err(WeightError::AllZero { mcs: name });
+    }
+    let import = mcs_import_key(mcs);
+    if !import_exists(&import) {
+        return Err(WeightError::MissingImport { mcs: name, import });
+    }
+    Ok(())
+}

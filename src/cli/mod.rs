@@ -1,0 +1,1 @@
+//! Client subcommands: apply, get, weights, resolve.

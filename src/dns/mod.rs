@@ -1,0 +1,1 @@
+//! ClusterSet DNS: an authoritative server for the clusterset zone.

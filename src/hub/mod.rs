@@ -1,0 +1,1 @@
+//! The hub: raft node, sled storage, state machine and gRPC services.

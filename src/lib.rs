@@ -1,0 +1,28 @@
+//! switchyard: a multi-cluster global traffic manager for Kubernetes.
+//!
+//! # Layout
+//!
+//! - [`model`]: domain types and their Kubernetes YAML/JSON forms.
+//! - [`backends`]: the pure weighted backend computation.
+//! - [`hub`]: the raft-replicated state machine on sled, and its gRPC APIs.
+//! - [`dns`]: the ClusterSet DNS authority on hickory-server.
+//! - [`agent`]: a cluster's agent: sources (file) and the export stream.
+//! - [`playground`]: `switchyard up`, a whole ClusterSet in one process.
+//! - [`cli`]: client subcommands (apply, get, weights, resolve).
+//! - [`metrics`]: Prometheus metrics.
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod backends;
+pub mod cli;
+pub mod dns;
+pub mod hub;
+pub mod metrics;
+pub mod model;
+pub mod playground;
+
+/// Generated gRPC types and services of `proto/switchyard/v1`.
+pub mod proto {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("switchyard.v1");
+}

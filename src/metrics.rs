@@ -1,0 +1,99 @@
+//! Prometheus metrics of a hub process, served on `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+/// Label set of DNS query counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DnsLabels {
+    /// Response code name, e.g. `NoError`, `NXDomain`, `Refused`.
+    pub rcode: String,
+    /// `udp` or `tcp`.
+    pub transport: String,
+}
+
+/// Every metric a hub exports. Cheap to share: each field is an `Arc` inside.
+pub struct Metrics {
+    registry: Registry,
+    pub dns_queries: Family<DnsLabels, Counter>,
+    pub dns_latency_seconds: Histogram,
+    pub dns_malformed: Counter,
+    pub raft_term: Gauge<u64, AtomicU64>,
+    pub raft_commit_index: Gauge<u64, AtomicU64>,
+    pub raft_applied_index: Gauge<u64, AtomicU64>,
+    pub raft_proposals: Counter,
+    pub raft_leader_changes: Counter,
+    pub raft_snapshots: Counter,
+    pub exports: Gauge,
+    pub clusters: Gauge,
+    pub agents_connected: Gauge,
+    pub recompute_seconds: Histogram,
+}
+
+impl Metrics {
+    /// Builds and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("switchyard");
+        let dns_queries = Family::<DnsLabels, Counter>::default();
+        registry.register("dns_queries", "DNS queries answered, by response code and transport", dns_queries.clone());
+        let dns_latency_seconds = Histogram::new(exponential_buckets(0.000_005, 2.0, 18));
+        registry.register("dns_latency_seconds", "Time to build a DNS answer", dns_latency_seconds.clone());
+        let dns_malformed = Counter::default();
+        registry.register("dns_malformed", "DNS packets that could not be parsed", dns_malformed.clone());
+        let raft_term = Gauge::<u64, AtomicU64>::default();
+        registry.register("raft_term", "Current raft term", raft_term.clone());
+        let raft_commit_index = Gauge::<u64, AtomicU64>::default();
+        registry.register("raft_commit_index", "Raft commit index", raft_commit_index.clone());
+        let raft_applied_index = Gauge::<u64, AtomicU64>::default();
+        registry.register("raft_applied_index", "Raft applied index", raft_applied_index.clone());
+        let raft_proposals = Counter::default();
+        registry.register("raft_proposals", "Proposals made by this replica", raft_proposals.clone());
+        let raft_leader_changes = Counter::default();
+        registry.register("raft_leader_changes", "Leader changes seen by this replica", raft_leader_changes.clone());
+        let raft_snapshots = Counter::default();
+        registry.register("raft_snapshots", "Snapshots created or installed", raft_snapshots.clone());
+        let exports = Gauge::default();
+        registry.register("exports", "Exports in the replicated state", exports.clone());
+        let clusters = Gauge::default();
+        registry.register("clusters", "Member clusters in the replicated state", clusters.clone());
+        let agents_connected = Gauge::default();
+        registry.register("agents_connected", "Agents with an open export stream to this replica", agents_connected.clone());
+        let recompute_seconds = Histogram::new(exponential_buckets(0.000_001, 4.0, 12));
+        registry.register("recompute_seconds", "Backend recomputation time per applied change", recompute_seconds.clone());
+        Self {
+            registry,
+            dns_queries,
+            dns_latency_seconds,
+            dns_malformed,
+            raft_term,
+            raft_commit_index,
+            raft_applied_index,
+            raft_proposals,
+            raft_leader_changes,
+            raft_snapshots,
+            exports,
+            clusters,
+            agents_connected,
+            recompute_seconds,
+        }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

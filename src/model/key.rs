@@ -1,0 +1,97 @@
+//! Names: cluster IDs and `namespace/name` service keys.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// A ClusterSet member's ID (the MCS cluster ID): a DNS-1123 label.
+pub type ClusterId = String;
+
+/// Errors naming why a name is not acceptable.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeyError {
+    /// The text is not `NAMESPACE/NAME`.
+    #[error("{0:?} is not NAMESPACE/NAME")]
+    NotNamespaced(String),
+    /// A part is not a DNS-1123 label.
+    #[error("{what} {value:?} is not a DNS-1123 label (lowercase letters, digits and '-', at most 63, starting and ending with a letter or digit)")]
+    NotLabel { what: &'static str, value: String },
+}
+
+/// True when `s` is a DNS-1123 label, the form Kubernetes requires of
+/// namespaces, Service names and cluster IDs (so they fit in DNS names).
+pub fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+fn check_label(what: &'static str, value: &str) -> Result<(), KeyError> {
+    if is_dns_label(value) {
+        Ok(())
+    } else {
+        Err(KeyError::NotLabel { what, value: value.to_string() })
+    }
+}
+
+/// Checks a cluster ID.
+pub fn validate_cluster_id(id: &str) -> Result<(), KeyError> {
+    check_label("cluster ID", id)
+}
+
+/// A service's identity across the ClusterSet: the same namespace/name in
+/// every cluster is the same service (namespace sameness).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ServiceKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ServiceKey {
+    /// Builds a key, checking both parts are DNS labels.
+    pub fn new(namespace: &str, name: &str) -> Result<Self, KeyError> {
+        check_label("namespace", namespace)?;
+        check_label("name", name)?;
+        Ok(Self { namespace: namespace.to_string(), name: name.to_string() })
+    }
+}
+
+impl fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+impl FromStr for ServiceKey {
+    type Err = KeyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (ns, name) = s.split_once('/').ok_or_else(|| KeyError::NotNamespaced(s.to_string()))?;
+        Self::new(ns, name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_namespace_slash_name() {
+        let k: ServiceKey = "app/api-v1".parse().unwrap();
+        assert_eq!(k.namespace, "app");
+        assert_eq!(k.name, "api-v1");
+        assert_eq!(k.to_string(), "app/api-v1");
+    }
+
+    #[test]
+    fn rejects_bad_keys_with_reason() {
+        assert_eq!("app".parse::<ServiceKey>(), Err(KeyError::NotNamespaced("app".into())));
+        let err = "App/x".parse::<ServiceKey>().unwrap_err().to_string();
+        assert!(err.contains("namespace \"App\""), "{err}");
+        assert!(!is_dns_label("-a"));
+        assert!(!is_dns_label(&"a".repeat(64)));
+        assert!(is_dns_label("us-west-1"));
+    }
+}

@@ -1,0 +1,1 @@
+//! `switchyard up`: a whole ClusterSet in one process.
