@@ -339,3 +339,252 @@ pub fn validate_mcs(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::resources::{ClusterBackendRef, MultiClusterServiceSpec, ServiceImportRef};
+    use crate::model::{ClusterSpec, ObjectMeta};
+    use proptest::prelude::*;
+
+    fn cluster(id: &str, reachable: bool, drained: bool) -> (ClusterId, Cluster) {
+        let mut c = Cluster::new(ClusterSpec { id: id.into(), ..Default::default() });
+        c.reachable = reachable;
+        c.drained = drained;
+        (id.into(), c)
+    }
+
+    fn export(cluster: &str, ready: usize, created: i64) -> Export {
+        Export {
+            cluster: cluster.into(),
+            service: ServiceKey::new("app", "api").unwrap(),
+            service_type: ServiceType::ClusterSetIP,
+            session_affinity: SessionAffinity::None,
+            ports: vec![Port { name: "http".into(), protocol: "TCP".into(), app_protocol: String::new(), port: 8080 }],
+            endpoints: (0..ready)
+                .map(|i| Endpoint {
+                    address: format!("10.{}.0.{}", cluster.len(), i + 1).parse().unwrap(),
+                    hostname: None,
+                    pod: None,
+                    ready: true,
+                    serving: true,
+                    terminating: false,
+                    zone: None,
+                })
+                .collect(),
+            created_unix_ms: created,
+        }
+    }
+
+    fn mcs(weights: &[(&str, i64)]) -> MultiClusterService {
+        MultiClusterService {
+            api_version: "gateway.networking.k8s.io/v1beta1".into(),
+            kind: "MultiClusterService".into(),
+            metadata: ObjectMeta { name: "global".into(), namespace: "app".into(), ..Default::default() },
+            spec: MultiClusterServiceSpec {
+                service_import: ServiceImportRef { name: "api".into(), namespace: "app".into() },
+                cluster_backends: weights
+                    .iter()
+                    .map(|(c, w)| ClusterBackendRef { cluster: c.to_string(), weight: *w })
+                    .collect(),
+            },
+            status: Default::default(),
+        }
+    }
+
+    fn run(clusters: &BTreeMap<ClusterId, Cluster>, exports: &[Export], m: Option<&MultiClusterService>) -> ServiceBackends {
+        let key = ServiceKey::new("app", "api").unwrap();
+        compute(&ServiceInputs { service: &key, declared: None, exports: exports.iter().collect(), mcs: m, clusters })
+            .unwrap()
+    }
+
+    fn share(b: &ServiceBackends, id: &str) -> f64 {
+        b.clusters.iter().find(|c| c.cluster == id).map(|c| c.share).unwrap_or(0.0)
+    }
+
+    fn three() -> BTreeMap<ClusterId, Cluster> {
+        [cluster("a", true, false), cluster("b", true, false), cluster("c", true, false)].into_iter().collect()
+    }
+
+    #[test]
+    fn relative_weights_need_not_sum_to_100() {
+        let b = run(&three(), &[export("a", 1, 1), export("b", 1, 2)], Some(&mcs(&[("a", 80), ("b", 30)])));
+        assert!((share(&b, "a") - 80.0 / 110.0).abs() < 1e-12);
+        assert!((share(&b, "b") - 30.0 / 110.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn unlisted_exporting_cluster_gets_nothing() {
+        let b = run(&three(), &[export("a", 1, 1), export("b", 1, 2), export("c", 1, 3)], Some(&mcs(&[("a", 60), ("b", 40)])));
+        assert_eq!(share(&b, "c"), 0.0);
+        let c = b.clusters.iter().find(|c| c.cluster == "c").unwrap();
+        assert!(c.reason.contains("not listed in MultiClusterService app/global"), "{}", c.reason);
+        assert!((share(&b, "a") - 0.6).abs() < 1e-12);
+    }
+
+    #[test]
+    fn zero_weight_drains_and_no_mcs_means_equal() {
+        let b = run(&three(), &[export("a", 1, 1), export("b", 1, 2)], Some(&mcs(&[("a", 0), ("b", 5)])));
+        assert_eq!(share(&b, "a"), 0.0);
+        assert_eq!(share(&b, "b"), 1.0);
+        let b = run(&three(), &[export("a", 1, 1), export("b", 1, 2), export("c", 2, 3)], None);
+        for id in ["a", "b", "c"] {
+            assert!((share(&b, id) - 1.0 / 3.0).abs() < 1e-12);
+        }
+    }
+
+    #[test]
+    fn unhealthy_share_moves_to_healthy_in_proportion() {
+        let mut clusters = three();
+        clusters.get_mut("a").unwrap().reachable = false;
+        let m = mcs(&[("a", 50), ("b", 30), ("c", 10)]);
+        let b = run(&clusters, &[export("a", 1, 1), export("b", 1, 2), export("c", 1, 3)], Some(&m));
+        assert_eq!(share(&b, "a"), 0.0);
+        assert!((share(&b, "b") - 0.75).abs() < 1e-12);
+        assert!((share(&b, "c") - 0.25).abs() < 1e-12);
+        assert!(b.clusters[0].reason.contains("lease expired"));
+        // No ready endpoints is unhealthy too.
+        let b = run(&three(), &[export("a", 0, 1), export("b", 1, 2)], Some(&mcs(&[("a", 1), ("b", 1)])));
+        assert_eq!(share(&b, "b"), 1.0);
+        assert_eq!(b.clusters[0].reason, "no ready endpoints");
+    }
+
+    #[test]
+    fn no_healthy_backends_names_each_cluster() {
+        let mut clusters = three();
+        clusters.get_mut("b").unwrap().drained = true;
+        let b = run(&clusters, &[export("a", 0, 1), export("b", 1, 2)], None);
+        assert!(!b.has_healthy_backends());
+        let ready = b.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!(ready.reason, "NoHealthyBackends");
+        assert!(ready.message.contains("a: no ready endpoints"), "{}", ready.message);
+        assert!(ready.message.contains("b: cluster drained"), "{}", ready.message);
+    }
+
+    #[test]
+    fn declared_import_without_exports_says_nobody_exports_it() {
+        let key = ServiceKey::new("app", "api").unwrap();
+        let si: ServiceImport = serde_yaml::from_str(
+            "apiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceImport\nmetadata: {name: api, namespace: app}\nspec: {type: ClusterSetIP, ports: [{port: 80}]}\n",
+        )
+        .unwrap();
+        let clusters = three();
+        let b = compute(&ServiceInputs { service: &key, declared: Some(&si), exports: vec![], mcs: None, clusters: &clusters })
+            .unwrap();
+        assert_eq!(b.ports[0].port, 80);
+        assert!(b.conditions[0].message.contains("no cluster exports app/api"));
+        assert!(compute(&ServiceInputs { service: &key, declared: None, exports: vec![], mcs: None, clusters: &clusters })
+            .is_none());
+    }
+
+    #[test]
+    fn oldest_export_wins_conflicts_and_condition_names_clusters() {
+        let mut old = export("b", 1, 1);
+        old.service_type = ServiceType::Headless;
+        let mut newer = export("a", 1, 5);
+        newer.ports[0].protocol = "UDP".into();
+        let b = run(&three(), &[newer, old, export("c", 1, 9)], None);
+        assert_eq!(b.service_type, ServiceType::Headless);
+        let conflict = b.conditions.iter().find(|c| c.type_ == "Conflict").unwrap();
+        assert_eq!(conflict.reason, "TypeConflict");
+        assert!(conflict.message.contains("a, c export a different type"), "{}", conflict.message);
+        assert!(conflict.message.contains("b exports Headless"), "{}", conflict.message);
+        assert!(conflict.message.contains("port 8080: a declares it differently"), "{}", conflict.message);
+        assert_eq!(b.ports[0].protocol, "TCP");
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let clusters = three();
+        let exists = |_: &ServiceKey| true;
+        let e = validate_mcs(&mcs(&[("a", -5)]), &clusters, exists).unwrap_err().to_string();
+        assert!(e.contains("weight -5 for cluster a is negative"), "{e}");
+        let e = validate_mcs(&mcs(&[("zz", 5)]), &clusters, exists).unwrap_err().to_string();
+        assert!(e.contains("\"zz\" is not a member of the ClusterSet (members: a, b, c)"), "{e}");
+        let e = validate_mcs(&mcs(&[("a", 0), ("b", 0)]), &clusters, exists).unwrap_err().to_string();
+        assert!(e.contains("every cluster weight is 0"), "{e}");
+        let e = validate_mcs(&mcs(&[("a", 1)]), &clusters, |_| false).unwrap_err().to_string();
+        assert!(e.contains("ServiceImport app/api does not exist"), "{e}");
+        let e = validate_mcs(&mcs(&[("a", 1), ("a", 2)]), &clusters, exists).unwrap_err().to_string();
+        assert!(e.contains("listed twice"), "{e}");
+        assert!(validate_mcs(&mcs(&[("a", 80), ("b", 30)]), &clusters, exists).is_ok());
+    }
+
+    /// A random clusterset around one service: up to five clusters with
+    /// random health, exports with 0-3 ready endpoints, optional weights.
+    fn scenario() -> impl Strategy<Value = (BTreeMap<ClusterId, Cluster>, Vec<Export>, Option<MultiClusterService>)> {
+        let ids = ["c0", "c1", "c2", "c3", "c4"];
+        (
+            proptest::collection::vec((any::<bool>(), any::<bool>(), 0usize..4, any::<bool>(), 0i64..100, 0i64..4), 5),
+            any::<bool>(),
+        )
+            .prop_map(move |(per, with_mcs)| {
+                let mut clusters = BTreeMap::new();
+                let mut exports = Vec::new();
+                let mut weights = Vec::new();
+                for (i, (reachable, drained, ready, exports_it, weight, created)) in per.into_iter().enumerate() {
+                    let (id, c) = cluster(ids[i], reachable || i % 2 == 0, drained && i % 3 == 0);
+                    clusters.insert(id, c);
+                    if exports_it || i == 0 {
+                        exports.push(export(ids[i], ready, created));
+                    }
+                    if weight % 5 != 0 {
+                        weights.push((ids[i], weight));
+                    }
+                }
+                let m = (with_mcs && !weights.is_empty()).then(|| mcs(&weights));
+                (clusters, exports, m)
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn shares_sum_to_one_when_any_backend_is_healthy((clusters, exports, m) in scenario()) {
+            let b = run(&clusters, &exports, m.as_ref());
+            let sum: f64 = b.clusters.iter().map(|c| c.share).sum();
+            if b.has_healthy_backends() {
+                prop_assert!((sum - 1.0).abs() < 1e-9, "sum {sum}");
+            } else {
+                prop_assert_eq!(sum, 0.0);
+                prop_assert!(b.conditions.iter().any(|c| c.reason == "NoHealthyBackends"));
+            }
+        }
+
+        #[test]
+        fn unhealthy_or_zero_weight_clusters_get_no_share((clusters, exports, m) in scenario()) {
+            let b = run(&clusters, &exports, m.as_ref());
+            for c in &b.clusters {
+                if !c.healthy || c.weight == Some(0) || (m.is_some() && c.weight.is_none()) {
+                    prop_assert_eq!(c.share, 0.0, "{} got a share: {}", c.cluster, c.reason);
+                }
+                if c.share > 0.0 {
+                    prop_assert!(!c.addresses.is_empty());
+                }
+            }
+            // Shares of receiving clusters are proportional to their weights.
+            let recv: Vec<_> = b.clusters.iter().filter(|c| c.share > 0.0).collect();
+            for pair in recv.windows(2) {
+                let lhs = pair[0].share * pair[1].effective_weight as f64;
+                let rhs = pair[1].share * pair[0].effective_weight as f64;
+                prop_assert!((lhs - rhs).abs() < 1e-9);
+            }
+        }
+
+        #[test]
+        fn result_does_not_depend_on_input_order((clusters, exports, m) in scenario(), seed in any::<u64>()) {
+            let a = run(&clusters, &exports, m.as_ref());
+            let mut shuffled = exports.clone();
+            let mut m2 = m.clone();
+            // Deterministic permutation from the seed.
+            let n = shuffled.len();
+            for i in (1..n).rev() {
+                shuffled.swap(i, (seed as usize).wrapping_mul(i + 7) % (i + 1));
+            }
+            if let Some(m2) = m2.as_mut() {
+                m2.spec.cluster_backends.reverse();
+            }
+            let b = run(&clusters, &shuffled, m2.as_ref());
+            prop_assert_eq!(a, b);
+        }
+    }
+}

@@ -1,1 +1,3 @@
 //! The hub: raft node, sled storage, state machine and gRPC services.
+
+pub mod state;

@@ -113,33 +113,7 @@ mod tests {
     use super::*;
 
     /// The Gateway API guide's step 5, verbatim.
-    pub const SEED: &str = r#"apiVersion: gateway.networking.k8s.io/v1beta1
-kind: ServiceImport
-metadata:
-  name: api-v1-multi
-  namespace: app
-spec:
-  type: ClusterSetIP
-  ports:
-    - port: 8080
-  resolution: DNS
-
----
-apiVersion: gateway.networking.k8s.io/v1beta1
-kind: MultiClusterService
-metadata:
-  name: api-v1-global
-  namespace: app
-spec:
-  serviceImport:
-    name: api-v1-multi
-    namespace: app
-  clusterBackends:
-    - cluster: us-west-1
-      weight: 60
-    - cluster: us-east-1
-      weight: 40
-"#;
+    pub const SEED: &str = include_str!("../../docs/examples/seed-mcs.yaml");
 
     #[test]
     fn parses_the_seed_guide_as_written() {

@@ -1,0 +1,620 @@
+//! The replicated state machine: commands, their deterministic application,
+//! and the derived backends, recomputed only for the services a command
+//! touches.
+//!
+//! Every replica applies the same [`Command`]s in log order and ends in the
+//! same [`State`]. Validation happens twice: on the replica that proposes (so
+//! the user gets an error without a raft round trip) and here at apply time
+//! (so a command that became invalid in between changes nothing).
+
+use crate::backends::{self, ServiceBackends, ServiceInputs, WeightError};
+use crate::model::manifest::{mcs_import_key, Resource};
+use crate::model::{
+    validate_cluster_id, Cluster, ClusterBackendRef, ClusterId, ClusterSpec, Export, MultiClusterService, ServiceImport,
+    ServiceKey,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A state change, as it travels through the raft log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// An agent joined (or re-joined) the ClusterSet.
+    RegisterCluster { spec: ClusterSpec },
+    /// The lease tracker saw a cluster's lease expire or resume.
+    SetReachable { cluster: ClusterId, reachable: bool },
+    /// An operator or a drill drains (or restores) a whole cluster.
+    SetDrained { cluster: ClusterId, drained: bool },
+    /// A cluster's exports: a full resync or a delta.
+    SyncExports { cluster: ClusterId, revision: u64, full: bool, upserts: Vec<Export>, deletes: Vec<ServiceKey> },
+    /// Objects applied by a user, all or nothing. `now` (RFC 3339) stamps
+    /// new objects' creationTimestamp, chosen by the proposer so every
+    /// replica stores the same value.
+    Apply { objects: Vec<AppliedObject>, now: String },
+    /// Per-cluster weights merged into a MultiClusterService.
+    SetWeights { mcs: ServiceKey, weights: BTreeMap<ClusterId, i64> },
+}
+
+/// An object `switchyard apply` can store in the hub.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AppliedObject {
+    ServiceImport(ServiceImport),
+    MultiClusterService(MultiClusterService),
+}
+
+impl AppliedObject {
+    fn key(&self) -> ServiceKey {
+        let m = match self {
+            AppliedObject::ServiceImport(o) => &o.metadata,
+            AppliedObject::MultiClusterService(o) => &o.metadata,
+        };
+        ServiceKey { namespace: m.namespace.clone(), name: m.name.clone() }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            AppliedObject::ServiceImport(_) => "serviceimport",
+            AppliedObject::MultiClusterService(_) => "multiclusterservice",
+        }
+    }
+}
+
+/// Why a command was rejected. Each message names the object and the fix.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StateError {
+    #[error(transparent)]
+    Weights(#[from] WeightError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cluster {0} is not registered; its agent must register before exporting")]
+    UnknownCluster(ClusterId),
+    #[error("MultiClusterService {0} not found")]
+    McsNotFound(ServiceKey),
+    #[error("{0}: ServiceExport objects are applied in a member cluster, where that cluster's agent exports the Service; the hub cannot export a service on a cluster's behalf")]
+    ExportOnHub(String),
+    #[error("{0} appears twice in the manifest")]
+    Duplicate(String),
+}
+
+/// What the hub knows, replicated. Derived `backends` are part of it so
+/// that their revisions survive snapshots and restarts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub clusters: BTreeMap<ClusterId, Cluster>,
+    /// Exports by service, then by cluster.
+    pub exports: BTreeMap<ServiceKey, BTreeMap<ClusterId, Export>>,
+    /// The last export revision applied per cluster.
+    pub export_revisions: BTreeMap<ClusterId, u64>,
+    /// ServiceImports applied by users.
+    pub imports: BTreeMap<ServiceKey, ServiceImport>,
+    /// MultiClusterServices by their own namespace/name.
+    pub mcs: BTreeMap<ServiceKey, MultiClusterService>,
+    /// Computed backends per ServiceImport.
+    pub backends: BTreeMap<ServiceKey, ServiceBackends>,
+    /// The raft index of the last applied command.
+    pub applied_index: u64,
+}
+
+/// What applying a command did: reply lines and the services whose
+/// backends were recomputed.
+#[derive(Debug, Default, PartialEq)]
+pub struct Outcome {
+    pub lines: Vec<String>,
+    pub recomputed: BTreeSet<ServiceKey>,
+}
+
+impl State {
+    /// True when a ServiceImport of that key exists (exported or applied).
+    pub fn import_exists(&self, key: &ServiceKey) -> bool {
+        self.exports.get(key).is_some_and(|e| !e.is_empty()) || self.imports.contains_key(key)
+    }
+
+    /// Number of exports across all clusters.
+    pub fn export_count(&self) -> usize {
+        self.exports.values().map(|m| m.len()).sum()
+    }
+
+    /// The MultiClusterService that weights `import`: the oldest of those
+    /// that reference it (creationTimestamp, then name).
+    pub fn mcs_for(&self, import: &ServiceKey) -> Option<&MultiClusterService> {
+        self.mcs
+            .values()
+            .filter(|m| &mcs_import_key(m) == import)
+            .min_by(|a, b| {
+                (&a.metadata.creation_timestamp, &a.metadata.name).cmp(&(&b.metadata.creation_timestamp, &b.metadata.name))
+            })
+    }
+
+    /// Checks a command against the current state without changing it.
+    pub fn validate(&self, cmd: &Command) -> Result<(), StateError> {
+        self.clone().apply(0, cmd).map(|_| ())
+    }
+
+    /// Applies a command at raft `index`. On error nothing changed.
+    pub fn apply(&mut self, index: u64, cmd: &Command) -> Result<Outcome, StateError> {
+        let mut out = Outcome::default();
+        let mut touched = BTreeSet::new();
+        match cmd {
+            Command::RegisterCluster { spec } => {
+                validate_cluster_id(&spec.id).map_err(|e| StateError::Invalid(e.to_string()))?;
+                let entry = self.clusters.entry(spec.id.clone()).or_insert_with(|| Cluster::new(spec.clone()));
+                let was_reachable = entry.reachable;
+                entry.spec = spec.clone();
+                entry.reachable = true;
+                if !was_reachable {
+                    touched.extend(self.services_of_cluster(&spec.id));
+                }
+                out.lines.push(format!("cluster {} registered", spec.id));
+            }
+            Command::SetReachable { cluster, reachable } => {
+                let c = self.clusters.get_mut(cluster).ok_or_else(|| StateError::UnknownCluster(cluster.clone()))?;
+                if c.reachable != *reachable {
+                    c.reachable = *reachable;
+                    touched.extend(self.services_of_cluster(cluster));
+                }
+                out.lines.push(format!("cluster {cluster} reachable={reachable}"));
+            }
+            Command::SetDrained { cluster, drained } => {
+                let c = self.clusters.get_mut(cluster).ok_or_else(|| StateError::UnknownCluster(cluster.clone()))?;
+                if c.drained != *drained {
+                    c.drained = *drained;
+                    touched.extend(self.services_of_cluster(cluster));
+                }
+                out.lines.push(format!("cluster {cluster} drained={drained}"));
+            }
+            Command::SyncExports { cluster, revision, full, upserts, deletes } => {
+                self.sync_exports(cluster, *revision, *full, upserts, deletes, &mut touched)?;
+                out.lines.push(format!("cluster {cluster} exports at revision {revision}"));
+            }
+            Command::Apply { objects, now } => {
+                self.validate_objects(objects)?;
+                for obj in objects {
+                    let line = self.store_object(obj, now, &mut touched);
+                    out.lines.push(line);
+                }
+            }
+            Command::SetWeights { mcs, weights } => {
+                let mut m = self.mcs.get(mcs).cloned().ok_or_else(|| StateError::McsNotFound(mcs.clone()))?;
+                for (cluster, weight) in weights {
+                    match m.spec.cluster_backends.iter_mut().find(|b| &b.cluster == cluster) {
+                        Some(b) => b.weight = *weight,
+                        None => m.spec.cluster_backends.push(ClusterBackendRef { cluster: cluster.clone(), weight: *weight }),
+                    }
+                }
+                backends::validate_mcs(&m, &self.clusters, |k| self.import_exists(k))?;
+                m.metadata.generation += 1;
+                touched.insert(mcs_import_key(&m));
+                self.mcs.insert(mcs.clone(), m);
+                let list: Vec<String> = weights.iter().map(|(c, w)| format!("{c}={w}")).collect();
+                out.lines.push(format!("multiclusterservice {mcs} weights set: {}", list.join(" ")));
+            }
+        }
+        for key in &touched {
+            self.recompute(key);
+        }
+        self.applied_index = index;
+        out.recomputed = touched;
+        Ok(out)
+    }
+
+    /// Services whose backends depend on a cluster: those it exports and
+    /// those whose MultiClusterService lists it.
+    fn services_of_cluster(&self, cluster: &str) -> BTreeSet<ServiceKey> {
+        let mut set: BTreeSet<ServiceKey> =
+            self.exports.iter().filter(|(_, by)| by.contains_key(cluster)).map(|(k, _)| k.clone()).collect();
+        for m in self.mcs.values() {
+            if m.spec.cluster_backends.iter().any(|b| b.cluster == cluster) {
+                set.insert(mcs_import_key(m));
+            }
+        }
+        set
+    }
+
+    fn sync_exports(
+        &mut self,
+        cluster: &ClusterId,
+        revision: u64,
+        full: bool,
+        upserts: &[Export],
+        deletes: &[ServiceKey],
+        touched: &mut BTreeSet<ServiceKey>,
+    ) -> Result<(), StateError> {
+        if !self.clusters.contains_key(cluster) {
+            return Err(StateError::UnknownCluster(cluster.clone()));
+        }
+        let last = self.export_revisions.get(cluster).copied().unwrap_or(0);
+        if !full && revision <= last {
+            // A replayed delta (the agent resent after a reconnect): already applied.
+            return Ok(());
+        }
+        let mut seen = BTreeSet::new();
+        for e in upserts {
+            if &e.cluster != cluster {
+                return Err(StateError::Invalid(format!(
+                    "cluster {cluster} cannot export {} on behalf of cluster {}",
+                    e.service, e.cluster
+                )));
+            }
+            if !seen.insert(&e.service) {
+                return Err(StateError::Invalid(format!("export {} appears twice in one update", e.service)));
+            }
+            e.validate().map_err(|err| StateError::Invalid(err.to_string()))?;
+        }
+        if full {
+            let stale: Vec<ServiceKey> = self
+                .exports
+                .iter()
+                .filter(|(k, by)| by.contains_key(cluster) && !seen.contains(k))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in stale {
+                self.remove_export(cluster, &k, touched);
+            }
+        }
+        for k in deletes {
+            self.remove_export(cluster, k, touched);
+        }
+        for e in upserts {
+            let by = self.exports.entry(e.service.clone()).or_default();
+            if by.get(cluster) != Some(e) {
+                by.insert(cluster.clone(), e.clone());
+                touched.insert(e.service.clone());
+            }
+        }
+        self.export_revisions.insert(cluster.clone(), revision);
+        Ok(())
+    }
+
+    fn remove_export(&mut self, cluster: &str, key: &ServiceKey, touched: &mut BTreeSet<ServiceKey>) {
+        if let Some(by) = self.exports.get_mut(key) {
+            if by.remove(cluster).is_some() {
+                touched.insert(key.clone());
+            }
+            if by.is_empty() {
+                self.exports.remove(key);
+            }
+        }
+    }
+
+    fn validate_objects(&self, objects: &[AppliedObject]) -> Result<(), StateError> {
+        let mut seen = BTreeSet::new();
+        for o in objects {
+            let name = format!("{} {}", o.kind(), o.key());
+            if !seen.insert(name.clone()) {
+                return Err(StateError::Duplicate(name));
+            }
+        }
+        let declared: BTreeSet<ServiceKey> = objects
+            .iter()
+            .filter_map(|o| match o {
+                AppliedObject::ServiceImport(_) => Some(o.key()),
+                _ => None,
+            })
+            .collect();
+        for o in objects {
+            if let AppliedObject::MultiClusterService(m) = o {
+                backends::validate_mcs(m, &self.clusters, |k| self.import_exists(k) || declared.contains(k))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn store_object(&mut self, obj: &AppliedObject, now: &str, touched: &mut BTreeSet<ServiceKey>) -> String {
+        let key = obj.key();
+        let (verb, affected) = match obj {
+            AppliedObject::ServiceImport(si) => {
+                let mut si = si.clone();
+                si.status = Default::default();
+                let prev = self.imports.get(&key);
+                let verb = stamp(&mut si.metadata, prev.map(|p| &p.metadata), prev.map(|p| p.spec == si.spec), now);
+                self.imports.insert(key.clone(), si);
+                (verb, vec![key.clone()])
+            }
+            AppliedObject::MultiClusterService(m) => {
+                let mut m = m.clone();
+                m.status = Default::default();
+                let prev = self.mcs.get(&key);
+                let mut affected = vec![mcs_import_key(&m)];
+                if let Some(p) = prev {
+                    affected.push(mcs_import_key(p));
+                }
+                let verb = stamp(&mut m.metadata, prev.map(|p| &p.metadata), prev.map(|p| p.spec == m.spec), now);
+                self.mcs.insert(key.clone(), m);
+                (verb, affected)
+            }
+        };
+        if verb != "unchanged" {
+            touched.extend(affected);
+        }
+        format!("{} {key} {verb}", obj.kind())
+    }
+
+    /// Recomputes one service's backends, bumping its revision on change.
+    pub fn recompute(&mut self, key: &ServiceKey) {
+        let inputs = ServiceInputs {
+            service: key,
+            declared: self.imports.get(key),
+            exports: self.exports.get(key).map(|by| by.values().collect()).unwrap_or_default(),
+            mcs: self.mcs_for(key),
+            clusters: &self.clusters,
+        };
+        match backends::compute(&inputs) {
+            None => {
+                self.backends.remove(key);
+            }
+            Some(mut next) => {
+                let prev_rev = self.backends.get(key).map(|b| b.revision).unwrap_or(0);
+                match self.backends.get(key) {
+                    Some(prev) if prev.same_as(&next) => {}
+                    _ => {
+                        next.revision = prev_rev + 1;
+                        self.backends.insert(key.clone(), next);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sets creationTimestamp and generation; returns created/configured/unchanged.
+fn stamp(
+    meta: &mut crate::model::ObjectMeta,
+    prev: Option<&crate::model::ObjectMeta>,
+    same_spec: Option<bool>,
+    now: &str,
+) -> &'static str {
+    match prev {
+        None => {
+            meta.creation_timestamp = Some(now.to_string());
+            meta.generation = 1;
+            "created"
+        }
+        Some(p) => {
+            meta.creation_timestamp = p.creation_timestamp.clone();
+            let same = same_spec == Some(true) && p.labels == meta.labels && p.annotations == meta.annotations;
+            meta.generation = if same_spec == Some(true) { p.generation } else { p.generation + 1 };
+            if same {
+                "unchanged"
+            } else {
+                "configured"
+            }
+        }
+    }
+}
+
+/// Turns parsed manifest resources into objects the hub stores.
+pub fn applied_objects(resources: Vec<Resource>) -> Result<Vec<AppliedObject>, StateError> {
+    resources
+        .into_iter()
+        .map(|r| match r {
+            Resource::ServiceImport(si) => Ok(AppliedObject::ServiceImport(si)),
+            Resource::MultiClusterService(m) => Ok(AppliedObject::MultiClusterService(m)),
+            Resource::ServiceExport(e) => {
+                Err(StateError::ExportOnHub(format!("serviceexport {}/{}", e.metadata.namespace, e.metadata.name)))
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::manifest;
+    use crate::model::{Endpoint, Port, ServiceType, SessionAffinity};
+    use proptest::prelude::*;
+
+    const SEED: &str = include_str!("../../docs/examples/seed-mcs.yaml");
+
+    fn export(cluster: &str, ns: &str, name: &str, ready: u8) -> Export {
+        Export {
+            cluster: cluster.into(),
+            service: ServiceKey::new(ns, name).unwrap(),
+            service_type: ServiceType::ClusterSetIP,
+            session_affinity: SessionAffinity::None,
+            ports: vec![Port { name: "http".into(), protocol: "TCP".into(), app_protocol: String::new(), port: 8080 }],
+            endpoints: (0..ready)
+                .map(|i| Endpoint {
+                    address: std::net::IpAddr::from([127, 0, cluster.len() as u8, i + 1]),
+                    hostname: None,
+                    pod: None,
+                    ready: true,
+                    serving: true,
+                    terminating: false,
+                    zone: None,
+                })
+                .collect(),
+            created_unix_ms: 1,
+        }
+    }
+
+    fn register(s: &mut State, id: &str) {
+        let spec = ClusterSpec { id: id.into(), ..Default::default() };
+        s.apply(1, &Command::RegisterCluster { spec }).unwrap();
+    }
+
+    fn playground() -> State {
+        let mut s = State::default();
+        for (i, c) in ["us-west-1", "us-east-1", "eu-central-1"].iter().enumerate() {
+            register(&mut s, c);
+            let cmd = Command::SyncExports {
+                cluster: c.to_string(),
+                revision: 1,
+                full: true,
+                upserts: vec![export(c, "app", "api-v1-multi", 2), export(c, "app", &format!("only-{i}"), 1)],
+                deletes: vec![],
+            };
+            s.apply(2, &cmd).unwrap();
+        }
+        s
+    }
+
+    fn apply_manifest(s: &mut State, text: &str) -> Result<Outcome, StateError> {
+        let objects = applied_objects(manifest::parse(text).unwrap())?;
+        s.apply(9, &Command::Apply { objects, now: "2026-11-22T00:00:00Z".into() })
+    }
+
+    fn share(s: &State, svc: &str, cluster: &str) -> f64 {
+        let b = &s.backends[&svc.parse::<ServiceKey>().unwrap()];
+        b.clusters.iter().find(|c| c.cluster == cluster).map(|c| c.share).unwrap_or(0.0)
+    }
+
+    #[test]
+    fn seed_manifest_weights_the_import() {
+        let mut s = playground();
+        let out = apply_manifest(&mut s, SEED).unwrap();
+        assert_eq!(
+            out.lines,
+            vec!["serviceimport app/api-v1-multi created", "multiclusterservice app/api-v1-global created"]
+        );
+        assert!((share(&s, "app/api-v1-multi", "us-west-1") - 0.6).abs() < 1e-12);
+        assert_eq!(share(&s, "app/api-v1-multi", "eu-central-1"), 0.0);
+        // Applying the same manifest again changes nothing.
+        let rev = s.backends[&"app/api-v1-multi".parse::<ServiceKey>().unwrap()].revision;
+        let out = apply_manifest(&mut s, SEED).unwrap();
+        assert!(out.lines.iter().all(|l| l.ends_with("unchanged")), "{:?}", out.lines);
+        assert_eq!(s.backends[&"app/api-v1-multi".parse::<ServiceKey>().unwrap()].revision, rev);
+    }
+
+    #[test]
+    fn bad_input_is_rejected_and_changes_nothing() {
+        let mut s = playground();
+        apply_manifest(&mut s, SEED).unwrap();
+        let before = s.clone();
+        for (bad, needle) in [
+            (SEED.replace("weight: 40", "weight: -5"), "weight -5 for cluster us-east-1 is negative"),
+            (SEED.replace("cluster: us-east-1", "cluster: ap-south-9"), "\"ap-south-9\" is not a member"),
+            (SEED.replace("weight: 60", "weight: 0").replace("weight: 40", "weight: 0"), "every cluster weight is 0"),
+        ] {
+            let e = apply_manifest(&mut s, &bad).unwrap_err().to_string();
+            assert!(e.contains(needle), "{e}");
+            assert_eq!(s, before);
+        }
+        // An MCS whose ServiceImport does not exist; the valid import in
+        // the same manifest must not be applied either.
+        let missing = format!(
+            "{}\n---\n{}",
+            SEED.split("---").next().unwrap().replace("api-v1-multi", "new-import"),
+            SEED.split("---").nth(1).unwrap().replace("name: api-v1-multi", "name: nope")
+        );
+        let e = apply_manifest(&mut s, &missing).unwrap_err().to_string();
+        assert!(e.contains("ServiceImport app/nope does not exist"), "{e}");
+        assert_eq!(s, before);
+        let e = s
+            .apply(10, &Command::SetWeights { mcs: "app/api-v1-global".parse().unwrap(), weights: [("us-west-1".into(), -1)].into() })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("negative"), "{e}");
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn set_weights_merges_and_recomputes() {
+        let mut s = playground();
+        apply_manifest(&mut s, SEED).unwrap();
+        let cmd = Command::SetWeights {
+            mcs: "app/api-v1-global".parse().unwrap(),
+            weights: [("us-west-1".into(), 10), ("eu-central-1".into(), 30)].into(),
+        };
+        s.apply(11, &cmd).unwrap();
+        assert!((share(&s, "app/api-v1-multi", "us-west-1") - 0.125).abs() < 1e-12);
+        assert!((share(&s, "app/api-v1-multi", "eu-central-1") - 0.375).abs() < 1e-12);
+        let e = s
+            .apply(12, &Command::SetWeights { mcs: "app/none".parse().unwrap(), weights: BTreeMap::new() })
+            .unwrap_err();
+        assert_eq!(e, StateError::McsNotFound("app/none".parse().unwrap()));
+    }
+
+    #[test]
+    fn unreachable_cluster_loses_share_and_comes_back() {
+        let mut s = playground();
+        s.apply(5, &Command::SetReachable { cluster: "us-east-1".into(), reachable: false }).unwrap();
+        assert_eq!(share(&s, "app/api-v1-multi", "us-east-1"), 0.0);
+        assert!((share(&s, "app/api-v1-multi", "us-west-1") - 0.5).abs() < 1e-12);
+        s.apply(6, &Command::RegisterCluster { spec: ClusterSpec { id: "us-east-1".into(), ..Default::default() } })
+            .unwrap();
+        assert!((share(&s, "app/api-v1-multi", "us-east-1") - 1.0 / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn full_resync_removes_missing_exports_and_replayed_deltas_are_ignored() {
+        let mut s = playground();
+        let only0: ServiceKey = "app/only-0".parse().unwrap();
+        assert!(s.backends.contains_key(&only0));
+        let resync = Command::SyncExports {
+            cluster: "us-west-1".into(),
+            revision: 7,
+            full: true,
+            upserts: vec![export("us-west-1", "app", "api-v1-multi", 2)],
+            deletes: vec![],
+        };
+        s.apply(20, &resync).unwrap();
+        assert!(!s.backends.contains_key(&only0));
+        let replay = Command::SyncExports {
+            cluster: "us-west-1".into(),
+            revision: 7,
+            full: false,
+            upserts: vec![],
+            deletes: vec!["app/api-v1-multi".parse().unwrap()],
+        };
+        s.apply(21, &replay).unwrap();
+        assert!(s.exports[&"app/api-v1-multi".parse::<ServiceKey>().unwrap()].contains_key("us-west-1"));
+    }
+
+    #[test]
+    fn exports_for_another_cluster_or_unregistered_are_rejected() {
+        let mut s = playground();
+        let spoof = Command::SyncExports {
+            cluster: "us-west-1".into(),
+            revision: 9,
+            full: false,
+            upserts: vec![export("us-east-1", "app", "x", 1)],
+            deletes: vec![],
+        };
+        assert!(s.apply(30, &spoof).unwrap_err().to_string().contains("on behalf of cluster us-east-1"));
+        let stranger =
+            Command::SyncExports { cluster: "nobody".into(), revision: 1, full: true, upserts: vec![], deletes: vec![] };
+        assert_eq!(s.apply(31, &stranger).unwrap_err(), StateError::UnknownCluster("nobody".into()));
+    }
+
+    #[test]
+    fn service_export_cannot_be_applied_on_the_hub() {
+        let r = manifest::parse("apiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceExport\nmetadata: {name: a, namespace: b}\n").unwrap();
+        assert!(applied_objects(r).unwrap_err().to_string().contains("applied in a member cluster"));
+    }
+
+    proptest! {
+        /// A change to one service recomputes only that service, and the
+        /// incremental result equals a recomputation of everything.
+        #[test]
+        fn one_service_change_recomputes_only_that_service(
+            svc in 0usize..6, cluster in 0usize..3, ready in 0u8..4, delete in any::<bool>()
+        ) {
+            let clusters = ["us-west-1", "us-east-1", "eu-central-1"];
+            let mut s = State::default();
+            for c in clusters { register(&mut s, c); }
+            for (i, c) in clusters.iter().enumerate() {
+                let upserts = (0..6).filter(|n| (n + i) % 2 == 0 || *n == 0).map(|n| export(c, "app", &format!("s{n}"), 2)).collect();
+                s.apply(2, &Command::SyncExports { cluster: c.to_string(), revision: 1, full: true, upserts, deletes: vec![] }).unwrap();
+            }
+            let before = s.clone();
+            let key: ServiceKey = format!("app/s{svc}").parse().unwrap();
+            let c = clusters[cluster];
+            let cmd = if delete {
+                Command::SyncExports { cluster: c.into(), revision: 2, full: false, upserts: vec![], deletes: vec![key.clone()] }
+            } else {
+                Command::SyncExports { cluster: c.into(), revision: 2, full: false, upserts: vec![export(c, "app", &format!("s{svc}"), ready)], deletes: vec![] }
+            };
+            let out = s.apply(3, &cmd).unwrap();
+            prop_assert!(out.recomputed.iter().all(|k| k == &key), "{:?}", out.recomputed);
+            for (k, b) in &before.backends {
+                if k != &key {
+                    prop_assert_eq!(Some(b), s.backends.get(k));
+                }
+            }
+            let mut full = s.clone();
+            let keys: Vec<ServiceKey> = full.exports.keys().cloned().chain(before.backends.keys().cloned()).collect();
+            for k in &keys { full.recompute(k); }
+            prop_assert_eq!(full.backends, s.backends);
+        }
+    }
+}
