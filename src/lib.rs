@@ -20,6 +20,7 @@ pub mod hub;
 pub mod metrics;
 pub mod model;
 pub mod playground;
+pub mod wire;
 
 /// Generated gRPC types and services of `proto/switchyard/v1`.
 pub mod proto {

@@ -52,3 +52,66 @@ impl NodeConfig {
         }
     }
 }
+
+// ---- TEMPORARY STUB (replaced by the raft branch) ----
+use crate::metrics::Metrics;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Why a proposal did not take effect.
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<u64> },
+    #[error("{0}")]
+    Rejected(String),
+    #[error("proposal dropped")]
+    Dropped,
+    #[error("node stopped")]
+    Stopped,
+}
+/// Node start errors.
+#[derive(Debug, thiserror::Error)]
+#[error("node: {0}")]
+pub struct NodeError(String);
+/// Raft status.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RaftStatus {
+    pub id: u64,
+    pub leader: u64,
+    pub term: u64,
+    pub commit: u64,
+    pub applied: u64,
+    pub role: String,
+}
+/// Sends raft messages to peers.
+pub trait Transport: Send + Sync + 'static {
+    fn send(&self, msgs: Vec<raft::eraftpb::Message>);
+}
+/// No peers.
+pub struct NoPeers;
+impl Transport for NoPeers {
+    fn send(&self, _msgs: Vec<raft::eraftpb::Message>) {}
+}
+/// Handle.
+#[derive(Clone)]
+pub struct NodeHandle {
+    status: tokio::sync::watch::Receiver<RaftStatus>,
+}
+impl NodeHandle {
+    pub async fn propose(&self, _command: Vec<u8>) -> Result<Vec<u8>, ProposeError> {
+        Err(ProposeError::Stopped)
+    }
+    pub fn status(&self) -> tokio::sync::watch::Receiver<RaftStatus> {
+        self.status.clone()
+    }
+}
+pub fn spawn<S: StateMachine>(
+    _config: NodeConfig,
+    _sm: S,
+    _transport: Arc<dyn Transport>,
+    _metrics: Arc<Metrics>,
+    _shutdown: CancellationToken,
+) -> Result<(NodeHandle, tokio::task::JoinHandle<()>), NodeError> {
+    Err(NodeError("stub".into()))
+}

@@ -1,0 +1,210 @@
+//! The agent's session with the hub: register, renew the lease, and stream
+//! exports. Every (re)connection starts with a full resync, then sends
+//! deltas with increasing revisions; any failure ends the session and a new
+//! one starts after a backoff.
+
+use super::watch::Desired;
+use crate::model::{ClusterSpec, Export, ServiceKey};
+use crate::proto::{self, agent_service_client::AgentServiceClient};
+use crate::wire::export_to_proto;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+/// How an agent reaches its hub.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Hub API address, `host:port` or a URL.
+    pub hub: String,
+    /// What the agent registers.
+    pub spec: ClusterSpec,
+}
+
+/// Why a session with the hub ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("cannot connect to hub {hub}: {source}")]
+    Connect { hub: String, source: tonic::transport::Error },
+    #[error("hub refused: {0}")]
+    Rpc(#[from] tonic::Status),
+    #[error("the hub no longer knows this cluster; registering again")]
+    Forgotten,
+    #[error("export stream closed by the hub")]
+    Closed,
+}
+
+/// Normalizes `host:port` into a URL tonic accepts.
+pub fn hub_url(hub: &str) -> String {
+    if hub.starts_with("http://") || hub.starts_with("https://") {
+        hub.to_string()
+    } else {
+        format!("http://{hub}")
+    }
+}
+
+/// Connects to a hub's API.
+pub async fn connect(hub: &str) -> Result<Channel, SessionError> {
+    let url = hub_url(hub);
+    let endpoint = Endpoint::from_shared(url.clone())
+        .map_err(|source| SessionError::Connect { hub: hub.to_string(), source })?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true);
+    endpoint.connect().await.map_err(|source| SessionError::Connect { hub: hub.to_string(), source })
+}
+
+/// Runs sessions until shutdown, reconnecting with backoff (250 ms doubling
+/// to 5 s).
+pub async fn run(config: AgentConfig, desired: watch::Receiver<Desired>, shutdown: CancellationToken) {
+    let mut backoff = Duration::from_millis(250);
+    let mut revision = 0u64;
+    loop {
+        let started = tokio::time::Instant::now();
+        match session(&config, desired.clone(), &shutdown, &mut revision).await {
+            Ok(()) => return,
+            Err(e) => tracing::warn!(cluster = %config.spec.id, error = %e, retry_in = ?backoff, "hub session ended"),
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            backoff = Duration::from_millis(250);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn session(
+    config: &AgentConfig,
+    mut desired: watch::Receiver<Desired>,
+    shutdown: &CancellationToken,
+    revision: &mut u64,
+) -> Result<(), SessionError> {
+    let channel = connect(&config.hub).await?;
+    let mut client = AgentServiceClient::new(channel);
+    let spec = &config.spec;
+    let reg = client
+        .register(proto::RegisterRequest {
+            cluster: spec.id.clone(),
+            region: spec.region.clone(),
+            zone: spec.zone.clone(),
+            gateway_addresses: spec.gateway_addresses.clone(),
+        })
+        .await?
+        .into_inner();
+    tracing::info!(cluster = %spec.id, lease_ms = reg.lease_ms, "registered with hub");
+
+    let renew_every = Duration::from_millis(reg.renew_ms.clamp(50, 60_000));
+    let mut renewer = tokio::spawn(renew_loop(client.clone(), spec.id.clone(), renew_every));
+    let result = stream(client, config, &mut desired, shutdown, revision, reg.applied_revision).await;
+    renewer.abort();
+    let _ = (&mut renewer).await;
+    result
+}
+
+async fn renew_loop(mut client: AgentServiceClient<Channel>, cluster: String, every: Duration) -> SessionError {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        match client.renew_lease(proto::LeaseRequest { cluster: cluster.clone() }).await {
+            Ok(r) if !r.get_ref().known => return SessionError::Forgotten,
+            Ok(_) => {}
+            Err(status) => return SessionError::Rpc(status),
+        }
+    }
+}
+
+async fn stream(
+    mut client: AgentServiceClient<Channel>,
+    config: &AgentConfig,
+    desired: &mut watch::Receiver<Desired>,
+    shutdown: &CancellationToken,
+    revision: &mut u64,
+    hub_revision: u64,
+) -> Result<(), SessionError> {
+    let cluster = config.spec.id.clone();
+    let (tx, rx) = mpsc::channel(16);
+    let mut sent: Desired = desired.borrow_and_update().clone();
+    *revision = (*revision).max(hub_revision) + 1;
+    let full = proto::ExportUpdate {
+        cluster: cluster.clone(),
+        revision: *revision,
+        full_resync: true,
+        upserts: sent.values().map(export_to_proto).collect(),
+        deletes: vec![],
+    };
+    // The channel is empty and its receiver alive: this cannot fail.
+    let _ = tx.send(full).await;
+    let mut acks = client.stream_exports(ReceiverStream::new(rx)).await?.into_inner();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            changed = desired.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                let next = desired.borrow_and_update().clone();
+                if let Some(update) = delta(&cluster, &sent, &next, *revision + 1) {
+                    *revision += 1;
+                    tracing::info!(cluster = %cluster, revision = *revision, upserts = update.upserts.len(), deletes = update.deletes.len(), "sending export delta");
+                    if tx.send(update).await.is_err() {
+                        return Err(SessionError::Closed);
+                    }
+                }
+                sent = next;
+            }
+            ack = acks.message() => match ack? {
+                Some(a) => tracing::debug!(cluster = %cluster, revision = a.revision, "exports acknowledged"),
+                None => return Err(SessionError::Closed),
+            },
+        }
+    }
+}
+
+/// The delta from `old` to `new`, or `None` when nothing changed.
+pub fn delta(
+    cluster: &str,
+    old: &BTreeMap<ServiceKey, Export>,
+    new: &BTreeMap<ServiceKey, Export>,
+    revision: u64,
+) -> Option<proto::ExportUpdate> {
+    let upserts: Vec<proto::Export> =
+        new.iter().filter(|(k, e)| old.get(*k) != Some(*e)).map(|(_, e)| export_to_proto(e)).collect();
+    let deletes: Vec<proto::ServiceRef> = old
+        .keys()
+        .filter(|k| !new.contains_key(*k))
+        .map(|k| proto::ServiceRef { namespace: k.namespace.clone(), name: k.name.clone() })
+        .collect();
+    if upserts.is_empty() && deletes.is_empty() {
+        return None;
+    }
+    Some(proto::ExportUpdate { cluster: cluster.to_string(), revision, full_resync: false, upserts, deletes })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::ClusterFile;
+
+    #[test]
+    fn delta_carries_only_changes() {
+        let f = ClusterFile::parse(
+            "f",
+            "cluster: a\nservices:\n- {namespace: app, name: x, ports: [{port: 80}], endpoints: [{address: 127.0.0.2}]}\n- {namespace: app, name: y, ports: [{port: 80}]}\n",
+        )
+        .unwrap();
+        let old = f.exports().unwrap();
+        assert!(delta("a", &old, &old, 2).is_none());
+        let mut new = old.clone();
+        new.remove(&"app/y".parse().unwrap());
+        new.get_mut(&"app/x".parse().unwrap()).unwrap().endpoints.clear();
+        let d = delta("a", &old, &new, 2).unwrap();
+        assert_eq!(d.upserts.len(), 1);
+        assert!(d.upserts[0].endpoints.is_empty());
+        assert_eq!(d.deletes, vec![proto::ServiceRef { namespace: "app".into(), name: "y".into() }]);
+        assert!(!d.full_resync);
+    }
+}

@@ -1,0 +1,203 @@
+//! The hub's gRPC services: the agent API (register, lease, export stream)
+//! and the admin API (apply, get, weights). Writes become raft proposals;
+//! reads come from the applied state.
+
+use super::lease::Leases;
+use super::node::{NodeHandle, ProposeError, RaftStatus};
+use super::read;
+use super::state::{applied_objects, Command, State};
+use crate::metrics::Metrics;
+use crate::model::{manifest, validate_cluster_id, ClusterSpec};
+use crate::proto::{self, admin_service_server::AdminService, agent_service_server::AgentService};
+use crate::wire::export_from_proto;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+/// Everything a request handler needs: the raft node, the applied view,
+/// the leases. Cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    node: NodeHandle,
+    status: watch::Receiver<RaftStatus>,
+    view: watch::Receiver<Arc<State>>,
+    leases: Arc<Leases>,
+    metrics: Arc<Metrics>,
+}
+
+impl Hub {
+    /// Wires a hub front end to its node and view.
+    pub fn new(node: NodeHandle, view: watch::Receiver<Arc<State>>, leases: Arc<Leases>, metrics: Arc<Metrics>) -> Self {
+        let status = node.status();
+        Self { node, status, view, leases, metrics }
+    }
+
+    /// The latest applied state.
+    pub fn state(&self) -> Arc<State> {
+        self.view.borrow().clone()
+    }
+
+    /// A receiver that wakes on every applied batch.
+    pub fn watch_state(&self) -> watch::Receiver<Arc<State>> {
+        self.view.clone()
+    }
+
+    /// This replica's raft status.
+    pub fn raft_status(&self) -> RaftStatus {
+        self.status.borrow().clone()
+    }
+
+    /// True while this replica leads.
+    pub fn is_leader(&self) -> bool {
+        let s = self.status.borrow();
+        s.leader != 0 && s.leader == s.id
+    }
+
+    /// Validates a command against the applied state, proposes it and waits
+    /// until it is applied; returns the state machine's reply lines.
+    pub async fn propose(&self, cmd: &Command) -> Result<Vec<String>, Status> {
+        self.state().validate(cmd).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let bytes = serde_json::to_vec(cmd).map_err(|e| Status::internal(e.to_string()))?;
+        self.metrics.raft_proposals.inc();
+        let reply = self.node.propose(bytes).await.map_err(propose_status)?;
+        serde_json::from_slice(&reply).map_err(|e| Status::internal(format!("undecodable reply: {e}")))
+    }
+}
+
+fn propose_status(e: ProposeError) -> Status {
+    match e {
+        ProposeError::Rejected(reason) => Status::invalid_argument(reason),
+        ProposeError::NotLeader { leader } => Status::unavailable(match leader {
+            Some(id) => format!("this hub replica is not the raft leader (replica {id} is); retry there"),
+            None => "no raft leader is elected right now (is a majority of hub replicas up?); retry shortly".into(),
+        }),
+        ProposeError::Dropped => Status::unavailable("the write was dropped by a leader change; retry"),
+        ProposeError::Stopped => Status::unavailable("the hub is shutting down"),
+    }
+}
+
+/// The agent API.
+pub struct AgentApi(pub Hub);
+
+#[tonic::async_trait]
+impl AgentService for AgentApi {
+    async fn register(&self, req: Request<proto::RegisterRequest>) -> Result<Response<proto::RegisterResponse>, Status> {
+        let r = req.into_inner();
+        validate_cluster_id(&r.cluster).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let spec =
+            ClusterSpec { id: r.cluster.clone(), region: r.region, zone: r.zone, gateway_addresses: r.gateway_addresses };
+        let hub = &self.0;
+        hub.leases.renew(&spec.id);
+        let current = hub.state();
+        let unchanged = current.clusters.get(&spec.id).is_some_and(|c| c.spec == spec && c.reachable);
+        if !unchanged {
+            hub.propose(&Command::RegisterCluster { spec }).await?;
+        }
+        tracing::info!(cluster = %r.cluster, "agent registered");
+        let lease = hub.leases.config();
+        Ok(Response::new(proto::RegisterResponse {
+            lease_ms: lease.ttl.as_millis() as u64,
+            renew_ms: lease.renew.as_millis() as u64,
+            applied_revision: hub.state().export_revisions.get(&r.cluster).copied().unwrap_or(0),
+        }))
+    }
+
+    async fn renew_lease(&self, req: Request<proto::LeaseRequest>) -> Result<Response<proto::LeaseResponse>, Status> {
+        let r = req.into_inner();
+        let hub = &self.0;
+        let known = hub.state().clusters.contains_key(&r.cluster);
+        if known {
+            hub.leases.renew(&r.cluster);
+        }
+        Ok(Response::new(proto::LeaseResponse { lease_ms: hub.leases.config().ttl.as_millis() as u64, known }))
+    }
+
+    type StreamExportsStream = Pin<Box<dyn Stream<Item = Result<proto::ExportAck, Status>> + Send + 'static>>;
+
+    async fn stream_exports(
+        &self,
+        req: Request<tonic::Streaming<proto::ExportUpdate>>,
+    ) -> Result<Response<Self::StreamExportsStream>, Status> {
+        let mut inbound = req.into_inner();
+        let hub = self.0.clone();
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            hub.metrics.agents_connected.inc();
+            let mut cluster = String::new();
+            while let Some(msg) = inbound.next().await {
+                let update = match msg {
+                    Ok(u) => u,
+                    Err(e) => {
+                        tracing::info!(cluster = %cluster, error = %e, "export stream ended");
+                        break;
+                    }
+                };
+                cluster = update.cluster.clone();
+                let result = apply_update(&hub, update).await;
+                let failed = result.is_err();
+                if tx.send(result).await.is_err() || failed {
+                    break;
+                }
+            }
+            hub.metrics.agents_connected.dec();
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+async fn apply_update(hub: &Hub, u: proto::ExportUpdate) -> Result<proto::ExportAck, Status> {
+    let mut upserts = Vec::with_capacity(u.upserts.len());
+    for e in &u.upserts {
+        upserts.push(export_from_proto(&u.cluster, e).map_err(|e| Status::invalid_argument(e.to_string()))?);
+    }
+    let mut deletes = Vec::with_capacity(u.deletes.len());
+    for d in &u.deletes {
+        deletes.push(
+            crate::model::ServiceKey::new(&d.namespace, &d.name).map_err(|e| Status::invalid_argument(e.to_string()))?,
+        );
+    }
+    let cmd = Command::SyncExports { cluster: u.cluster.clone(), revision: u.revision, full: u.full_resync, upserts, deletes };
+    hub.propose(&cmd).await?;
+    tracing::debug!(cluster = %u.cluster, revision = u.revision, full = u.full_resync, "exports applied");
+    Ok(proto::ExportAck { revision: u.revision })
+}
+
+/// The admin API.
+pub struct AdminApi(pub Hub);
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    async fn apply(&self, req: Request<proto::ApplyRequest>) -> Result<Response<proto::ApplyResponse>, Status> {
+        let text = req.into_inner().manifest;
+        let resources = manifest::parse(&text).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let objects = applied_objects(resources).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let results = self.0.propose(&Command::Apply { objects, now }).await?;
+        Ok(Response::new(proto::ApplyResponse { results }))
+    }
+
+    async fn get(&self, req: Request<proto::GetRequest>) -> Result<Response<proto::GetResponse>, Status> {
+        let r = req.into_inner();
+        let json = read::get(&self.0.state(), &r.kind, &r.name).map_err(|e| match e {
+            read::ReadError::NotFound(_) => Status::not_found(e.to_string()),
+            _ => Status::invalid_argument(e.to_string()),
+        })?;
+        Ok(Response::new(proto::GetResponse { json: json.to_string() }))
+    }
+
+    async fn set_weights(
+        &self,
+        req: Request<proto::SetWeightsRequest>,
+    ) -> Result<Response<proto::SetWeightsResponse>, Status> {
+        let r = req.into_inner();
+        let mcs = crate::model::ServiceKey::new(&r.namespace, &r.name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if r.weights.is_empty() {
+            return Err(Status::invalid_argument("no weights given; write CLUSTER=WEIGHT"));
+        }
+        let weights = r.weights.into_iter().collect();
+        let lines = self.0.propose(&Command::SetWeights { mcs, weights }).await?;
+        Ok(Response::new(proto::SetWeightsResponse { result: lines.join("\n") }))
+    }
+}

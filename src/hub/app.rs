@@ -1,0 +1,137 @@
+//! Builds a running hub replica: raft node on sled, state machine, lease
+//! tracker, ClusterSet DNS, and the API port serving gRPC plus `/metrics`
+//! and `/healthz`.
+
+use super::api::{AdminApi, AgentApi, Hub};
+use super::lease::{self, LeaseConfig, Leases};
+use super::machine::Machine;
+use super::node::{self, NoPeers, NodeConfig};
+use crate::dns::{self, Catalog, DnsConfig};
+use crate::metrics::Metrics;
+use crate::proto::{admin_service_server::AdminServiceServer, agent_service_server::AgentServiceServer};
+use anyhow::Context;
+use axum::routing::get;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// How to run a hub replica.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    pub data_dir: PathBuf,
+    pub api: SocketAddr,
+    pub dns: SocketAddr,
+    pub dns_config: DnsConfig,
+    pub lease: LeaseConfig,
+}
+
+/// A started hub: where it listens and how to stop it.
+pub struct RunningHub {
+    pub api_addr: SocketAddr,
+    pub dns_addr: SocketAddr,
+    pub hub: Hub,
+    pub metrics: Arc<Metrics>,
+    tasks: JoinSet<()>,
+    shutdown: CancellationToken,
+}
+
+impl RunningHub {
+    /// Stops every task and waits for them (the raft node flushes last).
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Starts a single-voter hub (the playground's) and waits until it leads.
+pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Result<RunningHub> {
+    let metrics = Arc::new(Metrics::new());
+    let (machine, view) = Machine::new(metrics.clone());
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let node_config = NodeConfig::single(config.data_dir.join("raft"));
+    let (node, node_task) = node::spawn(node_config, machine, Arc::new(NoPeers), metrics.clone(), shutdown.child_token())
+        .context("cannot start the raft node")?;
+    let mut tasks = JoinSet::new();
+    tasks.spawn(async move {
+        let _ = node_task.await;
+    });
+
+    let mut status = node.status();
+    tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| s.leader != 0 && s.leader == s.id))
+        .await
+        .context("the raft node did not become leader within 10 s")?
+        .context("the raft node stopped")?;
+
+    let leases = Arc::new(Leases::new(config.lease));
+    let hub = Hub::new(node, view, leases.clone(), metrics.clone());
+    tasks.spawn(lease::run(leases, hub.clone(), shutdown.child_token()));
+
+    let catalog = Arc::new(Catalog::new(config.dns_config.clone()));
+    tasks.spawn(publish_dns(catalog.clone(), hub.clone(), shutdown.child_token()));
+    let (dns_addr, dns_task) = dns::serve(catalog, config.dns, metrics.clone(), shutdown.child_token())
+        .await
+        .with_context(|| format!("cannot serve DNS on {}", config.dns))?;
+    tasks.spawn(async move {
+        let _ = dns_task.await;
+    });
+
+    let listener = tokio::net::TcpListener::bind(config.api)
+        .await
+        .with_context(|| format!("cannot listen on {} for the hub API", config.api))?;
+    let api_addr = listener.local_addr()?;
+    let router = tonic::service::Routes::new(AgentServiceServer::new(AgentApi(hub.clone())))
+        .add_service(AdminServiceServer::new(AdminApi(hub.clone())))
+        .into_axum_router()
+        .merge(
+            axum::Router::new()
+                .route("/metrics", get(metrics_handler))
+                .route("/healthz", get(healthz_handler))
+                .with_state((metrics.clone(), hub.clone())),
+        );
+    let stop = shutdown.child_token();
+    tasks.spawn(async move {
+        if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await {
+            tracing::error!(error = %e, "hub API server failed");
+        }
+    });
+    tracing::info!(api = %api_addr, dns = %dns_addr, data_dir = %config.data_dir.display(), "hub started");
+    Ok(RunningHub { api_addr, dns_addr, hub, metrics, tasks, shutdown })
+}
+
+type AppState = (Arc<Metrics>, Hub);
+
+async fn metrics_handler(axum::extract::State((metrics, hub)): axum::extract::State<AppState>) -> String {
+    let s = hub.raft_status();
+    metrics.raft_term.set(s.term);
+    metrics.raft_commit_index.set(s.commit);
+    metrics.raft_applied_index.set(s.applied);
+    metrics.encode()
+}
+
+async fn healthz_handler(
+    axum::extract::State((_, hub)): axum::extract::State<AppState>,
+) -> (axum::http::StatusCode, String) {
+    let s = hub.raft_status();
+    if s.leader == 0 {
+        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "no raft leader\n".into())
+    } else {
+        (axum::http::StatusCode::OK, format!("ok: leader {} term {} applied {}\n", s.leader, s.term, s.applied))
+    }
+}
+
+/// Rebuilds the DNS catalog whenever the applied state changes.
+async fn publish_dns(catalog: Arc<Catalog>, hub: Hub, shutdown: CancellationToken) {
+    let mut view = hub.watch_state();
+    loop {
+        let state = view.borrow_and_update().clone();
+        catalog.publish(&state.backends);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = view.changed() => if changed.is_err() { return },
+        }
+    }
+}

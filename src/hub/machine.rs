@@ -1,0 +1,74 @@
+//! Adapts [`State`] to the raft node's [`StateMachine`]: decodes commands,
+//! applies them, and publishes an immutable view after each batch for DNS,
+//! streams and reads.
+
+use super::node::StateMachine;
+use super::state::{Command, State};
+use crate::metrics::Metrics;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::watch;
+
+/// The hub's state machine as the raft node drives it.
+pub struct Machine {
+    state: State,
+    view: watch::Sender<Arc<State>>,
+    changed: bool,
+    metrics: Arc<Metrics>,
+}
+
+impl Machine {
+    /// A machine with empty state and the receiver readers subscribe to.
+    pub fn new(metrics: Arc<Metrics>) -> (Self, watch::Receiver<Arc<State>>) {
+        let (view, rx) = watch::channel(Arc::new(State::default()));
+        (Self { state: State::default(), view, changed: false, metrics }, rx)
+    }
+}
+
+impl StateMachine for Machine {
+    fn apply(&mut self, index: u64, command: &[u8]) -> Result<Vec<u8>, String> {
+        let cmd: Command =
+            serde_json::from_slice(command).map_err(|e| format!("undecodable command at index {index}: {e}"))?;
+        let started = Instant::now();
+        let result = self.state.apply(index, &cmd);
+        self.metrics.recompute_seconds.observe(started.elapsed().as_secs_f64());
+        self.state.applied_index = index;
+        self.changed = true;
+        match result {
+            Ok(outcome) => {
+                tracing::debug!(index, recomputed = outcome.recomputed.len(), "applied");
+                serde_json::to_vec(&outcome.lines).map_err(|e| e.to_string())
+            }
+            Err(e) => {
+                tracing::info!(index, error = %e, "command rejected");
+                Err(e.to_string())
+            }
+        }
+    }
+
+    fn after_batch(&mut self) {
+        if std::mem::take(&mut self.changed) {
+            self.metrics.exports.set(self.state.export_count() as i64);
+            self.metrics.clusters.set(self.state.clusters.len() as i64);
+            self.view.send_replace(Arc::new(self.state.clone()));
+        }
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        // Serializing plain maps and strings cannot fail.
+        serde_json::to_vec(&self.state).unwrap_or_default()
+    }
+
+    fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), String> {
+        let state: State = if data.is_empty() {
+            State::default()
+        } else {
+            serde_json::from_slice(data).map_err(|e| format!("snapshot at index {index} is unreadable: {e}"))?
+        };
+        self.state = state;
+        self.state.applied_index = index;
+        self.changed = true;
+        self.after_batch();
+        Ok(())
+    }
+}
