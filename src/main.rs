@@ -1,1 +1,225 @@
-fn main() {}
+//! The `switchyard` binary: one subcommand per job.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use switchyard::cli::{self, Format};
+use switchyard::dns::DnsConfig;
+use switchyard::hub::lease::LeaseConfig;
+use switchyard::playground::{self, up::UpOptions};
+use tokio_util::sync::CancellationToken;
+
+/// Multi-cluster global traffic manager for Kubernetes.
+#[derive(Parser)]
+#[command(name = "switchyard", version, about)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the playground: a hub, three file-backed clusters with real
+    /// backends, and ClusterSet DNS, all on loopback.
+    Up {
+        /// Where hub state and the cluster files live.
+        #[arg(long, default_value = ".switchyard")]
+        data_dir: PathBuf,
+        /// ClusterSet DNS address (UDP and TCP).
+        #[arg(long, default_value = "127.0.0.1:5353")]
+        dns: SocketAddr,
+        /// Hub API address (gRPC, /metrics, /healthz).
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        api: SocketAddr,
+        /// A clusterset description (see --print-config); overwrites the
+        /// cluster files in the data dir.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print the clusterset description in use and exit.
+        #[arg(long)]
+        print_config: bool,
+        /// The ClusterSet DNS zone.
+        #[arg(long, default_value = "clusterset.local")]
+        zone: String,
+        /// DNS answer TTL in seconds.
+        #[arg(long, default_value_t = 5)]
+        ttl: u32,
+        /// Cluster lease duration, milliseconds.
+        #[arg(long, default_value_t = 3000)]
+        lease_ms: u64,
+        /// How often agents renew their lease, milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        renew_ms: u64,
+    },
+    /// Run a file-backed cluster agent against a hub.
+    Agent {
+        /// The cluster file (see docs/playground.md for its format).
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long, env = "SWITCHYARD_HUB", default_value = "127.0.0.1:7700")]
+        hub: String,
+    },
+    /// Apply ServiceImport and MultiClusterService manifests, all or nothing.
+    Apply {
+        /// Multi-document YAML or JSON file, or - for stdin.
+        #[arg(short = 'f', long = "filename")]
+        file: String,
+        #[arg(long, env = "SWITCHYARD_HUB", default_value = "127.0.0.1:7700")]
+        hub: String,
+    },
+    /// Show clusters, exports, imports, mcs or backends.
+    Get {
+        /// clusters | exports | imports | mcs | backends
+        kind: String,
+        /// NS/NAME (or a cluster ID for clusters).
+        name: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+        #[arg(long, env = "SWITCHYARD_HUB", default_value = "127.0.0.1:7700")]
+        hub: String,
+    },
+    /// Change MultiClusterService weights.
+    Weights {
+        #[command(subcommand)]
+        action: WeightsAction,
+    },
+    /// Query the ClusterSet DNS and name each address's cluster.
+    Resolve {
+        name: String,
+        /// Record type: A, AAAA, SRV, TXT, SOA, ...
+        #[arg(long = "type", short = 't', default_value = "A")]
+        rtype: String,
+        #[arg(long, default_value = "127.0.0.1:5353")]
+        dns: SocketAddr,
+        /// Query over TCP instead of UDP.
+        #[arg(long)]
+        tcp: bool,
+        /// Print only the first address (for scripts).
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(long, env = "SWITCHYARD_HUB", default_value = "127.0.0.1:7700")]
+        hub: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum WeightsAction {
+    /// Set CLUSTER=WEIGHT pairs on a MultiClusterService (NS/NAME).
+    Set {
+        mcs: String,
+        #[arg(required = true)]
+        weights: Vec<String>,
+        #[arg(long, env = "SWITCHYARD_HUB", default_value = "127.0.0.1:7700")]
+        hub: String,
+    },
+}
+
+fn init_logging(format: LogFormat, default: &str) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Cancels the token on Ctrl-C or SIGTERM.
+fn stop_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    t.cancel();
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        t.cancel();
+    });
+    token
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Up { data_dir, dns, api, config, print_config, zone, ttl, lease_ms, renew_ms } => {
+            if print_config {
+                print!("{}", playground::up::load_config(config.as_deref())?.to_yaml());
+                return Ok(());
+            }
+            init_logging(cli.log_format, "warn,switchyard=warn");
+            if renew_ms == 0 || lease_ms <= renew_ms {
+                anyhow::bail!("--lease-ms ({lease_ms}) must be longer than --renew-ms ({renew_ms}), and both above 0");
+            }
+            let opts = UpOptions {
+                data_dir: data_dir.clone(),
+                dns,
+                api,
+                config,
+                lease: LeaseConfig { ttl: Duration::from_millis(lease_ms), renew: Duration::from_millis(renew_ms) },
+                dns_config: DnsConfig { zone: zone.clone(), ttl },
+            };
+            let shutdown = stop_on_signal();
+            let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+            let running = tokio::spawn(playground::up(opts, shutdown.clone(), ready_tx));
+            if let Ok(bound) = ready_rx.await {
+                print!("{}", playground::up::banner(&bound, &data_dir, &zone));
+            }
+            running.await.context("the playground task failed")??;
+            eprintln!("switchyard playground stopped");
+            Ok(())
+        }
+        Command::Agent { file, hub } => {
+            init_logging(cli.log_format, "info");
+            let shutdown = stop_on_signal();
+            let (f, desired) =
+                switchyard::agent::watch::follow(file, Duration::from_millis(200), shutdown.child_token())?;
+            let config = switchyard::agent::AgentConfig { hub, spec: f.spec() };
+            switchyard::agent::run(config, desired, shutdown).await;
+            Ok(())
+        }
+        Command::Apply { file, hub } => cli::apply(&hub, &file).await,
+        Command::Get { kind, name, output, hub } => cli::get(&hub, &kind, name.as_deref(), output).await,
+        Command::Weights { action: WeightsAction::Set { mcs, weights, hub } } => cli::set_weights(&hub, &mcs, &weights).await,
+        Command::Resolve { name, rtype, dns, tcp, quiet, hub } => {
+            cli::resolve::resolve(dns, &hub, &name, &rtype, tcp, quiet).await
+        }
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(run(cli)) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,193 @@
+//! Starts the playground and stops it in order on shutdown.
+
+use super::backend::{self, BackendIdentity};
+use super::config::ClusterSetConfig;
+use crate::agent::{self, AgentConfig, ClusterFile};
+use crate::dns::DnsConfig;
+use crate::hub::app::{self as hub_app, HubConfig};
+use crate::hub::lease::LeaseConfig;
+use anyhow::{bail, Context};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// `switchyard up` options.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    pub data_dir: PathBuf,
+    pub dns: SocketAddr,
+    pub api: SocketAddr,
+    /// A clusterset description; the built-in one when `None`.
+    pub config: Option<PathBuf>,
+    pub lease: LeaseConfig,
+    pub dns_config: DnsConfig,
+}
+
+/// Where the playground listens, once up.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    pub api: SocketAddr,
+    pub dns: SocketAddr,
+    pub cluster_files: Vec<(String, PathBuf)>,
+}
+
+/// Loads the clusterset description named by `--config`, or the built-in one.
+pub fn load_config(path: Option<&Path>) -> anyhow::Result<ClusterSetConfig> {
+    match path {
+        None => Ok(ClusterSetConfig::builtin()),
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+            Ok(ClusterSetConfig::parse(&p.display().to_string(), &text)?)
+        }
+    }
+}
+
+/// Runs the playground until `shutdown`; `ready` receives the bound
+/// addresses once every agent's exports are applied.
+pub async fn up(
+    opts: UpOptions,
+    shutdown: CancellationToken,
+    ready: tokio::sync::oneshot::Sender<Bound>,
+) -> anyhow::Result<()> {
+    let config = load_config(opts.config.as_deref())?;
+    let files = write_cluster_files(&opts.data_dir, &config, opts.config.is_some())?;
+
+    let hub_shutdown = CancellationToken::new();
+    let hub = hub_app::start(
+        HubConfig {
+            data_dir: opts.data_dir.join("hub"),
+            api: opts.api,
+            dns: opts.dns,
+            dns_config: opts.dns_config.clone(),
+            lease: opts.lease,
+        },
+        hub_shutdown.clone(),
+    )
+    .await?;
+
+    let clusters_shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let result = start_clusters(&files, hub.api_addr, &mut tasks, &clusters_shutdown).await;
+    let result = match result {
+        Ok(()) => wait_ready(&hub.hub, &files).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
+        clusters_shutdown.cancel();
+        while tasks.join_next().await.is_some() {}
+        hub.stop().await;
+        return Err(e);
+    }
+    let _ = ready.send(Bound { api: hub.api_addr, dns: hub.dns_addr, cluster_files: files });
+
+    shutdown.cancelled().await;
+    tracing::info!("stopping: agents and backends first, then the hub");
+    clusters_shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    hub.stop().await;
+    Ok(())
+}
+
+/// Writes each cluster's file under `DATA_DIR/clusters/` unless it exists
+/// (the user may have edited it) or `overwrite` (an explicit `--config`).
+fn write_cluster_files(
+    data_dir: &Path,
+    config: &ClusterSetConfig,
+    overwrite: bool,
+) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let dir = data_dir.join("clusters");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut out = Vec::new();
+    for c in &config.clusters {
+        let path = dir.join(format!("{}.yaml", c.cluster));
+        if overwrite || !path.exists() {
+            let text = format!(
+                "# Cluster {} of the switchyard playground. Edit and save: the agent\n# streams the change to the hub (remove endpoints, mark them ready: false, ...).\n{}",
+                c.cluster,
+                serde_yaml::to_string(c).unwrap_or_default()
+            );
+            std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        out.push((c.cluster.clone(), path));
+    }
+    Ok(out)
+}
+
+async fn start_clusters(
+    files: &[(String, PathBuf)],
+    api: SocketAddr,
+    tasks: &mut JoinSet<()>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    for (id, path) in files {
+        let (file, desired) = agent::watch::follow(path.clone(), Duration::from_millis(200), shutdown.child_token())?;
+        start_backends(&file, tasks, shutdown).await?;
+        let config = AgentConfig { hub: api.to_string(), spec: file.spec() };
+        tasks.spawn(agent::run(config, desired, shutdown.child_token()));
+        tracing::info!(cluster = %id, file = %path.display(), "agent started");
+    }
+    Ok(())
+}
+
+async fn start_backends(file: &ClusterFile, tasks: &mut JoinSet<()>, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    for s in &file.services {
+        for e in &s.endpoints {
+            for p in &s.ports {
+                if p.protocol != "TCP" {
+                    continue;
+                }
+                let who = BackendIdentity {
+                    cluster: file.cluster.clone(),
+                    service: format!("{}/{}", s.namespace, s.name),
+                    pod: e.pod.clone().or_else(|| e.hostname.clone()).unwrap_or_else(|| e.address.to_string()),
+                };
+                backend::spawn(tasks, SocketAddr::new(e.address, p.port), who, shutdown.child_token()).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn wait_ready(hub: &crate::hub::api::Hub, files: &[(String, PathBuf)]) -> anyhow::Result<()> {
+    let mut view = hub.watch_state();
+    let all_in = |s: &crate::hub::state::State| files.iter().all(|(id, _)| s.export_revisions.contains_key(id));
+    let waited = tokio::time::timeout(Duration::from_secs(20), view.wait_for(|s| all_in(s))).await;
+    match waited {
+        Ok(Ok(_)) => Ok(()),
+        _ => {
+            let s = hub.state();
+            let missing: Vec<&str> =
+                files.iter().filter(|(id, _)| !s.export_revisions.contains_key(id)).map(|(id, _)| id.as_str()).collect();
+            bail!("agents of {} did not deliver their exports within 20 s", missing.join(", "))
+        }
+    }
+}
+
+/// The banner printed once the playground is up.
+pub fn banner(bound: &Bound, data_dir: &Path, zone: &str) -> String {
+    let dns_port = bound.dns.port();
+    let dns_ip = bound.dns.ip();
+    let mut s = String::new();
+    s.push_str("switchyard playground is up\n\n");
+    s.push_str(&format!("  hub API (gRPC, /metrics, /healthz)  {}\n", bound.api));
+    s.push_str(&format!("  ClusterSet DNS (UDP and TCP)        {}   zone {zone}\n", bound.dns));
+    s.push_str(&format!("  data dir                            {}\n\n", data_dir.display()));
+    s.push_str("  clusters (edit a file to change that cluster's endpoints):\n");
+    for (id, path) in &bound.cluster_files {
+        s.push_str(&format!("    {id:<14} {}\n", path.display()));
+    }
+    let hub_flag = if bound.api.to_string() == "127.0.0.1:7700" { String::new() } else { format!(" --hub {}", bound.api) };
+    let dns_flag = if bound.dns.to_string() == "127.0.0.1:5353" { String::new() } else { format!(" --dns {}", bound.dns) };
+    s.push_str("\nTry (`switchyard` is `cargo run --release --` from the repository):\n");
+    s.push_str(&format!("  dig @{dns_ip} -p {dns_port} api-v1-multi.app.svc.{zone}\n"));
+    s.push_str(&format!("  switchyard resolve api-v1-multi.app.svc.{zone}{dns_flag}{hub_flag}\n"));
+    s.push_str(&format!("  curl http://$(switchyard resolve -q api-v1-multi.app.svc.{zone}{dns_flag}):8080/\n"));
+    s.push_str(&format!("  switchyard apply -f docs/examples/seed-mcs.yaml{hub_flag}\n"));
+    s.push_str(&format!("  switchyard get backends app/api-v1-multi{hub_flag}\n"));
+    s.push_str(&format!("  switchyard weights set app/api-v1-global us-west-1=20 us-east-1=80{hub_flag}\n"));
+    s.push_str(&format!("  dig @{dns_ip} -p {dns_port} SRV _http._tcp.db.app.svc.{zone}\n"));
+    s.push_str("\nCtrl-C stops everything; state is kept in the data dir.\n");
+    s
+}
