@@ -51,8 +51,11 @@ pub async fn up(
     shutdown: CancellationToken,
     ready: tokio::sync::oneshot::Sender<Bound>,
 ) -> anyhow::Result<()> {
-    let config = load_config(opts.config.as_deref())?;
-    let files = write_cluster_files(&opts.data_dir, &config, opts.config.is_some())?;
+    let files = match (&opts.config, existing_cluster_files(&opts.data_dir)?) {
+        // A restart: the data dir's cluster files (perhaps edited) are the truth.
+        (None, existing) if !existing.is_empty() => existing,
+        (path, _) => write_cluster_files(&opts.data_dir, &load_config(path.as_deref())?)?,
+    };
 
     let hub_shutdown = CancellationToken::new();
     let hub = hub_app::start(
@@ -90,26 +93,41 @@ pub async fn up(
     Ok(())
 }
 
-/// Writes each cluster's file under `DATA_DIR/clusters/` unless it exists
-/// (the user may have edited it) or `overwrite` (an explicit `--config`).
-fn write_cluster_files(
-    data_dir: &Path,
-    config: &ClusterSetConfig,
-    overwrite: bool,
-) -> anyhow::Result<Vec<(String, PathBuf)>> {
+/// The cluster files a previous run left in `DATA_DIR/clusters/`.
+fn existing_cluster_files(data_dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let dir = data_dir.join("clusters");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let path = entry.with_context(|| format!("cannot list {}", dir.display()))?.path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let file = ClusterFile::load(&path)?;
+            out.push((file.cluster, path));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Writes each cluster's file under `DATA_DIR/clusters/`, replacing what
+/// was there (a first start, or an explicit `--config`).
+fn write_cluster_files(data_dir: &Path, config: &ClusterSetConfig) -> anyhow::Result<Vec<(String, PathBuf)>> {
     let dir = data_dir.join("clusters");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for (_, stale) in existing_cluster_files(data_dir).unwrap_or_default() {
+        let _ = std::fs::remove_file(stale);
+    }
     let mut out = Vec::new();
     for c in &config.clusters {
         let path = dir.join(format!("{}.yaml", c.cluster));
-        if overwrite || !path.exists() {
-            let text = format!(
-                "# Cluster {} of the switchyard playground. Edit and save: the agent\n# streams the change to the hub (remove endpoints, mark them ready: false, ...).\n{}",
-                c.cluster,
-                serde_yaml::to_string(c).unwrap_or_default()
-            );
-            std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
-        }
+        let text = format!(
+            "# Cluster {} of the switchyard playground. Edit and save: the agent\n# streams the change to the hub (remove endpoints, mark them ready: false, ...).\n{}",
+            c.cluster,
+            serde_yaml::to_string(c).unwrap_or_default()
+        );
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
         out.push((c.cluster.clone(), path));
     }
     Ok(out)
