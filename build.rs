@@ -6,7 +6,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // tonic-prost-build runs the protoc named by PROTOC.
     std::env::set_var("PROTOC", protoc);
     tonic_prost_build::configure().compile_protos(
-        &["proto/switchyard/v1/agent.proto", "proto/switchyard/v1/admin.proto"],
+        &[
+            "proto/switchyard/v1/agent.proto",
+            "proto/switchyard/v1/admin.proto",
+        ],
         &["proto"],
     )?;
     println!("cargo:rerun-if-changed=proto");

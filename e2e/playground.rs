@@ -25,7 +25,9 @@ fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     // The UDP side of the DNS port must be free too.
-    std::net::UdpSocket::bind(("127.0.0.1", port)).map(|_| port).unwrap_or_else(|_| free_port())
+    std::net::UdpSocket::bind(("127.0.0.1", port))
+        .map(|_| port)
+        .unwrap_or_else(|_| free_port())
 }
 
 struct Playground {
@@ -47,7 +49,9 @@ impl Playground {
         for c in &mut config.clusters {
             for s in &mut c.services {
                 for e in &mut s.endpoints {
-                    let IpAddr::V4(v4) = e.address else { unreachable!() };
+                    let IpAddr::V4(v4) = e.address else {
+                        unreachable!()
+                    };
                     let o = v4.octets();
                     e.address = IpAddr::from([127, block, o[2], o[3]]);
                     owners.insert(e.address, c.cluster.clone());
@@ -58,7 +62,14 @@ impl Playground {
         std::fs::write(&config_path, config.to_yaml()).unwrap();
         let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let dns: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut pg = Self { child: spawn_up(dir.path(), &config_path, api, dns), dir, api, dns, owners, block };
+        let mut pg = Self {
+            child: spawn_up(dir.path(), &config_path, api, dns),
+            dir,
+            api,
+            dns,
+            owners,
+            block,
+        };
         pg.wait_up();
         pg
     }
@@ -82,7 +93,10 @@ impl Playground {
     }
 
     fn cluster_file(&self, id: &str) -> PathBuf {
-        self.dir.path().join("data/clusters").join(format!("{id}.yaml"))
+        self.dir
+            .path()
+            .join("data/clusters")
+            .join(format!("{id}.yaml"))
     }
 
     /// Runs a CLI command against this playground.
@@ -92,7 +106,11 @@ impl Playground {
             .env("SWITCHYARD_HUB", self.api.to_string())
             .output()
             .unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
     }
 
     fn json(&self, args: &[&str]) -> serde_json::Value {
@@ -106,7 +124,9 @@ impl Playground {
     async fn tally(&self, n: usize) -> HashMap<String, usize> {
         let mut counts = HashMap::new();
         for _ in 0..n {
-            let msg = client::query(self.dns, NAME, RecordType::A, false).await.unwrap();
+            let msg = client::query(self.dns, NAME, RecordType::A, false)
+                .await
+                .unwrap();
             assert_eq!(msg.metadata.response_code, ResponseCode::NoError);
             assert!(msg.metadata.authoritative, "answers are authoritative");
             let clusters: std::collections::BTreeSet<&String> = msg
@@ -117,8 +137,15 @@ impl Playground {
                     _ => None,
                 })
                 .collect();
-            assert_eq!(clusters.len(), 1, "one cluster per answer: {:?}", msg.answers);
-            *counts.entry(clusters.into_iter().next().unwrap().clone()).or_default() += 1;
+            assert_eq!(
+                clusters.len(),
+                1,
+                "one cluster per answer: {:?}",
+                msg.answers
+            );
+            *counts
+                .entry(clusters.into_iter().next().unwrap().clone())
+                .or_default() += 1;
         }
         counts
     }
@@ -131,19 +158,28 @@ impl Playground {
             if t.len() == 1 && t.contains_key(only) {
                 return start.elapsed();
             }
-            assert!(start.elapsed() < limit, "answers still {t:?} after {limit:?}");
+            assert!(
+                start.elapsed() < limit,
+                "answers still {t:?} after {limit:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     fn sigint(&mut self) -> std::process::ExitStatus {
-        Command::new("kill").args(["-INT", &self.child.id().to_string()]).status().unwrap();
+        Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "playground did not stop on Ctrl-C");
+            assert!(
+                Instant::now() < deadline,
+                "playground did not stop on Ctrl-C"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -171,12 +207,16 @@ fn spawn_up(dir: &Path, config: &Path, api: SocketAddr, dns: SocketAddr) -> Chil
 
 /// `GET /` on addr:port with a plain HTTP/1.0 request; the JSON body.
 fn http_get(addr: IpAddr, port: u16) -> serde_json::Value {
-    let mut s = TcpStream::connect_timeout(&SocketAddr::new(addr, port), Duration::from_secs(3)).unwrap();
+    let mut s =
+        TcpStream::connect_timeout(&SocketAddr::new(addr, port), Duration::from_secs(3)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     write!(s, "GET / HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
-    assert!(resp.starts_with("HTTP/1.0 200") || resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(
+        resp.starts_with("HTTP/1.0 200") || resp.starts_with("HTTP/1.1 200"),
+        "{resp}"
+    );
     let body = resp.split("\r\n\r\n").nth(1).unwrap();
     serde_json::from_str(body).unwrap()
 }
@@ -205,20 +245,33 @@ async fn seed_weights_split_dns_answers_and_requests_reach_the_right_cluster() {
 
     let (ok, out, err) = pg.cli(&["apply", "-f", SEED]);
     assert!(ok, "{err}");
-    assert_eq!(out, "serviceimport app/api-v1-multi created\nmulticlusterservice app/api-v1-global created\n");
+    assert_eq!(
+        out,
+        "serviceimport app/api-v1-multi created\nmulticlusterservice app/api-v1-global created\n"
+    );
 
     let counts = pg.tally(2000).await;
     let west = *counts.get("us-west-1").unwrap_or(&0) as f64 / 2000.0;
     let east = *counts.get("us-east-1").unwrap_or(&0) as f64 / 2000.0;
-    assert!((west - 0.60).abs() <= 0.03, "us-west-1 share {west}: {counts:?}");
-    assert!((east - 0.40).abs() <= 0.03, "us-east-1 share {east}: {counts:?}");
+    assert!(
+        (west - 0.60).abs() <= 0.03,
+        "us-west-1 share {west}: {counts:?}"
+    );
+    assert!(
+        (east - 0.40).abs() <= 0.03,
+        "us-east-1 share {east}: {counts:?}"
+    );
     assert!(!counts.contains_key("eu-central-1"), "{counts:?}");
 
     // A request on a DNS answer reaches a backend of the cluster that
     // answer belongs to.
     for _ in 0..10 {
-        let msg = client::query(pg.dns, NAME, RecordType::A, true).await.unwrap();
-        let RData::A(a) = &msg.answers[0].data else { panic!("not A") };
+        let msg = client::query(pg.dns, NAME, RecordType::A, true)
+            .await
+            .unwrap();
+        let RData::A(a) = &msg.answers[0].data else {
+            panic!("not A")
+        };
         let addr = IpAddr::V4(a.0);
         let body = http_get(addr, 8080);
         assert_eq!(body["cluster"].as_str(), Some(pg.owners[&addr].as_str()));
@@ -228,14 +281,26 @@ async fn seed_weights_split_dns_answers_and_requests_reach_the_right_cluster() {
     // An independent DNS client agrees (when e2e/setup installed dig).
     if dig_available() {
         let out = dig(pg.dns, &[NAME, "A"]);
-        assert!(out.contains("status: NOERROR") && out.contains(" aa"), "{out}");
+        assert!(
+            out.contains("status: NOERROR") && out.contains(" aa"),
+            "{out}"
+        );
         assert!(out.contains(&format!("127.{}.", pg.block)), "{out}");
-        let out = dig(pg.dns, &["+tcp", "SRV", "_http._tcp.db.app.svc.clusterset.local"]);
-        assert!(out.contains("db-0.us-west-1.db.app.svc.clusterset.local."), "{out}");
+        let out = dig(
+            pg.dns,
+            &["+tcp", "SRV", "_http._tcp.db.app.svc.clusterset.local"],
+        );
+        assert!(
+            out.contains("db-0.us-west-1.db.app.svc.clusterset.local."),
+            "{out}"
+        );
         let out = dig(pg.dns, &["TXT", "dns-version.clusterset.local"]);
         assert!(out.contains("IN\tTXT"), "{out}");
         let out = dig(pg.dns, &["A", "nope.app.svc.clusterset.local"]);
-        assert!(out.contains("status: NXDOMAIN") && out.contains("SOA"), "{out}");
+        assert!(
+            out.contains("status: NXDOMAIN") && out.contains("SOA"),
+            "{out}"
+        );
         let out = dig(pg.dns, &["A", "example.com"]);
         assert!(out.contains("status: REFUSED"), "{out}");
     } else {
@@ -244,17 +309,38 @@ async fn seed_weights_split_dns_answers_and_requests_reach_the_right_cluster() {
 
     // The headless service answers with every cluster's ready endpoints,
     // and each per-endpoint name with one address.
-    let msg = client::query(pg.dns, "db.app.svc.clusterset.local", RecordType::A, false).await.unwrap();
+    let msg = client::query(pg.dns, "db.app.svc.clusterset.local", RecordType::A, false)
+        .await
+        .unwrap();
     assert_eq!(msg.answers.len(), 6);
-    let msg = client::query(pg.dns, "db-1.eu-central-1.db.app.svc.clusterset.local", RecordType::A, false).await.unwrap();
+    let msg = client::query(
+        pg.dns,
+        "db-1.eu-central-1.db.app.svc.clusterset.local",
+        RecordType::A,
+        false,
+    )
+    .await
+    .unwrap();
     assert_eq!(msg.answers.len(), 1);
     // The reserved <clusterid>.<svc> name is not answered with addresses.
-    let msg = client::query(pg.dns, "us-west-1.db.app.svc.clusterset.local", RecordType::A, false).await.unwrap();
+    let msg = client::query(
+        pg.dns,
+        "us-west-1.db.app.svc.clusterset.local",
+        RecordType::A,
+        false,
+    )
+    .await
+    .unwrap();
     assert!(msg.answers.is_empty());
 
     // `get backends` reports weights, shares and addresses per cluster.
     let b = pg.json(&["get", "backends", "app/api-v1-multi", "-o", "json"]);
-    let west = b["clusters"].as_array().unwrap().iter().find(|c| c["cluster"] == "us-west-1").unwrap();
+    let west = b["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cluster"] == "us-west-1")
+        .unwrap();
     assert_eq!(west["weight"], 60);
     assert!((west["share"].as_f64().unwrap() - 0.6).abs() < 1e-9);
     assert_eq!(west["healthy"], true);
@@ -271,7 +357,13 @@ async fn weights_and_endpoint_loss_shift_answers_within_a_second_and_bad_input_c
     assert!(pg.cli(&["apply", "-f", SEED]).0);
 
     // weights set: all traffic to us-east-1 within 1 s.
-    let (ok, out, err) = pg.cli(&["weights", "set", "app/api-v1-global", "us-west-1=0", "us-east-1=40"]);
+    let (ok, out, err) = pg.cli(&[
+        "weights",
+        "set",
+        "app/api-v1-global",
+        "us-west-1=0",
+        "us-east-1=40",
+    ]);
     assert!(ok, "{err}");
     assert!(out.contains("weights set"), "{out}");
     let took = pg.until_only("us-east-1", Duration::from_secs(1)).await;
@@ -279,7 +371,10 @@ async fn weights_and_endpoint_loss_shift_answers_within_a_second_and_bad_input_c
 
     // Remove every endpoint of us-east-1 from its file: its share moves to
     // us-west-1 (weight 0 here, so restore it first) within 1 s.
-    assert!(pg.cli(&["weights", "set", "app/api-v1-global", "us-west-1=60"]).0);
+    assert!(
+        pg.cli(&["weights", "set", "app/api-v1-global", "us-west-1=60"])
+            .0
+    );
     let path = pg.cluster_file("us-east-1");
     let mut file: switchyard::agent::ClusterFile =
         serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
@@ -292,7 +387,12 @@ async fn weights_and_endpoint_loss_shift_answers_within_a_second_and_bad_input_c
     let took = pg.until_only("us-west-1", Duration::from_secs(1)).await;
     eprintln!("endpoints removed → answers moved in {took:?}");
     let b = pg.json(&["get", "backends", "app/api-v1-multi", "-o", "json"]);
-    let east = b["clusters"].as_array().unwrap().iter().find(|c| c["cluster"] == "us-east-1").unwrap();
+    let east = b["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cluster"] == "us-east-1")
+        .unwrap();
     assert_eq!(east["healthy"], false);
     assert_eq!(east["share"], 0.0);
     assert_eq!(east["reason"], "no ready endpoints");
@@ -305,11 +405,27 @@ async fn weights_and_endpoint_loss_shift_answers_within_a_second_and_bad_input_c
     let before_backends = pg.json(&["get", "backends", "-o", "json"]);
     let bad = pg.dir.path().join("bad.yaml");
     let cases = [
-        (seed.replace("weight: 40", "weight: -5"), "weight -5 for cluster us-east-1 is negative"),
-        (seed.replace("cluster: us-east-1", "cluster: ap-south-9"), "\"ap-south-9\" is not a member of the ClusterSet"),
+        (
+            seed.replace("weight: 40", "weight: -5"),
+            "weight -5 for cluster us-east-1 is negative",
+        ),
+        (
+            seed.replace("cluster: us-east-1", "cluster: ap-south-9"),
+            "\"ap-south-9\" is not a member of the ClusterSet",
+        ),
         ("kind: [unclosed\n".to_string(), "malformed YAML"),
-        (seed.replace("    name: api-v1-multi\n    namespace: app\n  clusterBackends", "    name: missing\n    namespace: app\n  clusterBackends"), "ServiceImport app/missing does not exist"),
-        (seed.replace("weight: 60", "weight: 0").replace("weight: 40", "weight: 0"), "every cluster weight is 0"),
+        (
+            seed.replace(
+                "    name: api-v1-multi\n    namespace: app\n  clusterBackends",
+                "    name: missing\n    namespace: app\n  clusterBackends",
+            ),
+            "ServiceImport app/missing does not exist",
+        ),
+        (
+            seed.replace("weight: 60", "weight: 0")
+                .replace("weight: 40", "weight: 0"),
+            "every cluster weight is 0",
+        ),
     ];
     for (text, needle) in cases {
         std::fs::write(&bad, text).unwrap();
@@ -320,15 +436,27 @@ async fn weights_and_endpoint_loss_shift_answers_within_a_second_and_bad_input_c
     }
     let (ok, _, err) = pg.cli(&["weights", "set", "app/api-v1-global", "us-west-1=-1"]);
     assert!(!ok && err.contains("negative"), "{err}");
-    assert_eq!(pg.json(&["get", "mcs", "app/api-v1-global", "-o", "json"]), before_mcs);
+    assert_eq!(
+        pg.json(&["get", "mcs", "app/api-v1-global", "-o", "json"]),
+        before_mcs
+    );
     assert_eq!(pg.json(&["get", "backends", "-o", "json"]), before_backends);
-    assert_eq!(pg.tally(50).await.keys().collect::<Vec<_>>(), vec!["us-west-1"], "answers stay as they were");
+    assert_eq!(
+        pg.tally(50).await.keys().collect::<Vec<_>>(),
+        vec!["us-west-1"],
+        "answers stay as they were"
+    );
 
     // Malformed DNS packets never stop the server.
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let mut seed_byte = 7u8;
     for len in 0..200usize {
-        let junk: Vec<u8> = (0..len).map(|i| { seed_byte = seed_byte.wrapping_mul(31).wrapping_add(i as u8); seed_byte }).collect();
+        let junk: Vec<u8> = (0..len)
+            .map(|i| {
+                seed_byte = seed_byte.wrapping_mul(31).wrapping_add(i as u8);
+                seed_byte
+            })
+            .collect();
         udp.send_to(&junk, pg.dns).unwrap();
         if len % 20 == 0 {
             if let Ok(mut t) = TcpStream::connect(pg.dns) {
@@ -337,7 +465,11 @@ async fn weights_and_endpoint_loss_shift_answers_within_a_second_and_bad_input_c
             }
         }
     }
-    assert_eq!(pg.tally(5).await.len(), 1, "server still answers after malformed packets");
+    assert_eq!(
+        pg.tally(5).await.len(),
+        1,
+        "server still answers after malformed packets"
+    );
 
     // Ctrl-C stops cleanly.
     let status = pg.sigint();
@@ -348,7 +480,16 @@ async fn weights_and_endpoint_loss_shift_answers_within_a_second_and_bad_input_c
 async fn restart_after_kill_9_keeps_all_state() {
     let mut pg = Playground::start(43);
     assert!(pg.cli(&["apply", "-f", SEED]).0);
-    assert!(pg.cli(&["weights", "set", "app/api-v1-global", "us-west-1=70", "us-east-1=30"]).0);
+    assert!(
+        pg.cli(&[
+            "weights",
+            "set",
+            "app/api-v1-global",
+            "us-west-1=70",
+            "us-east-1=30"
+        ])
+        .0
+    );
     let before = pg.json(&["get", "mcs", "app/api-v1-global", "-o", "json"]);
 
     pg.child.kill().unwrap(); // SIGKILL
@@ -366,7 +507,10 @@ async fn restart_after_kill_9_keeps_all_state() {
     pg.wait_up();
     let after = pg.json(&["get", "mcs", "app/api-v1-global", "-o", "json"]);
     assert_eq!(after["spec"], before["spec"]);
-    assert_eq!(after["metadata"]["creationTimestamp"], before["metadata"]["creationTimestamp"]);
+    assert_eq!(
+        after["metadata"]["creationTimestamp"],
+        before["metadata"]["creationTimestamp"]
+    );
     let counts = pg.tally(200).await;
     let west = *counts.get("us-west-1").unwrap_or(&0) as f64 / 200.0;
     assert!((west - 0.7).abs() <= 0.03, "{counts:?}");

@@ -6,8 +6,8 @@
 //! change touches, and property tests pin its invariants.
 
 use crate::model::{
-    manifest::mcs_import_key, Cluster, ClusterId, ClusterState, Condition, Endpoint, Export, MultiClusterService, Port,
-    ServiceImport, ServiceKey, ServiceType, SessionAffinity,
+    manifest::mcs_import_key, Cluster, ClusterId, ClusterState, Condition, Endpoint, Export,
+    MultiClusterService, Port, ServiceImport, ServiceKey, ServiceType, SessionAffinity,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -96,9 +96,12 @@ pub fn compute(input: &ServiceInputs<'_>) -> Option<ServiceBackends> {
     exports.sort_by(|a, b| (a.created_unix_ms, &a.cluster).cmp(&(b.created_unix_ms, &b.cluster)));
 
     let mut conditions = Vec::new();
-    let (service_type, ports, session_affinity) = resolve_properties(input, &exports, &mut conditions);
+    let (service_type, ports, session_affinity) =
+        resolve_properties(input, &exports, &mut conditions);
 
-    let mcs_name = input.mcs.map(|m| format!("{}/{}", m.metadata.namespace, m.metadata.name));
+    let mcs_name = input
+        .mcs
+        .map(|m| format!("{}/{}", m.metadata.namespace, m.metadata.name));
     let listed: Option<BTreeMap<&str, u64>> = input.mcs.map(|m| {
         let mut w = BTreeMap::new();
         for b in &m.spec.cluster_backends {
@@ -108,7 +111,8 @@ pub fn compute(input: &ServiceInputs<'_>) -> Option<ServiceBackends> {
         w
     });
 
-    let by_cluster: BTreeMap<&str, &Export> = exports.iter().map(|e| (e.cluster.as_str(), *e)).collect();
+    let by_cluster: BTreeMap<&str, &Export> =
+        exports.iter().map(|e| (e.cluster.as_str(), *e)).collect();
     let mut ids: BTreeSet<&str> = by_cluster.keys().copied().collect();
     if let Some(l) = &listed {
         ids.extend(l.keys().copied());
@@ -117,7 +121,9 @@ pub fn compute(input: &ServiceInputs<'_>) -> Option<ServiceBackends> {
     let mut clusters = Vec::with_capacity(ids.len());
     for id in ids {
         let export = by_cluster.get(id).copied();
-        let endpoints: Vec<Endpoint> = export.map(|e| e.ready_endpoints().cloned().collect()).unwrap_or_default();
+        let endpoints: Vec<Endpoint> = export
+            .map(|e| e.ready_endpoints().cloned().collect())
+            .unwrap_or_default();
         let mut addresses: Vec<IpAddr> = endpoints.iter().map(|e| e.address).collect();
         addresses.sort();
         addresses.dedup();
@@ -125,10 +131,17 @@ pub fn compute(input: &ServiceInputs<'_>) -> Option<ServiceBackends> {
         let weight = listed.as_ref().and_then(|l| l.get(id).copied());
         let (effective_weight, reason) = match (&health, &listed, weight) {
             (Err(why), _, _) => (0, why.clone()),
-            (Ok(()), Some(_), None) => {
-                (0, format!("not listed in MultiClusterService {}", mcs_name.as_deref().unwrap_or_default()))
-            }
-            (Ok(()), Some(_), Some(0)) => (0, "weight 0: drained by the MultiClusterService".to_string()),
+            (Ok(()), Some(_), None) => (
+                0,
+                format!(
+                    "not listed in MultiClusterService {}",
+                    mcs_name.as_deref().unwrap_or_default()
+                ),
+            ),
+            (Ok(()), Some(_), Some(0)) => (
+                0,
+                "weight 0: drained by the MultiClusterService".to_string(),
+            ),
             (Ok(()), Some(_), Some(w)) => (w, "Ready".to_string()),
             (Ok(()), None, _) => (1, "Ready".to_string()),
         };
@@ -149,9 +162,19 @@ pub fn compute(input: &ServiceInputs<'_>) -> Option<ServiceBackends> {
         for c in &mut clusters {
             c.share = c.effective_weight as f64 / total as f64;
         }
-        conditions.push(Condition::new("Ready", true, "BackendsReady", ready_message(&clusters)));
+        conditions.push(Condition::new(
+            "Ready",
+            true,
+            "BackendsReady",
+            ready_message(&clusters),
+        ));
     } else {
-        conditions.push(Condition::new("Ready", false, "NoHealthyBackends", no_backends_message(input.service, &clusters)));
+        conditions.push(Condition::new(
+            "Ready",
+            false,
+            "NoHealthyBackends",
+            no_backends_message(input.service, &clusters),
+        ));
     }
 
     Some(ServiceBackends {
@@ -166,12 +189,21 @@ pub fn compute(input: &ServiceInputs<'_>) -> Option<ServiceBackends> {
     })
 }
 
-fn cluster_health(input: &ServiceInputs<'_>, id: &str, export: Option<&Export>, no_ready: bool) -> Result<(), String> {
+fn cluster_health(
+    input: &ServiceInputs<'_>,
+    id: &str,
+    export: Option<&Export>,
+    no_ready: bool,
+) -> Result<(), String> {
     let Some(cluster) = input.clusters.get(id) else {
-        return Err("not a member of the ClusterSet (no agent registered this cluster ID)".to_string());
+        return Err(
+            "not a member of the ClusterSet (no agent registered this cluster ID)".to_string(),
+        );
     };
     match cluster.state() {
-        ClusterState::Unreachable => return Err("cluster unreachable: its lease expired".to_string()),
+        ClusterState::Unreachable => {
+            return Err("cluster unreachable: its lease expired".to_string())
+        }
         ClusterState::Drained => return Err("cluster drained by an operator".to_string()),
         ClusterState::Healthy => {}
     }
@@ -197,7 +229,10 @@ fn no_backends_message(service: &ServiceKey, clusters: &[ClusterBackend]) -> Str
     if clusters.is_empty() {
         return format!("MultiClusterService has no endpoints: no cluster exports {service}");
     }
-    let parts: Vec<String> = clusters.iter().map(|c| format!("{}: {}", c.cluster, c.reason)).collect();
+    let parts: Vec<String> = clusters
+        .iter()
+        .map(|c| format!("{}: {}", c.cluster, c.reason))
+        .collect();
     format!("no healthy backends for {service}: {}", parts.join("; "))
 }
 
@@ -211,12 +246,19 @@ fn resolve_properties(
 ) -> (ServiceType, Vec<Port>, SessionAffinity) {
     let Some(oldest) = exports.first() else {
         let spec = input.declared.map(|d| d.spec.clone()).unwrap_or_default();
-        return (spec.service_type, spec.ports, spec.session_affinity.unwrap_or_default());
+        return (
+            spec.service_type,
+            spec.ports,
+            spec.session_affinity.unwrap_or_default(),
+        );
     };
     let mut problems: Vec<(&'static str, String)> = Vec::new();
 
-    let type_dissent: Vec<&str> =
-        exports.iter().filter(|e| e.service_type != oldest.service_type).map(|e| e.cluster.as_str()).collect();
+    let type_dissent: Vec<&str> = exports
+        .iter()
+        .filter(|e| e.service_type != oldest.service_type)
+        .map(|e| e.cluster.as_str())
+        .collect();
     if !type_dissent.is_empty() {
         problems.push((
             "TypeConflict",
@@ -282,10 +324,18 @@ fn resolve_properties(
         ));
     }
     if let Some((reason, _)) = problems.first() {
-        let message = problems.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>().join("; ");
+        let message = problems
+            .iter()
+            .map(|(_, m)| m.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
         conditions.push(Condition::new("Conflict", true, reason, message));
     }
-    (oldest.service_type, ports.into_values().map(|(p, _)| p).collect(), oldest.session_affinity)
+    (
+        oldest.service_type,
+        ports.into_values().map(|(p, _)| p).collect(),
+        oldest.session_affinity,
+    )
 }
 
 /// Why a MultiClusterService cannot be applied. Messages name the object and
@@ -293,11 +343,23 @@ fn resolve_properties(
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum WeightError {
     #[error("MultiClusterService {mcs}: weight {weight} for cluster {cluster} is negative; weights are relative and must be 0 or more")]
-    Negative { mcs: String, cluster: String, weight: i64 },
+    Negative {
+        mcs: String,
+        cluster: String,
+        weight: i64,
+    },
     #[error("MultiClusterService {mcs}: weight {weight} for cluster {cluster} is above the maximum of {MAX_WEIGHT}")]
-    TooLarge { mcs: String, cluster: String, weight: i64 },
+    TooLarge {
+        mcs: String,
+        cluster: String,
+        weight: i64,
+    },
     #[error("MultiClusterService {mcs}: cluster {cluster:?} is not a member of the ClusterSet (members: {members})")]
-    UnknownCluster { mcs: String, cluster: String, members: String },
+    UnknownCluster {
+        mcs: String,
+        cluster: String,
+        members: String,
+    },
     #[error("MultiClusterService {mcs}: cluster {cluster} is listed twice")]
     Duplicate { mcs: String, cluster: String },
     #[error("MultiClusterService {mcs}: every cluster weight is 0, which would send traffic nowhere; give at least one cluster a positive weight")]
@@ -317,20 +379,37 @@ pub fn validate_mcs(
     let mut seen = BTreeSet::new();
     for b in &mcs.spec.cluster_backends {
         if b.weight < 0 {
-            return Err(WeightError::Negative { mcs: name, cluster: b.cluster.clone(), weight: b.weight });
+            return Err(WeightError::Negative {
+                mcs: name,
+                cluster: b.cluster.clone(),
+                weight: b.weight,
+            });
         }
         if b.weight > MAX_WEIGHT {
-            return Err(WeightError::TooLarge { mcs: name, cluster: b.cluster.clone(), weight: b.weight });
+            return Err(WeightError::TooLarge {
+                mcs: name,
+                cluster: b.cluster.clone(),
+                weight: b.weight,
+            });
         }
         if !clusters.contains_key(&b.cluster) {
             let members = clusters.keys().cloned().collect::<Vec<_>>().join(", ");
-            return Err(WeightError::UnknownCluster { mcs: name, cluster: b.cluster.clone(), members });
+            return Err(WeightError::UnknownCluster {
+                mcs: name,
+                cluster: b.cluster.clone(),
+                members,
+            });
         }
         if !seen.insert(b.cluster.as_str()) {
-            return Err(WeightError::Duplicate { mcs: name, cluster: b.cluster.clone() });
+            return Err(WeightError::Duplicate {
+                mcs: name,
+                cluster: b.cluster.clone(),
+            });
         }
     }
-    if !mcs.spec.cluster_backends.is_empty() && mcs.spec.cluster_backends.iter().all(|b| b.weight == 0) {
+    if !mcs.spec.cluster_backends.is_empty()
+        && mcs.spec.cluster_backends.iter().all(|b| b.weight == 0)
+    {
         return Err(WeightError::AllZero { mcs: name });
     }
     let import = mcs_import_key(mcs);
@@ -348,7 +427,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn cluster(id: &str, reachable: bool, drained: bool) -> (ClusterId, Cluster) {
-        let mut c = Cluster::new(ClusterSpec { id: id.into(), ..Default::default() });
+        let mut c = Cluster::new(ClusterSpec {
+            id: id.into(),
+            ..Default::default()
+        });
         c.reachable = reachable;
         c.drained = drained;
         (id.into(), c)
@@ -360,7 +442,12 @@ mod tests {
             service: ServiceKey::new("app", "api").unwrap(),
             service_type: ServiceType::ClusterSetIP,
             session_affinity: SessionAffinity::None,
-            ports: vec![Port { name: "http".into(), protocol: "TCP".into(), app_protocol: String::new(), port: 8080 }],
+            ports: vec![Port {
+                name: "http".into(),
+                protocol: "TCP".into(),
+                app_protocol: String::new(),
+                port: 8080,
+            }],
             endpoints: (0..ready)
                 .map(|i| Endpoint {
                     address: format!("10.{}.0.{}", cluster.len(), i + 1).parse().unwrap(),
@@ -380,54 +467,105 @@ mod tests {
         MultiClusterService {
             api_version: "gateway.networking.k8s.io/v1beta1".into(),
             kind: "MultiClusterService".into(),
-            metadata: ObjectMeta { name: "global".into(), namespace: "app".into(), ..Default::default() },
+            metadata: ObjectMeta {
+                name: "global".into(),
+                namespace: "app".into(),
+                ..Default::default()
+            },
             spec: MultiClusterServiceSpec {
-                service_import: ServiceImportRef { name: "api".into(), namespace: "app".into() },
+                service_import: ServiceImportRef {
+                    name: "api".into(),
+                    namespace: "app".into(),
+                },
                 cluster_backends: weights
                     .iter()
-                    .map(|(c, w)| ClusterBackendRef { cluster: c.to_string(), weight: *w })
+                    .map(|(c, w)| ClusterBackendRef {
+                        cluster: c.to_string(),
+                        weight: *w,
+                    })
                     .collect(),
             },
             status: Default::default(),
         }
     }
 
-    fn run(clusters: &BTreeMap<ClusterId, Cluster>, exports: &[Export], m: Option<&MultiClusterService>) -> ServiceBackends {
+    fn run(
+        clusters: &BTreeMap<ClusterId, Cluster>,
+        exports: &[Export],
+        m: Option<&MultiClusterService>,
+    ) -> ServiceBackends {
         let key = ServiceKey::new("app", "api").unwrap();
-        compute(&ServiceInputs { service: &key, declared: None, exports: exports.iter().collect(), mcs: m, clusters })
-            .unwrap()
+        compute(&ServiceInputs {
+            service: &key,
+            declared: None,
+            exports: exports.iter().collect(),
+            mcs: m,
+            clusters,
+        })
+        .unwrap()
     }
 
     fn share(b: &ServiceBackends, id: &str) -> f64 {
-        b.clusters.iter().find(|c| c.cluster == id).map(|c| c.share).unwrap_or(0.0)
+        b.clusters
+            .iter()
+            .find(|c| c.cluster == id)
+            .map(|c| c.share)
+            .unwrap_or(0.0)
     }
 
     fn three() -> BTreeMap<ClusterId, Cluster> {
-        [cluster("a", true, false), cluster("b", true, false), cluster("c", true, false)].into_iter().collect()
+        [
+            cluster("a", true, false),
+            cluster("b", true, false),
+            cluster("c", true, false),
+        ]
+        .into_iter()
+        .collect()
     }
 
     #[test]
     fn relative_weights_need_not_sum_to_100() {
-        let b = run(&three(), &[export("a", 1, 1), export("b", 1, 2)], Some(&mcs(&[("a", 80), ("b", 30)])));
+        let b = run(
+            &three(),
+            &[export("a", 1, 1), export("b", 1, 2)],
+            Some(&mcs(&[("a", 80), ("b", 30)])),
+        );
         assert!((share(&b, "a") - 80.0 / 110.0).abs() < 1e-12);
         assert!((share(&b, "b") - 30.0 / 110.0).abs() < 1e-12);
     }
 
     #[test]
     fn unlisted_exporting_cluster_gets_nothing() {
-        let b = run(&three(), &[export("a", 1, 1), export("b", 1, 2), export("c", 1, 3)], Some(&mcs(&[("a", 60), ("b", 40)])));
+        let b = run(
+            &three(),
+            &[export("a", 1, 1), export("b", 1, 2), export("c", 1, 3)],
+            Some(&mcs(&[("a", 60), ("b", 40)])),
+        );
         assert_eq!(share(&b, "c"), 0.0);
         let c = b.clusters.iter().find(|c| c.cluster == "c").unwrap();
-        assert!(c.reason.contains("not listed in MultiClusterService app/global"), "{}", c.reason);
+        assert!(
+            c.reason
+                .contains("not listed in MultiClusterService app/global"),
+            "{}",
+            c.reason
+        );
         assert!((share(&b, "a") - 0.6).abs() < 1e-12);
     }
 
     #[test]
     fn zero_weight_drains_and_no_mcs_means_equal() {
-        let b = run(&three(), &[export("a", 1, 1), export("b", 1, 2)], Some(&mcs(&[("a", 0), ("b", 5)])));
+        let b = run(
+            &three(),
+            &[export("a", 1, 1), export("b", 1, 2)],
+            Some(&mcs(&[("a", 0), ("b", 5)])),
+        );
         assert_eq!(share(&b, "a"), 0.0);
         assert_eq!(share(&b, "b"), 1.0);
-        let b = run(&three(), &[export("a", 1, 1), export("b", 1, 2), export("c", 2, 3)], None);
+        let b = run(
+            &three(),
+            &[export("a", 1, 1), export("b", 1, 2), export("c", 2, 3)],
+            None,
+        );
         for id in ["a", "b", "c"] {
             assert!((share(&b, id) - 1.0 / 3.0).abs() < 1e-12);
         }
@@ -438,13 +576,21 @@ mod tests {
         let mut clusters = three();
         clusters.get_mut("a").unwrap().reachable = false;
         let m = mcs(&[("a", 50), ("b", 30), ("c", 10)]);
-        let b = run(&clusters, &[export("a", 1, 1), export("b", 1, 2), export("c", 1, 3)], Some(&m));
+        let b = run(
+            &clusters,
+            &[export("a", 1, 1), export("b", 1, 2), export("c", 1, 3)],
+            Some(&m),
+        );
         assert_eq!(share(&b, "a"), 0.0);
         assert!((share(&b, "b") - 0.75).abs() < 1e-12);
         assert!((share(&b, "c") - 0.25).abs() < 1e-12);
         assert!(b.clusters[0].reason.contains("lease expired"));
         // No ready endpoints is unhealthy too.
-        let b = run(&three(), &[export("a", 0, 1), export("b", 1, 2)], Some(&mcs(&[("a", 1), ("b", 1)])));
+        let b = run(
+            &three(),
+            &[export("a", 0, 1), export("b", 1, 2)],
+            Some(&mcs(&[("a", 1), ("b", 1)])),
+        );
         assert_eq!(share(&b, "b"), 1.0);
         assert_eq!(b.clusters[0].reason, "no ready endpoints");
     }
@@ -457,8 +603,16 @@ mod tests {
         assert!(!b.has_healthy_backends());
         let ready = b.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!(ready.reason, "NoHealthyBackends");
-        assert!(ready.message.contains("a: no ready endpoints"), "{}", ready.message);
-        assert!(ready.message.contains("b: cluster drained"), "{}", ready.message);
+        assert!(
+            ready.message.contains("a: no ready endpoints"),
+            "{}",
+            ready.message
+        );
+        assert!(
+            ready.message.contains("b: cluster drained"),
+            "{}",
+            ready.message
+        );
     }
 
     #[test]
@@ -469,12 +623,26 @@ mod tests {
         )
         .unwrap();
         let clusters = three();
-        let b = compute(&ServiceInputs { service: &key, declared: Some(&si), exports: vec![], mcs: None, clusters: &clusters })
-            .unwrap();
+        let b = compute(&ServiceInputs {
+            service: &key,
+            declared: Some(&si),
+            exports: vec![],
+            mcs: None,
+            clusters: &clusters,
+        })
+        .unwrap();
         assert_eq!(b.ports[0].port, 80);
-        assert!(b.conditions[0].message.contains("no cluster exports app/api"));
-        assert!(compute(&ServiceInputs { service: &key, declared: None, exports: vec![], mcs: None, clusters: &clusters })
-            .is_none());
+        assert!(b.conditions[0]
+            .message
+            .contains("no cluster exports app/api"));
+        assert!(compute(&ServiceInputs {
+            service: &key,
+            declared: None,
+            exports: vec![],
+            mcs: None,
+            clusters: &clusters
+        })
+        .is_none());
     }
 
     #[test]
@@ -487,9 +655,23 @@ mod tests {
         assert_eq!(b.service_type, ServiceType::Headless);
         let conflict = b.conditions.iter().find(|c| c.type_ == "Conflict").unwrap();
         assert_eq!(conflict.reason, "TypeConflict");
-        assert!(conflict.message.contains("a, c export a different type"), "{}", conflict.message);
-        assert!(conflict.message.contains("b exports Headless"), "{}", conflict.message);
-        assert!(conflict.message.contains("port 8080: a declares it differently"), "{}", conflict.message);
+        assert!(
+            conflict.message.contains("a, c export a different type"),
+            "{}",
+            conflict.message
+        );
+        assert!(
+            conflict.message.contains("b exports Headless"),
+            "{}",
+            conflict.message
+        );
+        assert!(
+            conflict
+                .message
+                .contains("port 8080: a declares it differently"),
+            "{}",
+            conflict.message
+        );
         assert_eq!(b.ports[0].protocol, "TCP");
     }
 
@@ -497,32 +679,63 @@ mod tests {
     fn validation_names_the_problem() {
         let clusters = three();
         let exists = |_: &ServiceKey| true;
-        let e = validate_mcs(&mcs(&[("a", -5)]), &clusters, exists).unwrap_err().to_string();
+        let e = validate_mcs(&mcs(&[("a", -5)]), &clusters, exists)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("weight -5 for cluster a is negative"), "{e}");
-        let e = validate_mcs(&mcs(&[("zz", 5)]), &clusters, exists).unwrap_err().to_string();
-        assert!(e.contains("\"zz\" is not a member of the ClusterSet (members: a, b, c)"), "{e}");
-        let e = validate_mcs(&mcs(&[("a", 0), ("b", 0)]), &clusters, exists).unwrap_err().to_string();
+        let e = validate_mcs(&mcs(&[("zz", 5)]), &clusters, exists)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\"zz\" is not a member of the ClusterSet (members: a, b, c)"),
+            "{e}"
+        );
+        let e = validate_mcs(&mcs(&[("a", 0), ("b", 0)]), &clusters, exists)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("every cluster weight is 0"), "{e}");
-        let e = validate_mcs(&mcs(&[("a", 1)]), &clusters, |_| false).unwrap_err().to_string();
+        let e = validate_mcs(&mcs(&[("a", 1)]), &clusters, |_| false)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("ServiceImport app/api does not exist"), "{e}");
-        let e = validate_mcs(&mcs(&[("a", 1), ("a", 2)]), &clusters, exists).unwrap_err().to_string();
+        let e = validate_mcs(&mcs(&[("a", 1), ("a", 2)]), &clusters, exists)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("listed twice"), "{e}");
         assert!(validate_mcs(&mcs(&[("a", 80), ("b", 30)]), &clusters, exists).is_ok());
     }
 
     /// A random clusterset around one service: up to five clusters with
     /// random health, exports with 0-3 ready endpoints, optional weights.
-    fn scenario() -> impl Strategy<Value = (BTreeMap<ClusterId, Cluster>, Vec<Export>, Option<MultiClusterService>)> {
+    fn scenario() -> impl Strategy<
+        Value = (
+            BTreeMap<ClusterId, Cluster>,
+            Vec<Export>,
+            Option<MultiClusterService>,
+        ),
+    > {
         let ids = ["c0", "c1", "c2", "c3", "c4"];
         (
-            proptest::collection::vec((any::<bool>(), any::<bool>(), 0usize..4, any::<bool>(), 0i64..100, 0i64..4), 5),
+            proptest::collection::vec(
+                (
+                    any::<bool>(),
+                    any::<bool>(),
+                    0usize..4,
+                    any::<bool>(),
+                    0i64..100,
+                    0i64..4,
+                ),
+                5,
+            ),
             any::<bool>(),
         )
             .prop_map(move |(per, with_mcs)| {
                 let mut clusters = BTreeMap::new();
                 let mut exports = Vec::new();
                 let mut weights = Vec::new();
-                for (i, (reachable, drained, ready, exports_it, weight, created)) in per.into_iter().enumerate() {
+                for (i, (reachable, drained, ready, exports_it, weight, created)) in
+                    per.into_iter().enumerate()
+                {
                     let (id, c) = cluster(ids[i], reachable || i % 2 == 0, drained && i % 3 == 0);
                     clusters.insert(id, c);
                     if exports_it || i == 0 {

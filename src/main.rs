@@ -126,9 +126,11 @@ enum WeightsAction {
 }
 
 fn init_logging(format: LogFormat, default: &str) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -142,14 +144,15 @@ fn stop_on_signal() -> CancellationToken {
     tokio::spawn(async move {
         #[cfg(unix)]
         {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    t.cancel();
-                    return;
-                }
-            };
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => {
+                        let _ = tokio::signal::ctrl_c().await;
+                        t.cancel();
+                        return;
+                    }
+                };
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
@@ -164,9 +167,22 @@ fn stop_on_signal() -> CancellationToken {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Up { data_dir, dns, api, config, print_config, zone, ttl, lease_ms, renew_ms } => {
+        Command::Up {
+            data_dir,
+            dns,
+            api,
+            config,
+            print_config,
+            zone,
+            ttl,
+            lease_ms,
+            renew_ms,
+        } => {
             if print_config {
-                print!("{}", playground::up::load_config(config.as_deref())?.to_yaml());
+                print!(
+                    "{}",
+                    playground::up::load_config(config.as_deref())?.to_yaml()
+                );
                 return Ok(());
             }
             init_logging(cli.log_format, "warn,switchyard=warn");
@@ -178,8 +194,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 dns,
                 api,
                 config,
-                lease: LeaseConfig { ttl: Duration::from_millis(lease_ms), renew: Duration::from_millis(renew_ms) },
-                dns_config: DnsConfig { zone: zone.clone(), ttl },
+                lease: LeaseConfig {
+                    ttl: Duration::from_millis(lease_ms),
+                    renew: Duration::from_millis(renew_ms),
+                },
+                dns_config: DnsConfig {
+                    zone: zone.clone(),
+                    ttl,
+                },
             };
             let shutdown = stop_on_signal();
             let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
@@ -194,24 +216,45 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agent { file, hub } => {
             init_logging(cli.log_format, "info");
             let shutdown = stop_on_signal();
-            let (f, desired) =
-                switchyard::agent::watch::follow(file, Duration::from_millis(200), shutdown.child_token())?;
-            let config = switchyard::agent::AgentConfig { hub, spec: f.spec() };
+            let (f, desired) = switchyard::agent::watch::follow(
+                file,
+                Duration::from_millis(200),
+                shutdown.child_token(),
+            )?;
+            let config = switchyard::agent::AgentConfig {
+                hub,
+                spec: f.spec(),
+            };
             switchyard::agent::run(config, desired, shutdown).await;
             Ok(())
         }
         Command::Apply { file, hub } => cli::apply(&hub, &file).await,
-        Command::Get { kind, name, output, hub } => cli::get(&hub, &kind, name.as_deref(), output).await,
-        Command::Weights { action: WeightsAction::Set { mcs, weights, hub } } => cli::set_weights(&hub, &mcs, &weights).await,
-        Command::Resolve { name, rtype, dns, tcp, quiet, hub } => {
-            cli::resolve::resolve(dns, &hub, &name, &rtype, tcp, quiet).await
-        }
+        Command::Get {
+            kind,
+            name,
+            output,
+            hub,
+        } => cli::get(&hub, &kind, name.as_deref(), output).await,
+        Command::Weights {
+            action: WeightsAction::Set { mcs, weights, hub },
+        } => cli::set_weights(&hub, &mcs, &weights).await,
+        Command::Resolve {
+            name,
+            rtype,
+            dns,
+            tcp,
+            quiet,
+            hub,
+        } => cli::resolve::resolve(dns, &hub, &name, &rtype, tcp, quiet).await,
     }
 }
 
 fn main() {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

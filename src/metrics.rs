@@ -40,31 +40,79 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("switchyard");
         let dns_queries = Family::<DnsLabels, Counter>::default();
-        registry.register("dns_queries", "DNS queries answered, by response code and transport", dns_queries.clone());
+        registry.register(
+            "dns_queries",
+            "DNS queries answered, by response code and transport",
+            dns_queries.clone(),
+        );
         let dns_latency_seconds = Histogram::new(exponential_buckets(0.000_005, 2.0, 18));
-        registry.register("dns_latency_seconds", "Time to build a DNS answer", dns_latency_seconds.clone());
+        registry.register(
+            "dns_latency_seconds",
+            "Time to build a DNS answer",
+            dns_latency_seconds.clone(),
+        );
         let dns_malformed = Counter::default();
-        registry.register("dns_malformed", "DNS packets that could not be parsed", dns_malformed.clone());
+        registry.register(
+            "dns_malformed",
+            "DNS packets that could not be parsed",
+            dns_malformed.clone(),
+        );
         let raft_term = Gauge::<u64, AtomicU64>::default();
         registry.register("raft_term", "Current raft term", raft_term.clone());
         let raft_commit_index = Gauge::<u64, AtomicU64>::default();
-        registry.register("raft_commit_index", "Raft commit index", raft_commit_index.clone());
+        registry.register(
+            "raft_commit_index",
+            "Raft commit index",
+            raft_commit_index.clone(),
+        );
         let raft_applied_index = Gauge::<u64, AtomicU64>::default();
-        registry.register("raft_applied_index", "Raft applied index", raft_applied_index.clone());
+        registry.register(
+            "raft_applied_index",
+            "Raft applied index",
+            raft_applied_index.clone(),
+        );
         let raft_proposals = Counter::default();
-        registry.register("raft_proposals", "Proposals made by this replica", raft_proposals.clone());
+        registry.register(
+            "raft_proposals",
+            "Proposals made by this replica",
+            raft_proposals.clone(),
+        );
         let raft_leader_changes = Counter::default();
-        registry.register("raft_leader_changes", "Leader changes seen by this replica", raft_leader_changes.clone());
+        registry.register(
+            "raft_leader_changes",
+            "Leader changes seen by this replica",
+            raft_leader_changes.clone(),
+        );
         let raft_snapshots = Counter::default();
-        registry.register("raft_snapshots", "Snapshots created or installed", raft_snapshots.clone());
+        registry.register(
+            "raft_snapshots",
+            "Snapshots created or installed",
+            raft_snapshots.clone(),
+        );
         let exports = Gauge::default();
-        registry.register("exports", "Exports in the replicated state", exports.clone());
+        registry.register(
+            "exports",
+            "Exports in the replicated state",
+            exports.clone(),
+        );
         let clusters = Gauge::default();
-        registry.register("clusters", "Member clusters in the replicated state", clusters.clone());
+        registry.register(
+            "clusters",
+            "Member clusters in the replicated state",
+            clusters.clone(),
+        );
         let agents_connected = Gauge::default();
-        registry.register("agents_connected", "Agents with an open export stream to this replica", agents_connected.clone());
+        registry.register(
+            "agents_connected",
+            "Agents with an open export stream to this replica",
+            agents_connected.clone(),
+        );
         let recompute_seconds = Histogram::new(exponential_buckets(0.000_001, 4.0, 12));
-        registry.register("recompute_seconds", "Backend recomputation time per applied change", recompute_seconds.clone());
+        registry.register(
+            "recompute_seconds",
+            "Backend recomputation time per applied change",
+            recompute_seconds.clone(),
+        );
         Self {
             registry,
             dns_queries,

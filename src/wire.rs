@@ -8,11 +8,21 @@ use crate::proto;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum WireError {
     #[error("export {service}: {field} {value:?} is invalid: {reason}")]
-    Field { service: String, field: &'static str, value: String, reason: String },
+    Field {
+        service: String,
+        field: &'static str,
+        value: String,
+        reason: String,
+    },
 }
 
 fn field_err(service: &str, field: &'static str, value: &str, reason: impl ToString) -> WireError {
-    WireError::Field { service: service.to_string(), field, value: value.to_string(), reason: reason.to_string() }
+    WireError::Field {
+        service: service.to_string(),
+        field,
+        value: value.to_string(),
+        reason: reason.to_string(),
+    }
 }
 
 /// Model export → wire.
@@ -56,23 +66,43 @@ fn non_empty(s: &str) -> Option<String> {
 /// Wire export of `cluster` → model, checking every field.
 pub fn export_from_proto(cluster: &ClusterId, p: &proto::Export) -> Result<Export, WireError> {
     let svc = format!("{}/{}", p.namespace, p.name);
-    let service = ServiceKey::new(&p.namespace, &p.name).map_err(|e| field_err(&svc, "name", &svc, e))?;
+    let service =
+        ServiceKey::new(&p.namespace, &p.name).map_err(|e| field_err(&svc, "name", &svc, e))?;
     let service_type = match p.r#type.as_str() {
         "" | "ClusterSetIP" => ServiceType::ClusterSetIP,
         "Headless" => ServiceType::Headless,
-        other => return Err(field_err(&svc, "type", other, "use ClusterSetIP or Headless")),
+        other => {
+            return Err(field_err(
+                &svc,
+                "type",
+                other,
+                "use ClusterSetIP or Headless",
+            ))
+        }
     };
     let session_affinity = match p.session_affinity.as_str() {
         "" | "None" => SessionAffinity::None,
         "ClientIP" => SessionAffinity::ClientIP,
-        other => return Err(field_err(&svc, "sessionAffinity", other, "use None or ClientIP")),
+        other => {
+            return Err(field_err(
+                &svc,
+                "sessionAffinity",
+                other,
+                "use None or ClientIP",
+            ))
+        }
     };
     let mut ports = Vec::with_capacity(p.ports.len());
     for port in &p.ports {
-        let number = u16::try_from(port.port).map_err(|e| field_err(&svc, "port", &port.port.to_string(), e))?;
+        let number = u16::try_from(port.port)
+            .map_err(|e| field_err(&svc, "port", &port.port.to_string(), e))?;
         ports.push(Port {
             name: port.name.clone(),
-            protocol: if port.protocol.is_empty() { "TCP".into() } else { port.protocol.clone() },
+            protocol: if port.protocol.is_empty() {
+                "TCP".into()
+            } else {
+                port.protocol.clone()
+            },
             app_protocol: port.app_protocol.clone(),
             port: number,
         });
@@ -80,7 +110,10 @@ pub fn export_from_proto(cluster: &ClusterId, p: &proto::Export) -> Result<Expor
     let mut endpoints = Vec::with_capacity(p.endpoints.len());
     for ep in &p.endpoints {
         endpoints.push(Endpoint {
-            address: ep.address.parse().map_err(|e| field_err(&svc, "endpoint address", &ep.address, e))?,
+            address: ep
+                .address
+                .parse()
+                .map_err(|e| field_err(&svc, "endpoint address", &ep.address, e))?,
             hostname: non_empty(&ep.hostname),
             pod: non_empty(&ep.pod),
             ready: ep.ready,
@@ -98,7 +131,9 @@ pub fn export_from_proto(cluster: &ClusterId, p: &proto::Export) -> Result<Expor
         endpoints,
         created_unix_ms: p.created_unix_ms,
     };
-    export.validate().map_err(|e| field_err(&svc, "export", &svc, e))?;
+    export
+        .validate()
+        .map_err(|e| field_err(&svc, "export", &svc, e))?;
     Ok(export)
 }
 
@@ -113,7 +148,12 @@ mod tests {
             service: ServiceKey::new("app", "db").unwrap(),
             service_type: ServiceType::Headless,
             session_affinity: SessionAffinity::ClientIP,
-            ports: vec![Port { name: "pg".into(), protocol: "TCP".into(), app_protocol: String::new(), port: 5432 }],
+            ports: vec![Port {
+                name: "pg".into(),
+                protocol: "TCP".into(),
+                app_protocol: String::new(),
+                port: 5432,
+            }],
             endpoints: vec![Endpoint {
                 address: "127.0.1.21".parse().unwrap(),
                 hostname: Some("db-0".into()),
@@ -129,10 +169,15 @@ mod tests {
         assert_eq!(export_from_proto(&"a".into(), &p).unwrap(), e);
         let mut bad = p.clone();
         bad.endpoints[0].address = "not-an-ip".into();
-        let err = export_from_proto(&"a".into(), &bad).unwrap_err().to_string();
+        let err = export_from_proto(&"a".into(), &bad)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("endpoint address \"not-an-ip\""), "{err}");
         let mut bad = p;
         bad.ports[0].port = 70000;
-        assert!(export_from_proto(&"a".into(), &bad).unwrap_err().to_string().contains("port \"70000\""));
+        assert!(export_from_proto(&"a".into(), &bad)
+            .unwrap_err()
+            .to_string()
+            .contains("port \"70000\""));
     }
 }

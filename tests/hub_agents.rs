@@ -37,8 +37,16 @@ async fn start_hub(dir: &Path, api: SocketAddr, lease: LeaseConfig) -> RunningHu
 
 fn start_agent(path: &Path, hub: SocketAddr) -> CancellationToken {
     let token = CancellationToken::new();
-    let (file, desired) = agent::watch::follow(path.to_path_buf(), Duration::from_millis(50), token.clone()).unwrap();
-    tokio::spawn(agent::run(AgentConfig { hub: hub.to_string(), spec: file.spec() }, desired, token.clone()));
+    let (file, desired) =
+        agent::watch::follow(path.to_path_buf(), Duration::from_millis(50), token.clone()).unwrap();
+    tokio::spawn(agent::run(
+        AgentConfig {
+            hub: hub.to_string(),
+            spec: file.spec(),
+        },
+        desired,
+        token.clone(),
+    ));
     token
 }
 
@@ -46,7 +54,11 @@ fn start_agent(path: &Path, hub: SocketAddr) -> CancellationToken {
 async fn eventually(hub: &RunningHub, what: &str, pred: impl Fn(&Arc<State>) -> bool) {
     let mut view = hub.hub.watch_state();
     let r = tokio::time::timeout(Duration::from_secs(10), view.wait_for(|s| pred(s))).await;
-    assert!(r.is_ok(), "timed out waiting for: {what}; state: {:?}", hub.hub.state().backends.keys().collect::<Vec<_>>());
+    assert!(
+        r.is_ok(),
+        "timed out waiting for: {what}; state: {:?}",
+        hub.hub.state().backends.keys().collect::<Vec<_>>()
+    );
 }
 
 fn key(s: &str) -> ServiceKey {
@@ -56,7 +68,12 @@ fn key(s: &str) -> ServiceKey {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_stream_exports_and_deltas() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = start_hub(dir.path(), "127.0.0.1:0".parse().unwrap(), LeaseConfig::default()).await;
+    let hub = start_hub(
+        dir.path(),
+        "127.0.0.1:0".parse().unwrap(),
+        LeaseConfig::default(),
+    )
+    .await;
     let a = dir.path().join("a.yaml");
     let b = dir.path().join("b.yaml");
     std::fs::write(&a, cluster_file("a", 51, &["web", "api"])).unwrap();
@@ -64,20 +81,35 @@ async fn agents_stream_exports_and_deltas() {
     let _ta = start_agent(&a, hub.api_addr);
     let _tb = start_agent(&b, hub.api_addr);
 
-    eventually(&hub, "both clusters export web", |s| s.exports.get(&key("app/web")).is_some_and(|m| m.len() == 2)).await;
+    eventually(&hub, "both clusters export web", |s| {
+        s.exports.get(&key("app/web")).is_some_and(|m| m.len() == 2)
+    })
+    .await;
     let web = &hub.hub.state().backends[&key("app/web")];
     assert_eq!(web.clusters.iter().filter(|c| c.share > 0.0).count(), 2);
 
     // A delta: cluster a stops exporting api and loses its web endpoint.
-    std::fs::write(&a, cluster_file("a", 51, &["web"]).replace("endpoints: [{address: 127.0.51.1}]", "endpoints: []"))
-        .unwrap();
+    std::fs::write(
+        &a,
+        cluster_file("a", 51, &["web"])
+            .replace("endpoints: [{address: 127.0.51.1}]", "endpoints: []"),
+    )
+    .unwrap();
     eventually(&hub, "api gone and a has no ready web endpoints", |s| {
         !s.backends.contains_key(&key("app/api"))
-            && s.backends[&key("app/web")].clusters.iter().any(|c| c.cluster == "a" && !c.healthy)
+            && s.backends[&key("app/web")]
+                .clusters
+                .iter()
+                .any(|c| c.cluster == "a" && !c.healthy)
     })
     .await;
     let web = &hub.hub.state().backends[&key("app/web")];
-    let b_share = web.clusters.iter().find(|c| c.cluster == "b").unwrap().share;
+    let b_share = web
+        .clusters
+        .iter()
+        .find(|c| c.cluster == "b")
+        .unwrap()
+        .share;
     assert_eq!(b_share, 1.0);
     hub.stop().await;
 }
@@ -85,12 +117,20 @@ async fn agents_stream_exports_and_deltas() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_resyncs_in_full_after_hub_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = start_hub(dir.path(), "127.0.0.1:0".parse().unwrap(), LeaseConfig::default()).await;
+    let hub = start_hub(
+        dir.path(),
+        "127.0.0.1:0".parse().unwrap(),
+        LeaseConfig::default(),
+    )
+    .await;
     let api = hub.api_addr;
     let a = dir.path().join("a.yaml");
     std::fs::write(&a, cluster_file("a", 53, &["web", "api"])).unwrap();
     let _ta = start_agent(&a, api);
-    eventually(&hub, "api exported", |s| s.backends.contains_key(&key("app/api"))).await;
+    eventually(&hub, "api exported", |s| {
+        s.backends.contains_key(&key("app/api"))
+    })
+    .await;
     hub.stop().await;
 
     // While the hub is down the cluster stops exporting api.
@@ -100,14 +140,20 @@ async fn agent_resyncs_in_full_after_hub_restart() {
     let hub = start_hub(dir.path(), api, LeaseConfig::default()).await;
     // State survived the restart, then the agent's full resync removes api.
     assert!(hub.hub.state().exports.contains_key(&key("app/web")));
-    eventually(&hub, "resync removed api", |s| !s.backends.contains_key(&key("app/api"))).await;
+    eventually(&hub, "resync removed api", |s| {
+        !s.backends.contains_key(&key("app/api"))
+    })
+    .await;
     hub.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_cluster_loses_its_share_and_returns() {
     let dir = tempfile::tempdir().unwrap();
-    let lease = LeaseConfig { ttl: Duration::from_millis(600), renew: Duration::from_millis(150) };
+    let lease = LeaseConfig {
+        ttl: Duration::from_millis(600),
+        renew: Duration::from_millis(150),
+    };
     let hub = start_hub(dir.path(), "127.0.0.1:0".parse().unwrap(), lease).await;
     let a = dir.path().join("a.yaml");
     let b = dir.path().join("b.yaml");
@@ -115,10 +161,16 @@ async fn silent_cluster_loses_its_share_and_returns() {
     std::fs::write(&b, cluster_file("b", 55, &["web"])).unwrap();
     let _ta = start_agent(&a, hub.api_addr);
     let tb = start_agent(&b, hub.api_addr);
-    eventually(&hub, "two exporters", |s| s.exports.get(&key("app/web")).is_some_and(|m| m.len() == 2)).await;
+    eventually(&hub, "two exporters", |s| {
+        s.exports.get(&key("app/web")).is_some_and(|m| m.len() == 2)
+    })
+    .await;
 
     tb.cancel();
-    eventually(&hub, "b unreachable", |s| s.clusters.get("b").is_some_and(|c| !c.reachable)).await;
+    eventually(&hub, "b unreachable", |s| {
+        s.clusters.get("b").is_some_and(|c| !c.reachable)
+    })
+    .await;
     let web = &hub.hub.state().backends[&key("app/web")];
     let bb = web.clusters.iter().find(|c| c.cluster == "b").unwrap();
     assert_eq!(bb.share, 0.0);
@@ -126,7 +178,10 @@ async fn silent_cluster_loses_its_share_and_returns() {
 
     let _tb = start_agent(&b, hub.api_addr);
     eventually(&hub, "b back", |s| {
-        s.backends[&key("app/web")].clusters.iter().all(|c| (c.share - 0.5).abs() < 1e-9)
+        s.backends[&key("app/web")]
+            .clusters
+            .iter()
+            .all(|c| (c.share - 0.5).abs() < 1e-9)
     })
     .await;
     hub.stop().await;

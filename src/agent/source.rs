@@ -15,7 +15,10 @@
 //!       - {address: 127.0.1.2, pod: api-v1-multi-1, ready: false}
 //! ```
 
-use crate::model::{validate_cluster_id, ClusterId, ClusterSpec, Endpoint, Export, Port, ServiceKey, ServiceType, SessionAffinity};
+use crate::model::{
+    validate_cluster_id, ClusterId, ClusterSpec, Endpoint, Export, Port, ServiceKey, ServiceType,
+    SessionAffinity,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -24,7 +27,10 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: malformed cluster file: {reason}")]
     Parse { path: String, reason: String },
     #[error("{path}: {reason}")]
@@ -75,16 +81,24 @@ fn is_zero(n: &i64) -> bool {
 impl ClusterFile {
     /// Parses and checks a cluster file's text; `path` is for messages.
     pub fn parse(path: &str, text: &str) -> Result<Self, SourceError> {
-        let file: ClusterFile =
-            serde_yaml::from_str(text).map_err(|e| SourceError::Parse { path: path.into(), reason: e.to_string() })?;
-        file.exports().map_err(|reason| SourceError::Invalid { path: path.into(), reason })?;
+        let file: ClusterFile = serde_yaml::from_str(text).map_err(|e| SourceError::Parse {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
+        file.exports().map_err(|reason| SourceError::Invalid {
+            path: path.into(),
+            reason,
+        })?;
         Ok(file)
     }
 
     /// Reads and parses a cluster file.
     pub fn load(path: &Path) -> Result<Self, SourceError> {
         let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| SourceError::Read { path: p.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| SourceError::Read {
+            path: p.clone(),
+            source,
+        })?;
         Self::parse(&p, &text)
     }
 
@@ -103,7 +117,8 @@ impl ClusterFile {
         validate_cluster_id(&self.cluster).map_err(|e| e.to_string())?;
         let mut out = BTreeMap::new();
         for s in &self.services {
-            let service = ServiceKey::new(&s.namespace, &s.name).map_err(|e| format!("service {}/{}: {e}", s.namespace, s.name))?;
+            let service = ServiceKey::new(&s.namespace, &s.name)
+                .map_err(|e| format!("service {}/{}: {e}", s.namespace, s.name))?;
             let export = Export {
                 cluster: self.cluster.clone(),
                 service: service.clone(),
@@ -140,13 +155,26 @@ mod tests {
 
     #[test]
     fn errors_name_the_file_and_problem() {
-        let e = ClusterFile::parse("c.yaml", "cluster: [").unwrap_err().to_string();
+        let e = ClusterFile::parse("c.yaml", "cluster: [")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("c.yaml: malformed cluster file"), "{e}");
-        let e = ClusterFile::parse("c.yaml", &FILE.replace("127.0.1.21", "nope")).unwrap_err().to_string();
+        let e = ClusterFile::parse("c.yaml", &FILE.replace("127.0.1.21", "nope"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("c.yaml"), "{e}");
-        let e = ClusterFile::parse("c.yaml", &FILE.replace("cluster: us-west-1", "cluster: US")).unwrap_err().to_string();
+        let e = ClusterFile::parse("c.yaml", &FILE.replace("cluster: us-west-1", "cluster: US"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cluster ID \"US\""), "{e}");
-        let e = ClusterFile::parse("c.yaml", &FILE.replace("protocol", "x").replace("port: 5432}", "port: 5432, protocol: HTTP}")).unwrap_err().to_string();
+        let e = ClusterFile::parse(
+            "c.yaml",
+            &FILE
+                .replace("protocol", "x")
+                .replace("port: 5432}", "port: 5432, protocol: HTTP}"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("protocol \"HTTP\""), "{e}");
     }
 }

@@ -27,7 +27,10 @@ pub struct AgentConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     #[error("cannot connect to hub {hub}: {source}")]
-    Connect { hub: String, source: tonic::transport::Error },
+    Connect {
+        hub: String,
+        source: tonic::transport::Error,
+    },
     #[error("hub refused: {0}")]
     Rpc(#[from] tonic::Status),
     #[error("the hub no longer knows this cluster; registering again")]
@@ -49,22 +52,37 @@ pub fn hub_url(hub: &str) -> String {
 pub async fn connect(hub: &str) -> Result<Channel, SessionError> {
     let url = hub_url(hub);
     let endpoint = Endpoint::from_shared(url.clone())
-        .map_err(|source| SessionError::Connect { hub: hub.to_string(), source })?
+        .map_err(|source| SessionError::Connect {
+            hub: hub.to_string(),
+            source,
+        })?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true);
-    endpoint.connect().await.map_err(|source| SessionError::Connect { hub: hub.to_string(), source })
+    endpoint
+        .connect()
+        .await
+        .map_err(|source| SessionError::Connect {
+            hub: hub.to_string(),
+            source,
+        })
 }
 
 /// Runs sessions until shutdown, reconnecting with backoff (250 ms doubling
 /// to 5 s).
-pub async fn run(config: AgentConfig, desired: watch::Receiver<Desired>, shutdown: CancellationToken) {
+pub async fn run(
+    config: AgentConfig,
+    desired: watch::Receiver<Desired>,
+    shutdown: CancellationToken,
+) {
     let mut backoff = Duration::from_millis(250);
     let mut revision = 0u64;
     loop {
         let started = tokio::time::Instant::now();
         match session(&config, desired.clone(), &shutdown, &mut revision).await {
             Ok(()) => return,
-            Err(e) => tracing::warn!(cluster = %config.spec.id, error = %e, retry_in = ?backoff, "hub session ended"),
+            Err(e) => {
+                tracing::warn!(cluster = %config.spec.id, error = %e, retry_in = ?backoff, "hub session ended")
+            }
         }
         if started.elapsed() > Duration::from_secs(10) {
             backoff = Duration::from_millis(250);
@@ -99,17 +117,34 @@ async fn session(
 
     let renew_every = Duration::from_millis(reg.renew_ms.clamp(50, 60_000));
     let mut renewer = tokio::spawn(renew_loop(client.clone(), spec.id.clone(), renew_every));
-    let result = stream(client, config, &mut desired, shutdown, revision, reg.applied_revision).await;
+    let result = stream(
+        client,
+        config,
+        &mut desired,
+        shutdown,
+        revision,
+        reg.applied_revision,
+    )
+    .await;
     renewer.abort();
     let _ = (&mut renewer).await;
     result
 }
 
-async fn renew_loop(mut client: AgentServiceClient<Channel>, cluster: String, every: Duration) -> SessionError {
+async fn renew_loop(
+    mut client: AgentServiceClient<Channel>,
+    cluster: String,
+    every: Duration,
+) -> SessionError {
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
-        match client.renew_lease(proto::LeaseRequest { cluster: cluster.clone() }).await {
+        match client
+            .renew_lease(proto::LeaseRequest {
+                cluster: cluster.clone(),
+            })
+            .await
+        {
             Ok(r) if !r.get_ref().known => return SessionError::Forgotten,
             Ok(_) => {}
             Err(status) => return SessionError::Rpc(status),
@@ -138,7 +173,10 @@ async fn stream(
     };
     // The channel is empty and its receiver alive: this cannot fail.
     let _ = tx.send(full).await;
-    let mut acks = client.stream_exports(ReceiverStream::new(rx)).await?.into_inner();
+    let mut acks = client
+        .stream_exports(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -171,17 +209,29 @@ pub fn delta(
     new: &BTreeMap<ServiceKey, Export>,
     revision: u64,
 ) -> Option<proto::ExportUpdate> {
-    let upserts: Vec<proto::Export> =
-        new.iter().filter(|(k, e)| old.get(*k) != Some(*e)).map(|(_, e)| export_to_proto(e)).collect();
+    let upserts: Vec<proto::Export> = new
+        .iter()
+        .filter(|(k, e)| old.get(*k) != Some(*e))
+        .map(|(_, e)| export_to_proto(e))
+        .collect();
     let deletes: Vec<proto::ServiceRef> = old
         .keys()
         .filter(|k| !new.contains_key(*k))
-        .map(|k| proto::ServiceRef { namespace: k.namespace.clone(), name: k.name.clone() })
+        .map(|k| proto::ServiceRef {
+            namespace: k.namespace.clone(),
+            name: k.name.clone(),
+        })
         .collect();
     if upserts.is_empty() && deletes.is_empty() {
         return None;
     }
-    Some(proto::ExportUpdate { cluster: cluster.to_string(), revision, full_resync: false, upserts, deletes })
+    Some(proto::ExportUpdate {
+        cluster: cluster.to_string(),
+        revision,
+        full_resync: false,
+        upserts,
+        deletes,
+    })
 }
 
 #[cfg(test)]
@@ -200,11 +250,20 @@ mod tests {
         assert!(delta("a", &old, &old, 2).is_none());
         let mut new = old.clone();
         new.remove(&"app/y".parse().unwrap());
-        new.get_mut(&"app/x".parse().unwrap()).unwrap().endpoints.clear();
+        new.get_mut(&"app/x".parse().unwrap())
+            .unwrap()
+            .endpoints
+            .clear();
         let d = delta("a", &old, &new, 2).unwrap();
         assert_eq!(d.upserts.len(), 1);
         assert!(d.upserts[0].endpoints.is_empty());
-        assert_eq!(d.deletes, vec![proto::ServiceRef { namespace: "app".into(), name: "y".into() }]);
+        assert_eq!(
+            d.deletes,
+            vec![proto::ServiceRef {
+                namespace: "app".into(),
+                name: "y".into()
+            }]
+        );
         assert!(!d.full_resync);
     }
 }

@@ -22,7 +22,12 @@ pub fn follow(
     shutdown: CancellationToken,
 ) -> Result<(ClusterFile, watch::Receiver<Desired>), super::SourceError> {
     let file = ClusterFile::load(&path)?;
-    let exports = file.exports().map_err(|reason| super::SourceError::Invalid { path: path.display().to_string(), reason })?;
+    let exports = file
+        .exports()
+        .map_err(|reason| super::SourceError::Invalid {
+            path: path.display().to_string(),
+            reason,
+        })?;
     let (tx, rx) = watch::channel(Arc::new(exports));
     let cluster = file.cluster.clone();
     tokio::spawn(async move {
@@ -33,7 +38,9 @@ pub fn follow(
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let Ok(text) = tokio::fs::read_to_string(&path).await else { continue };
+            let Ok(text) = tokio::fs::read_to_string(&path).await else {
+                continue;
+            };
             if text == last_text {
                 continue;
             }
@@ -48,7 +55,9 @@ pub fn follow(
                         tx.send_replace(Arc::new(exports));
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "cluster file is invalid; keeping the last good exports"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster file is invalid; keeping the last good exports")
+                }
             }
         }
     });

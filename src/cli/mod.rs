@@ -64,10 +64,14 @@ pub async fn apply(hub: &str, file: &str) -> anyhow::Result<()> {
 pub async fn get(hub: &str, kind: &str, name: Option<&str>, format: Format) -> anyhow::Result<()> {
     let mut client = admin(hub).await?;
     let reply = client
-        .get(crate::proto::GetRequest { kind: kind.to_string(), name: name.unwrap_or_default().to_string() })
+        .get(crate::proto::GetRequest {
+            kind: kind.to_string(),
+            name: name.unwrap_or_default().to_string(),
+        })
         .await
         .map_err(status_error)?;
-    let value: serde_json::Value = serde_json::from_str(&reply.into_inner().json).context("the hub sent invalid JSON")?;
+    let value: serde_json::Value =
+        serde_json::from_str(&reply.into_inner().json).context("the hub sent invalid JSON")?;
     let text = match format {
         Format::Json => serde_json::to_string_pretty(&value)? + "\n",
         Format::Yaml => serde_yaml::to_string(&value)?,
@@ -81,25 +85,38 @@ pub async fn get(hub: &str, kind: &str, name: Option<&str>, format: Format) -> a
 pub fn parse_weights(args: &[String]) -> anyhow::Result<std::collections::HashMap<String, i64>> {
     let mut out = std::collections::HashMap::new();
     for a in args {
-        let (c, w) = a.split_once('=').ok_or_else(|| anyhow!("{a:?} is not CLUSTER=WEIGHT"))?;
-        let w: i64 = w.trim().parse().map_err(|_| anyhow!("{a:?}: weight {w:?} is not a whole number"))?;
+        let (c, w) = a
+            .split_once('=')
+            .ok_or_else(|| anyhow!("{a:?} is not CLUSTER=WEIGHT"))?;
+        let w: i64 = w
+            .trim()
+            .parse()
+            .map_err(|_| anyhow!("{a:?}: weight {w:?} is not a whole number"))?;
         if out.insert(c.trim().to_string(), w).is_some() {
             return Err(anyhow!("cluster {c} is given twice"));
         }
     }
     if out.is_empty() {
-        return Err(anyhow!("no weights given; write CLUSTER=WEIGHT, e.g. us-west-1=60 us-east-1=40"));
+        return Err(anyhow!(
+            "no weights given; write CLUSTER=WEIGHT, e.g. us-west-1=60 us-east-1=40"
+        ));
     }
     Ok(out)
 }
 
 /// `switchyard weights set NS/MCS CLUSTER=WEIGHT...`.
 pub async fn set_weights(hub: &str, mcs: &str, args: &[String]) -> anyhow::Result<()> {
-    let key: crate::model::ServiceKey = mcs.parse().map_err(|e| anyhow!("MultiClusterService name: {e}"))?;
+    let key: crate::model::ServiceKey = mcs
+        .parse()
+        .map_err(|e| anyhow!("MultiClusterService name: {e}"))?;
     let weights = parse_weights(args)?;
     let mut client = admin(hub).await?;
     let reply = client
-        .set_weights(crate::proto::SetWeightsRequest { namespace: key.namespace, name: key.name, weights })
+        .set_weights(crate::proto::SetWeightsRequest {
+            namespace: key.namespace,
+            name: key.name,
+            weights,
+        })
         .await
         .map_err(status_error)?;
     println!("{}", reply.into_inner().result);
@@ -114,9 +131,19 @@ mod tests {
     fn weights_parse_with_clear_errors() {
         let w = parse_weights(&["a=80".into(), "b=30".into()]).unwrap();
         assert_eq!(w["a"], 80);
-        assert!(parse_weights(&["a".into()]).unwrap_err().to_string().contains("not CLUSTER=WEIGHT"));
-        assert!(parse_weights(&["a=x".into()]).unwrap_err().to_string().contains("not a whole number"));
-        assert_eq!(parse_weights(&["a=-5".into()]).unwrap()["a"], -5, "the hub rejects negatives with its message");
+        assert!(parse_weights(&["a".into()])
+            .unwrap_err()
+            .to_string()
+            .contains("not CLUSTER=WEIGHT"));
+        assert!(parse_weights(&["a=x".into()])
+            .unwrap_err()
+            .to_string()
+            .contains("not a whole number"));
+        assert_eq!(
+            parse_weights(&["a=-5".into()]).unwrap()["a"],
+            -5,
+            "the hub rejects negatives with its message"
+        );
         assert!(parse_weights(&[]).is_err());
     }
 }

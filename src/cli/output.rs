@@ -63,7 +63,10 @@ fn ports(v: &Value) -> String {
 }
 
 fn condition(v: &Value, type_: &str) -> Option<(String, String, String)> {
-    v.as_array()?.iter().find(|c| c["type"] == type_).map(|c| (s(&c["status"]), s(&c["reason"]), s(&c["message"])))
+    v.as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .map(|c| (s(&c["status"]), s(&c["reason"]), s(&c["message"])))
 }
 
 fn rows_of(v: &Value) -> Vec<&Value> {
@@ -79,7 +82,18 @@ pub fn table(kind: &str, value: &Value) -> String {
     match kind.trim_end_matches('s') {
         "cluster" => columns(
             &["CLUSTER", "REGION", "ZONE", "STATE", "EXPORTS"],
-            &items.iter().map(|c| vec![s(&c["id"]), s(&c["region"]), s(&c["zone"]), s(&c["state"]), s(&c["exports"])]).collect::<Vec<_>>(),
+            &items
+                .iter()
+                .map(|c| {
+                    vec![
+                        s(&c["id"]),
+                        s(&c["region"]),
+                        s(&c["zone"]),
+                        s(&c["state"]),
+                        s(&c["exports"]),
+                    ]
+                })
+                .collect::<Vec<_>>(),
         ),
         "export" => columns(
             &["CLUSTER", "SERVICE", "TYPE", "PORTS", "READY"],
@@ -87,7 +101,13 @@ pub fn table(kind: &str, value: &Value) -> String {
                 .iter()
                 .map(|e| {
                     let total = e["endpoints"].as_array().map(|a| a.len()).unwrap_or(0);
-                    vec![s(&e["cluster"]), s(&e["service"]), s(&e["type"]), ports(&e["ports"]), format!("{}/{total}", s(&e["ready"]))]
+                    vec![
+                        s(&e["cluster"]),
+                        s(&e["service"]),
+                        s(&e["type"]),
+                        ports(&e["ports"]),
+                        format!("{}/{total}", s(&e["ready"])),
+                    ]
                 })
                 .collect::<Vec<_>>(),
         ),
@@ -96,13 +116,26 @@ pub fn table(kind: &str, value: &Value) -> String {
             &items
                 .iter()
                 .map(|i| {
-                    let clusters: Vec<String> = i["status"]["clusters"].as_array().map(|a| a.iter().map(|c| s(&c["cluster"])).collect()).unwrap_or_default();
-                    let ready = condition(&i["status"]["conditions"], "Ready").map(|(st, r, _)| format!("{st} ({r})")).unwrap_or_default();
+                    let clusters: Vec<String> = i["status"]["clusters"]
+                        .as_array()
+                        .map(|a| a.iter().map(|c| s(&c["cluster"])).collect())
+                        .unwrap_or_default();
+                    let ready = condition(&i["status"]["conditions"], "Ready")
+                        .map(|(st, r, _)| format!("{st} ({r})"))
+                        .unwrap_or_default();
                     vec![
-                        format!("{}/{}", s(&i["metadata"]["namespace"]), s(&i["metadata"]["name"])),
+                        format!(
+                            "{}/{}",
+                            s(&i["metadata"]["namespace"]),
+                            s(&i["metadata"]["name"])
+                        ),
                         s(&i["spec"]["type"]),
                         ports(&i["spec"]["ports"]),
-                        if clusters.is_empty() { "-".into() } else { clusters.join(",") },
+                        if clusters.is_empty() {
+                            "-".into()
+                        } else {
+                            clusters.join(",")
+                        },
                         ready,
                     ]
                 })
@@ -115,17 +148,29 @@ pub fn table(kind: &str, value: &Value) -> String {
                 .map(|m| {
                     let weights: Vec<String> = m["spec"]["clusterBackends"]
                         .as_array()
-                        .map(|a| a.iter().map(|b| format!("{}={}", s(&b["cluster"]), s(&b["weight"]))).collect())
+                        .map(|a| {
+                            a.iter()
+                                .map(|b| format!("{}={}", s(&b["cluster"]), s(&b["weight"])))
+                                .collect()
+                        })
                         .unwrap_or_default();
                     let ns = s(&m["metadata"]["namespace"]);
-                    let import_ns = m["spec"]["serviceImport"]["namespace"].as_str().filter(|n| !n.is_empty()).map(String::from).unwrap_or(ns.clone());
+                    let import_ns = m["spec"]["serviceImport"]["namespace"]
+                        .as_str()
+                        .filter(|n| !n.is_empty())
+                        .map(String::from)
+                        .unwrap_or(ns.clone());
                     let conds = &m["status"]["conditions"];
                     vec![
                         format!("{ns}/{}", s(&m["metadata"]["name"])),
                         format!("{import_ns}/{}", s(&m["spec"]["serviceImport"]["name"])),
                         weights.join(","),
-                        condition(conds, "Accepted").map(|(st, _, _)| st).unwrap_or_default(),
-                        condition(conds, "Ready").map(|(st, r, _)| format!("{st} ({r})")).unwrap_or_default(),
+                        condition(conds, "Accepted")
+                            .map(|(st, _, _)| st)
+                            .unwrap_or_default(),
+                        condition(conds, "Ready")
+                            .map(|(st, r, _)| format!("{st} ({r})"))
+                            .unwrap_or_default(),
                     ]
                 })
                 .collect::<Vec<_>>(),
@@ -136,25 +181,56 @@ pub fn table(kind: &str, value: &Value) -> String {
             for b in &items {
                 for c in b["clusters"].as_array().into_iter().flatten() {
                     let share = c["share"].as_f64().unwrap_or(0.0);
-                    let addrs: Vec<String> = c["addresses"].as_array().map(|a| a.iter().map(s).collect()).unwrap_or_default();
+                    let addrs: Vec<String> = c["addresses"]
+                        .as_array()
+                        .map(|a| a.iter().map(s).collect())
+                        .unwrap_or_default();
                     rows.push(vec![
                         s(&b["service"]),
                         s(&c["cluster"]),
-                        c["weight"].as_u64().map(|w| w.to_string()).unwrap_or_else(|| "-".into()),
+                        c["weight"]
+                            .as_u64()
+                            .map(|w| w.to_string())
+                            .unwrap_or_else(|| "-".into()),
                         format!("{:.1}%", share * 100.0),
-                        if c["healthy"].as_bool() == Some(true) { "yes".into() } else { "no".into() },
-                        if addrs.is_empty() { "-".into() } else { addrs.join(",") },
+                        if c["healthy"].as_bool() == Some(true) {
+                            "yes".into()
+                        } else {
+                            "no".into()
+                        },
+                        if addrs.is_empty() {
+                            "-".into()
+                        } else {
+                            addrs.join(",")
+                        },
                         s(&c["reason"]),
                     ]);
                 }
                 if let Some((_, reason, msg)) = condition(&b["conditions"], "Conflict") {
-                    notes.push_str(&format!("{}: Conflict ({reason}): {msg}\n", s(&b["service"])));
+                    notes.push_str(&format!(
+                        "{}: Conflict ({reason}): {msg}\n",
+                        s(&b["service"])
+                    ));
                 }
-                if let Some(("False", _, msg)) = condition(&b["conditions"], "Ready").as_ref().map(|(a, b, c)| (a.as_str(), b, c)) {
+                if let Some(("False", _, msg)) = condition(&b["conditions"], "Ready")
+                    .as_ref()
+                    .map(|(a, b, c)| (a.as_str(), b, c))
+                {
                     notes.push_str(&format!("{}: {msg}\n", s(&b["service"])));
                 }
             }
-            columns(&["SERVICE", "CLUSTER", "WEIGHT", "SHARE", "HEALTHY", "ADDRESSES", "REASON"], &rows) + &notes
+            columns(
+                &[
+                    "SERVICE",
+                    "CLUSTER",
+                    "WEIGHT",
+                    "SHARE",
+                    "HEALTHY",
+                    "ADDRESSES",
+                    "REASON",
+                ],
+                &rows,
+            ) + &notes
         }
         _ => serde_json::to_string_pretty(value).unwrap_or_default() + "\n",
     }

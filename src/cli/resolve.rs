@@ -14,10 +14,17 @@ async fn address_owners(hub: &str) -> HashMap<String, String> {
     let Ok(mut c) = super::admin(hub).await else {
         return map;
     };
-    let Ok(reply) = c.get(crate::proto::GetRequest { kind: "exports".into(), name: String::new() }).await else {
+    let Ok(reply) = c
+        .get(crate::proto::GetRequest {
+            kind: "exports".into(),
+            name: String::new(),
+        })
+        .await
+    else {
         return map;
     };
-    let value: serde_json::Value = serde_json::from_str(&reply.into_inner().json).unwrap_or_default();
+    let value: serde_json::Value =
+        serde_json::from_str(&reply.into_inner().json).unwrap_or_default();
     for e in value.as_array().into_iter().flatten() {
         let cluster = e["cluster"].as_str().unwrap_or_default().to_string();
         for ep in e["endpoints"].as_array().into_iter().flatten() {
@@ -30,9 +37,21 @@ async fn address_owners(hub: &str) -> HashMap<String, String> {
 }
 
 /// Runs the query and prints answers; `quiet` prints only the first address.
-pub async fn resolve(dns: SocketAddr, hub: &str, name: &str, rtype: &str, tcp: bool, quiet: bool) -> anyhow::Result<()> {
-    let rtype: RecordType = rtype.to_uppercase().parse().map_err(|_| anyhow!("unknown record type {rtype:?}"))?;
-    let msg = client::query(dns, name, rtype, tcp).await.map_err(|e| anyhow!("{name}: {e}"))?;
+pub async fn resolve(
+    dns: SocketAddr,
+    hub: &str,
+    name: &str,
+    rtype: &str,
+    tcp: bool,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    let rtype: RecordType = rtype
+        .to_uppercase()
+        .parse()
+        .map_err(|_| anyhow!("unknown record type {rtype:?}"))?;
+    let msg = client::query(dns, name, rtype, tcp)
+        .await
+        .map_err(|e| anyhow!("{name}: {e}"))?;
     let code = msg.metadata.response_code;
     if code != hickory_proto::op::ResponseCode::NoError {
         bail!("{name}: {code} from {dns}");
@@ -56,13 +75,15 @@ pub async fn resolve(dns: SocketAddr, hub: &str, name: &str, rtype: &str, tcp: b
     }
     let owners = address_owners(hub).await;
     for r in answers {
-        let data = (&r.data).to_string();
+        let data = r.data.to_string();
         let owner = match &r.data {
             RData::A(a) => owners.get(&a.0.to_string()),
             RData::AAAA(a) => owners.get(&a.0.to_string()),
             _ => None,
         };
-        let suffix = owner.map(|c| format!("   ; cluster {c}")).unwrap_or_default();
+        let suffix = owner
+            .map(|c| format!("   ; cluster {c}"))
+            .unwrap_or_default();
         println!("{} {} IN {} {data}{suffix}", r.name, r.ttl, r.record_type());
     }
     Ok(())

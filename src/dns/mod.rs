@@ -16,7 +16,10 @@ pub struct DnsConfig {
 }
 impl Default for DnsConfig {
     fn default() -> Self {
-        Self { zone: "clusterset.local".into(), ttl: 5 }
+        Self {
+            zone: "clusterset.local".into(),
+            ttl: 5,
+        }
     }
 }
 /// Catalog.

@@ -29,9 +29,20 @@ pub struct Hub {
 
 impl Hub {
     /// Wires a hub front end to its node and view.
-    pub fn new(node: NodeHandle, view: watch::Receiver<Arc<State>>, leases: Arc<Leases>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        node: NodeHandle,
+        view: watch::Receiver<Arc<State>>,
+        leases: Arc<Leases>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let status = node.status();
-        Self { node, status, view, leases, metrics }
+        Self {
+            node,
+            status,
+            view,
+            leases,
+            metrics,
+        }
     }
 
     /// The latest applied state.
@@ -58,11 +69,14 @@ impl Hub {
     /// Validates a command against the applied state, proposes it and waits
     /// until it is applied; returns the state machine's reply lines.
     pub async fn propose(&self, cmd: &Command) -> Result<Vec<String>, Status> {
-        self.state().validate(cmd).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.state()
+            .validate(cmd)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let bytes = serde_json::to_vec(cmd).map_err(|e| Status::internal(e.to_string()))?;
         self.metrics.raft_proposals.inc();
         let reply = self.node.propose(bytes).await.map_err(propose_status)?;
-        serde_json::from_slice(&reply).map_err(|e| Status::internal(format!("undecodable reply: {e}")))
+        serde_json::from_slice(&reply)
+            .map_err(|e| Status::internal(format!("undecodable reply: {e}")))
     }
 }
 
@@ -83,15 +97,25 @@ pub struct AgentApi(pub Hub);
 
 #[tonic::async_trait]
 impl AgentService for AgentApi {
-    async fn register(&self, req: Request<proto::RegisterRequest>) -> Result<Response<proto::RegisterResponse>, Status> {
+    async fn register(
+        &self,
+        req: Request<proto::RegisterRequest>,
+    ) -> Result<Response<proto::RegisterResponse>, Status> {
         let r = req.into_inner();
         validate_cluster_id(&r.cluster).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let spec =
-            ClusterSpec { id: r.cluster.clone(), region: r.region, zone: r.zone, gateway_addresses: r.gateway_addresses };
+        let spec = ClusterSpec {
+            id: r.cluster.clone(),
+            region: r.region,
+            zone: r.zone,
+            gateway_addresses: r.gateway_addresses,
+        };
         let hub = &self.0;
         hub.leases.renew(&spec.id);
         let current = hub.state();
-        let unchanged = current.clusters.get(&spec.id).is_some_and(|c| c.spec == spec && c.reachable);
+        let unchanged = current
+            .clusters
+            .get(&spec.id)
+            .is_some_and(|c| c.spec == spec && c.reachable);
         if !unchanged {
             hub.propose(&Command::RegisterCluster { spec }).await?;
         }
@@ -100,21 +124,33 @@ impl AgentService for AgentApi {
         Ok(Response::new(proto::RegisterResponse {
             lease_ms: lease.ttl.as_millis() as u64,
             renew_ms: lease.renew.as_millis() as u64,
-            applied_revision: hub.state().export_revisions.get(&r.cluster).copied().unwrap_or(0),
+            applied_revision: hub
+                .state()
+                .export_revisions
+                .get(&r.cluster)
+                .copied()
+                .unwrap_or(0),
         }))
     }
 
-    async fn renew_lease(&self, req: Request<proto::LeaseRequest>) -> Result<Response<proto::LeaseResponse>, Status> {
+    async fn renew_lease(
+        &self,
+        req: Request<proto::LeaseRequest>,
+    ) -> Result<Response<proto::LeaseResponse>, Status> {
         let r = req.into_inner();
         let hub = &self.0;
         let known = hub.state().clusters.contains_key(&r.cluster);
         if known {
             hub.leases.renew(&r.cluster);
         }
-        Ok(Response::new(proto::LeaseResponse { lease_ms: hub.leases.config().ttl.as_millis() as u64, known }))
+        Ok(Response::new(proto::LeaseResponse {
+            lease_ms: hub.leases.config().ttl.as_millis() as u64,
+            known,
+        }))
     }
 
-    type StreamExportsStream = Pin<Box<dyn Stream<Item = Result<proto::ExportAck, Status>> + Send + 'static>>;
+    type StreamExportsStream =
+        Pin<Box<dyn Stream<Item = Result<proto::ExportAck, Status>> + Send + 'static>>;
 
     async fn stream_exports(
         &self,
@@ -150,18 +186,30 @@ impl AgentService for AgentApi {
 async fn apply_update(hub: &Hub, u: proto::ExportUpdate) -> Result<proto::ExportAck, Status> {
     let mut upserts = Vec::with_capacity(u.upserts.len());
     for e in &u.upserts {
-        upserts.push(export_from_proto(&u.cluster, e).map_err(|e| Status::invalid_argument(e.to_string()))?);
+        upserts.push(
+            export_from_proto(&u.cluster, e)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?,
+        );
     }
     let mut deletes = Vec::with_capacity(u.deletes.len());
     for d in &u.deletes {
         deletes.push(
-            crate::model::ServiceKey::new(&d.namespace, &d.name).map_err(|e| Status::invalid_argument(e.to_string()))?,
+            crate::model::ServiceKey::new(&d.namespace, &d.name)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?,
         );
     }
-    let cmd = Command::SyncExports { cluster: u.cluster.clone(), revision: u.revision, full: u.full_resync, upserts, deletes };
+    let cmd = Command::SyncExports {
+        cluster: u.cluster.clone(),
+        revision: u.revision,
+        full: u.full_resync,
+        upserts,
+        deletes,
+    };
     hub.propose(&cmd).await?;
     tracing::debug!(cluster = %u.cluster, revision = u.revision, full = u.full_resync, "exports applied");
-    Ok(proto::ExportAck { revision: u.revision })
+    Ok(proto::ExportAck {
+        revision: u.revision,
+    })
 }
 
 /// The admin API.
@@ -169,22 +217,32 @@ pub struct AdminApi(pub Hub);
 
 #[tonic::async_trait]
 impl AdminService for AdminApi {
-    async fn apply(&self, req: Request<proto::ApplyRequest>) -> Result<Response<proto::ApplyResponse>, Status> {
+    async fn apply(
+        &self,
+        req: Request<proto::ApplyRequest>,
+    ) -> Result<Response<proto::ApplyResponse>, Status> {
         let text = req.into_inner().manifest;
-        let resources = manifest::parse(&text).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let objects = applied_objects(resources).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let resources =
+            manifest::parse(&text).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let objects =
+            applied_objects(resources).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
         let results = self.0.propose(&Command::Apply { objects, now }).await?;
         Ok(Response::new(proto::ApplyResponse { results }))
     }
 
-    async fn get(&self, req: Request<proto::GetRequest>) -> Result<Response<proto::GetResponse>, Status> {
+    async fn get(
+        &self,
+        req: Request<proto::GetRequest>,
+    ) -> Result<Response<proto::GetResponse>, Status> {
         let r = req.into_inner();
         let json = read::get(&self.0.state(), &r.kind, &r.name).map_err(|e| match e {
             read::ReadError::NotFound(_) => Status::not_found(e.to_string()),
             _ => Status::invalid_argument(e.to_string()),
         })?;
-        Ok(Response::new(proto::GetResponse { json: json.to_string() }))
+        Ok(Response::new(proto::GetResponse {
+            json: json.to_string(),
+        }))
     }
 
     async fn set_weights(
@@ -192,12 +250,20 @@ impl AdminService for AdminApi {
         req: Request<proto::SetWeightsRequest>,
     ) -> Result<Response<proto::SetWeightsResponse>, Status> {
         let r = req.into_inner();
-        let mcs = crate::model::ServiceKey::new(&r.namespace, &r.name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let mcs = crate::model::ServiceKey::new(&r.namespace, &r.name)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         if r.weights.is_empty() {
-            return Err(Status::invalid_argument("no weights given; write CLUSTER=WEIGHT"));
+            return Err(Status::invalid_argument(
+                "no weights given; write CLUSTER=WEIGHT",
+            ));
         }
         let weights = r.weights.into_iter().collect();
-        let lines = self.0.propose(&Command::SetWeights { mcs, weights }).await?;
-        Ok(Response::new(proto::SetWeightsResponse { result: lines.join("\n") }))
+        let lines = self
+            .0
+            .propose(&Command::SetWeights { mcs, weights })
+            .await?;
+        Ok(Response::new(proto::SetWeightsResponse {
+            result: lines.join("\n"),
+        }))
     }
 }

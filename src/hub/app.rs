@@ -8,7 +8,9 @@ use super::machine::Machine;
 use super::node::{self, NoPeers, NodeConfig};
 use crate::dns::{self, Catalog, DnsConfig};
 use crate::metrics::Metrics;
-use crate::proto::{admin_service_server::AdminServiceServer, agent_service_server::AgentServiceServer};
+use crate::proto::{
+    admin_service_server::AdminServiceServer, agent_service_server::AgentServiceServer,
+};
 use anyhow::Context;
 use axum::routing::get;
 use std::net::SocketAddr;
@@ -53,28 +55,42 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Re
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let node_config = NodeConfig::single(config.data_dir.join("raft"));
-    let (node, node_task) = node::spawn(node_config, machine, Arc::new(NoPeers), metrics.clone(), shutdown.child_token())
-        .context("cannot start the raft node")?;
+    let (node, node_task) = node::spawn(
+        node_config,
+        machine,
+        Arc::new(NoPeers),
+        metrics.clone(),
+        shutdown.child_token(),
+    )
+    .context("cannot start the raft node")?;
     let mut tasks = JoinSet::new();
     tasks.spawn(async move {
         let _ = node_task.await;
     });
 
     let mut status = node.status();
-    tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| s.leader != 0 && s.leader == s.id))
-        .await
-        .context("the raft node did not become leader within 10 s")?
-        .context("the raft node stopped")?;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        status.wait_for(|s| s.leader != 0 && s.leader == s.id),
+    )
+    .await
+    .context("the raft node did not become leader within 10 s")?
+    .context("the raft node stopped")?;
 
     let leases = Arc::new(Leases::new(config.lease));
     let hub = Hub::new(node, view, leases.clone(), metrics.clone());
     tasks.spawn(lease::run(leases, hub.clone(), shutdown.child_token()));
 
     let catalog = Arc::new(Catalog::new(config.dns_config.clone()));
-    tasks.spawn(publish_dns(catalog.clone(), hub.clone(), shutdown.child_token()));
-    let (dns_addr, dns_task) = dns::serve(catalog, config.dns, metrics.clone(), shutdown.child_token())
-        .await
-        .with_context(|| format!("cannot serve DNS on {}", config.dns))?;
+    tasks.spawn(publish_dns(
+        catalog.clone(),
+        hub.clone(),
+        shutdown.child_token(),
+    ));
+    let (dns_addr, dns_task) =
+        dns::serve(catalog, config.dns, metrics.clone(), shutdown.child_token())
+            .await
+            .with_context(|| format!("cannot serve DNS on {}", config.dns))?;
     tasks.spawn(async move {
         let _ = dns_task.await;
     });
@@ -94,17 +110,29 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Re
         );
     let stop = shutdown.child_token();
     tasks.spawn(async move {
-        if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await {
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+        {
             tracing::error!(error = %e, "hub API server failed");
         }
     });
     tracing::info!(api = %api_addr, dns = %dns_addr, data_dir = %config.data_dir.display(), "hub started");
-    Ok(RunningHub { api_addr, dns_addr, hub, metrics, tasks, shutdown })
+    Ok(RunningHub {
+        api_addr,
+        dns_addr,
+        hub,
+        metrics,
+        tasks,
+        shutdown,
+    })
 }
 
 type AppState = (Arc<Metrics>, Hub);
 
-async fn metrics_handler(axum::extract::State((metrics, hub)): axum::extract::State<AppState>) -> String {
+async fn metrics_handler(
+    axum::extract::State((metrics, hub)): axum::extract::State<AppState>,
+) -> String {
     let s = hub.raft_status();
     metrics.raft_term.set(s.term);
     metrics.raft_commit_index.set(s.commit);
@@ -117,9 +145,18 @@ async fn healthz_handler(
 ) -> (axum::http::StatusCode, String) {
     let s = hub.raft_status();
     if s.leader == 0 {
-        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "no raft leader\n".into())
+        (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "no raft leader\n".into(),
+        )
     } else {
-        (axum::http::StatusCode::OK, format!("ok: leader {} term {} applied {}\n", s.leader, s.term, s.applied))
+        (
+            axum::http::StatusCode::OK,
+            format!(
+                "ok: leader {} term {} applied {}\n",
+                s.leader, s.term, s.applied
+            ),
+        )
     }
 }
 

@@ -24,7 +24,10 @@ pub struct LeaseConfig {
 
 impl Default for LeaseConfig {
     fn default() -> Self {
-        Self { ttl: Duration::from_secs(3), renew: Duration::from_secs(1) }
+        Self {
+            ttl: Duration::from_secs(3),
+            renew: Duration::from_secs(1),
+        }
     }
 }
 
@@ -38,7 +41,11 @@ pub struct Leases {
 impl Leases {
     /// An empty table; every lease counts from now.
     pub fn new(config: LeaseConfig) -> Self {
-        Self { config, since: Mutex::new(Instant::now()), renewed: Mutex::new(HashMap::new()) }
+        Self {
+            config,
+            since: Mutex::new(Instant::now()),
+            renewed: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The timing in force.
@@ -76,9 +83,15 @@ impl Leases {
             let last = renewed.get(id).copied();
             let alive = now.duration_since(last.unwrap_or(since)) < self.config.ttl;
             if cluster.reachable && !alive {
-                out.push(Command::SetReachable { cluster: id.clone(), reachable: false });
+                out.push(Command::SetReachable {
+                    cluster: id.clone(),
+                    reachable: false,
+                });
             } else if !cluster.reachable && alive && last.is_some() {
-                out.push(Command::SetReachable { cluster: id.clone(), reachable: true });
+                out.push(Command::SetReachable {
+                    cluster: id.clone(),
+                    reachable: true,
+                });
             }
         }
         out
@@ -128,20 +141,37 @@ mod tests {
         let leases = Leases::new(LeaseConfig::default());
         let mut state = State::default();
         state
-            .apply(1, &Command::RegisterCluster { spec: ClusterSpec { id: "a".into(), ..Default::default() } })
+            .apply(
+                1,
+                &Command::RegisterCluster {
+                    spec: ClusterSpec {
+                        id: "a".into(),
+                        ..Default::default()
+                    },
+                },
+            )
             .unwrap();
         leases.renew("a");
         assert!(leases.transitions(&state, Instant::now()).is_empty());
         tokio::time::advance(Duration::from_millis(3100)).await;
         let t = leases.transitions(&state, Instant::now());
-        assert_eq!(t, vec![Command::SetReachable { cluster: "a".into(), reachable: false }]);
+        assert_eq!(
+            t,
+            vec![Command::SetReachable {
+                cluster: "a".into(),
+                reachable: false
+            }]
+        );
         state.apply(2, &t[0]).unwrap();
         // Still silent: nothing more to propose (no write storm).
         assert!(leases.transitions(&state, Instant::now()).is_empty());
         leases.renew("a");
         assert_eq!(
             leases.transitions(&state, Instant::now()),
-            vec![Command::SetReachable { cluster: "a".into(), reachable: true }]
+            vec![Command::SetReachable {
+                cluster: "a".into(),
+                reachable: true
+            }]
         );
     }
 
@@ -150,7 +180,15 @@ mod tests {
         let leases = Leases::new(LeaseConfig::default());
         let mut state = State::default();
         state
-            .apply(1, &Command::RegisterCluster { spec: ClusterSpec { id: "a".into(), ..Default::default() } })
+            .apply(
+                1,
+                &Command::RegisterCluster {
+                    spec: ClusterSpec {
+                        id: "a".into(),
+                        ..Default::default()
+                    },
+                },
+            )
             .unwrap();
         tokio::time::advance(Duration::from_secs(2)).await;
         assert!(leases.transitions(&state, Instant::now()).is_empty());

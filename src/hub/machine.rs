@@ -21,17 +21,27 @@ impl Machine {
     /// A machine with empty state and the receiver readers subscribe to.
     pub fn new(metrics: Arc<Metrics>) -> (Self, watch::Receiver<Arc<State>>) {
         let (view, rx) = watch::channel(Arc::new(State::default()));
-        (Self { state: State::default(), view, changed: false, metrics }, rx)
+        (
+            Self {
+                state: State::default(),
+                view,
+                changed: false,
+                metrics,
+            },
+            rx,
+        )
     }
 }
 
 impl StateMachine for Machine {
     fn apply(&mut self, index: u64, command: &[u8]) -> Result<Vec<u8>, String> {
-        let cmd: Command =
-            serde_json::from_slice(command).map_err(|e| format!("undecodable command at index {index}: {e}"))?;
+        let cmd: Command = serde_json::from_slice(command)
+            .map_err(|e| format!("undecodable command at index {index}: {e}"))?;
         let started = Instant::now();
         let result = self.state.apply(index, &cmd);
-        self.metrics.recompute_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .recompute_seconds
+            .observe(started.elapsed().as_secs_f64());
         self.state.applied_index = index;
         self.changed = true;
         match result {
@@ -63,7 +73,8 @@ impl StateMachine for Machine {
         let state: State = if data.is_empty() {
             State::default()
         } else {
-            serde_json::from_slice(data).map_err(|e| format!("snapshot at index {index} is unreadable: {e}"))?
+            serde_json::from_slice(data)
+                .map_err(|e| format!("snapshot at index {index} is unreadable: {e}"))?
         };
         self.state = state;
         self.state.applied_index = index;

@@ -30,11 +30,19 @@ pub fn get(state: &State, kind: &str, name: &str) -> Result<Value, ReadError> {
         other => return Err(ReadError::UnknownKind(other.to_string())),
     };
     if kind == "clusters" {
-        let rows: Vec<Value> =
-            state.clusters.values().filter(|c| name.is_empty() || c.spec.id == name).map(|c| cluster_row(state, c)).collect();
+        let rows: Vec<Value> = state
+            .clusters
+            .values()
+            .filter(|c| name.is_empty() || c.spec.id == name)
+            .map(|c| cluster_row(state, c))
+            .collect();
         return one_or_list(rows, name, || format!("cluster {name}"));
     }
-    let key: Option<ServiceKey> = if name.is_empty() { None } else { Some(name.parse()?) };
+    let key: Option<ServiceKey> = if name.is_empty() {
+        None
+    } else {
+        Some(name.parse()?)
+    };
     let wanted = |k: &ServiceKey| key.as_ref().is_none_or(|w| w == k);
     let rows: Vec<Value> = match kind {
         "exports" => state
@@ -50,8 +58,18 @@ pub fn get(state: &State, kind: &str, name: &str) -> Result<Value, ReadError> {
                 })
             })
             .collect(),
-        "imports" => state.backends.keys().filter(|k| wanted(k)).map(|k| import_view(state, k)).collect(),
-        "mcs" => state.mcs.iter().filter(|(k, _)| wanted(k)).map(|(k, _)| mcs_view(state, k)).collect(),
+        "imports" => state
+            .backends
+            .keys()
+            .filter(|k| wanted(k))
+            .map(|k| import_view(state, k))
+            .collect(),
+        "mcs" => state
+            .mcs
+            .iter()
+            .filter(|(k, _)| wanted(k))
+            .map(|(k, _)| mcs_view(state, k))
+            .collect(),
         _ => state
             .backends
             .iter()
@@ -74,7 +92,11 @@ pub fn get(state: &State, kind: &str, name: &str) -> Result<Value, ReadError> {
     one_or_list(rows, name, || format!("{what} {name}"))
 }
 
-fn one_or_list(mut rows: Vec<Value>, name: &str, what: impl Fn() -> String) -> Result<Value, ReadError> {
+fn one_or_list(
+    mut rows: Vec<Value>,
+    name: &str,
+    what: impl Fn() -> String,
+) -> Result<Value, ReadError> {
     if name.is_empty() {
         return Ok(Value::Array(rows));
     }
@@ -85,7 +107,11 @@ fn one_or_list(mut rows: Vec<Value>, name: &str, what: impl Fn() -> String) -> R
 }
 
 fn cluster_row(state: &State, c: &crate::model::Cluster) -> Value {
-    let exports = state.exports.values().filter(|by| by.contains_key(&c.spec.id)).count();
+    let exports = state
+        .exports
+        .values()
+        .filter(|by| by.contains_key(&c.spec.id))
+        .count();
     json!({
         "id": c.spec.id, "region": c.spec.region, "zone": c.spec.zone,
         "state": c.state().to_string(), "exports": exports,
@@ -99,13 +125,17 @@ fn cluster_row(state: &State, c: &crate::model::Cluster) -> Value {
 fn import_view(state: &State, key: &ServiceKey) -> Value {
     let b = &state.backends[key];
     let declared = state.imports.get(key);
-    let metadata = declared.map(|d| d.metadata.clone()).unwrap_or_else(|| ObjectMeta {
-        name: key.name.clone(),
-        namespace: key.namespace.clone(),
-        ..Default::default()
-    });
+    let metadata = declared
+        .map(|d| d.metadata.clone())
+        .unwrap_or_else(|| ObjectMeta {
+            name: key.name.clone(),
+            namespace: key.namespace.clone(),
+            ..Default::default()
+        });
     let si = ServiceImport {
-        api_version: declared.map(|d| d.api_version.clone()).unwrap_or_else(|| "multicluster.x-k8s.io/v1alpha1".into()),
+        api_version: declared
+            .map(|d| d.api_version.clone())
+            .unwrap_or_else(|| "multicluster.x-k8s.io/v1alpha1".into()),
         kind: "ServiceImport".into(),
         metadata,
         spec: ServiceImportSpec {
@@ -116,7 +146,14 @@ fn import_view(state: &State, key: &ServiceKey) -> Value {
             resolution: declared.and_then(|d| d.spec.resolution.clone()),
         },
         status: ServiceImportStatus {
-            clusters: b.clusters.iter().filter(|c| !c.addresses.is_empty() || c.healthy).map(|c| ClusterStatus { cluster: c.cluster.clone() }).collect(),
+            clusters: b
+                .clusters
+                .iter()
+                .filter(|c| !c.addresses.is_empty() || c.healthy)
+                .map(|c| ClusterStatus {
+                    cluster: c.cluster.clone(),
+                })
+                .collect(),
             conditions: b.conditions.clone(),
         },
     };
@@ -150,7 +187,9 @@ fn mcs_view(state: &State, key: &ServiceKey) -> Value {
             "Ready",
             false,
             "ServiceImportNotFound",
-            format!("MultiClusterService has no endpoints: ServiceImport {import} no longer exists"),
+            format!(
+                "MultiClusterService has no endpoints: ServiceImport {import} no longer exists"
+            ),
         )),
     }
     m.status.conditions = conditions;

@@ -10,8 +10,8 @@
 use crate::backends::{self, ServiceBackends, ServiceInputs, WeightError};
 use crate::model::manifest::{mcs_import_key, Resource};
 use crate::model::{
-    validate_cluster_id, Cluster, ClusterBackendRef, ClusterId, ClusterSpec, Export, MultiClusterService, ServiceImport,
-    ServiceKey,
+    validate_cluster_id, Cluster, ClusterBackendRef, ClusterId, ClusterSpec, Export,
+    MultiClusterService, ServiceImport, ServiceKey,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -26,13 +26,25 @@ pub enum Command {
     /// An operator or a drill drains (or restores) a whole cluster.
     SetDrained { cluster: ClusterId, drained: bool },
     /// A cluster's exports: a full resync or a delta.
-    SyncExports { cluster: ClusterId, revision: u64, full: bool, upserts: Vec<Export>, deletes: Vec<ServiceKey> },
+    SyncExports {
+        cluster: ClusterId,
+        revision: u64,
+        full: bool,
+        upserts: Vec<Export>,
+        deletes: Vec<ServiceKey>,
+    },
     /// Objects applied by a user, all or nothing. `now` (RFC 3339) stamps
     /// new objects' creationTimestamp, chosen by the proposer so every
     /// replica stores the same value.
-    Apply { objects: Vec<AppliedObject>, now: String },
+    Apply {
+        objects: Vec<AppliedObject>,
+        now: String,
+    },
     /// Per-cluster weights merged into a MultiClusterService.
-    SetWeights { mcs: ServiceKey, weights: BTreeMap<ClusterId, i64> },
+    SetWeights {
+        mcs: ServiceKey,
+        weights: BTreeMap<ClusterId, i64>,
+    },
 }
 
 /// An object `switchyard apply` can store in the hub.
@@ -48,7 +60,10 @@ impl AppliedObject {
             AppliedObject::ServiceImport(o) => &o.metadata,
             AppliedObject::MultiClusterService(o) => &o.metadata,
         };
-        ServiceKey { namespace: m.namespace.clone(), name: m.name.clone() }
+        ServiceKey {
+            namespace: m.namespace.clone(),
+            name: m.name.clone(),
+        }
     }
 
     fn kind(&self) -> &'static str {
@@ -121,7 +136,8 @@ impl State {
             .values()
             .filter(|m| &mcs_import_key(m) == import)
             .min_by(|a, b| {
-                (&a.metadata.creation_timestamp, &a.metadata.name).cmp(&(&b.metadata.creation_timestamp, &b.metadata.name))
+                (&a.metadata.creation_timestamp, &a.metadata.name)
+                    .cmp(&(&b.metadata.creation_timestamp, &b.metadata.name))
             })
     }
 
@@ -137,7 +153,10 @@ impl State {
         match cmd {
             Command::RegisterCluster { spec } => {
                 validate_cluster_id(&spec.id).map_err(|e| StateError::Invalid(e.to_string()))?;
-                let entry = self.clusters.entry(spec.id.clone()).or_insert_with(|| Cluster::new(spec.clone()));
+                let entry = self
+                    .clusters
+                    .entry(spec.id.clone())
+                    .or_insert_with(|| Cluster::new(spec.clone()));
                 let was_reachable = entry.reachable;
                 entry.spec = spec.clone();
                 entry.reachable = true;
@@ -147,24 +166,39 @@ impl State {
                 out.lines.push(format!("cluster {} registered", spec.id));
             }
             Command::SetReachable { cluster, reachable } => {
-                let c = self.clusters.get_mut(cluster).ok_or_else(|| StateError::UnknownCluster(cluster.clone()))?;
+                let c = self
+                    .clusters
+                    .get_mut(cluster)
+                    .ok_or_else(|| StateError::UnknownCluster(cluster.clone()))?;
                 if c.reachable != *reachable {
                     c.reachable = *reachable;
                     touched.extend(self.services_of_cluster(cluster));
                 }
-                out.lines.push(format!("cluster {cluster} reachable={reachable}"));
+                out.lines
+                    .push(format!("cluster {cluster} reachable={reachable}"));
             }
             Command::SetDrained { cluster, drained } => {
-                let c = self.clusters.get_mut(cluster).ok_or_else(|| StateError::UnknownCluster(cluster.clone()))?;
+                let c = self
+                    .clusters
+                    .get_mut(cluster)
+                    .ok_or_else(|| StateError::UnknownCluster(cluster.clone()))?;
                 if c.drained != *drained {
                     c.drained = *drained;
                     touched.extend(self.services_of_cluster(cluster));
                 }
-                out.lines.push(format!("cluster {cluster} drained={drained}"));
+                out.lines
+                    .push(format!("cluster {cluster} drained={drained}"));
             }
-            Command::SyncExports { cluster, revision, full, upserts, deletes } => {
+            Command::SyncExports {
+                cluster,
+                revision,
+                full,
+                upserts,
+                deletes,
+            } => {
                 self.sync_exports(cluster, *revision, *full, upserts, deletes, &mut touched)?;
-                out.lines.push(format!("cluster {cluster} exports at revision {revision}"));
+                out.lines
+                    .push(format!("cluster {cluster} exports at revision {revision}"));
             }
             Command::Apply { objects, now } => {
                 self.validate_objects(objects)?;
@@ -174,11 +208,23 @@ impl State {
                 }
             }
             Command::SetWeights { mcs, weights } => {
-                let mut m = self.mcs.get(mcs).cloned().ok_or_else(|| StateError::McsNotFound(mcs.clone()))?;
+                let mut m = self
+                    .mcs
+                    .get(mcs)
+                    .cloned()
+                    .ok_or_else(|| StateError::McsNotFound(mcs.clone()))?;
                 for (cluster, weight) in weights {
-                    match m.spec.cluster_backends.iter_mut().find(|b| &b.cluster == cluster) {
+                    match m
+                        .spec
+                        .cluster_backends
+                        .iter_mut()
+                        .find(|b| &b.cluster == cluster)
+                    {
                         Some(b) => b.weight = *weight,
-                        None => m.spec.cluster_backends.push(ClusterBackendRef { cluster: cluster.clone(), weight: *weight }),
+                        None => m.spec.cluster_backends.push(ClusterBackendRef {
+                            cluster: cluster.clone(),
+                            weight: *weight,
+                        }),
                     }
                 }
                 backends::validate_mcs(&m, &self.clusters, |k| self.import_exists(k))?;
@@ -186,7 +232,10 @@ impl State {
                 touched.insert(mcs_import_key(&m));
                 self.mcs.insert(mcs.clone(), m);
                 let list: Vec<String> = weights.iter().map(|(c, w)| format!("{c}={w}")).collect();
-                out.lines.push(format!("multiclusterservice {mcs} weights set: {}", list.join(" ")));
+                out.lines.push(format!(
+                    "multiclusterservice {mcs} weights set: {}",
+                    list.join(" ")
+                ));
             }
         }
         for key in &touched {
@@ -200,8 +249,12 @@ impl State {
     /// Services whose backends depend on a cluster: those it exports and
     /// those whose MultiClusterService lists it.
     fn services_of_cluster(&self, cluster: &str) -> BTreeSet<ServiceKey> {
-        let mut set: BTreeSet<ServiceKey> =
-            self.exports.iter().filter(|(_, by)| by.contains_key(cluster)).map(|(k, _)| k.clone()).collect();
+        let mut set: BTreeSet<ServiceKey> = self
+            .exports
+            .iter()
+            .filter(|(_, by)| by.contains_key(cluster))
+            .map(|(k, _)| k.clone())
+            .collect();
         for m in self.mcs.values() {
             if m.spec.cluster_backends.iter().any(|b| b.cluster == cluster) {
                 set.insert(mcs_import_key(m));
@@ -236,9 +289,13 @@ impl State {
                 )));
             }
             if !seen.insert(&e.service) {
-                return Err(StateError::Invalid(format!("export {} appears twice in one update", e.service)));
+                return Err(StateError::Invalid(format!(
+                    "export {} appears twice in one update",
+                    e.service
+                )));
             }
-            e.validate().map_err(|err| StateError::Invalid(err.to_string()))?;
+            e.validate()
+                .map_err(|err| StateError::Invalid(err.to_string()))?;
         }
         if full {
             let stale: Vec<ServiceKey> = self
@@ -265,7 +322,12 @@ impl State {
         Ok(())
     }
 
-    fn remove_export(&mut self, cluster: &str, key: &ServiceKey, touched: &mut BTreeSet<ServiceKey>) {
+    fn remove_export(
+        &mut self,
+        cluster: &str,
+        key: &ServiceKey,
+        touched: &mut BTreeSet<ServiceKey>,
+    ) {
         if let Some(by) = self.exports.get_mut(key) {
             if by.remove(cluster).is_some() {
                 touched.insert(key.clone());
@@ -293,20 +355,32 @@ impl State {
             .collect();
         for o in objects {
             if let AppliedObject::MultiClusterService(m) = o {
-                backends::validate_mcs(m, &self.clusters, |k| self.import_exists(k) || declared.contains(k))?;
+                backends::validate_mcs(m, &self.clusters, |k| {
+                    self.import_exists(k) || declared.contains(k)
+                })?;
             }
         }
         Ok(())
     }
 
-    fn store_object(&mut self, obj: &AppliedObject, now: &str, touched: &mut BTreeSet<ServiceKey>) -> String {
+    fn store_object(
+        &mut self,
+        obj: &AppliedObject,
+        now: &str,
+        touched: &mut BTreeSet<ServiceKey>,
+    ) -> String {
         let key = obj.key();
         let (verb, affected) = match obj {
             AppliedObject::ServiceImport(si) => {
                 let mut si = si.clone();
                 si.status = Default::default();
                 let prev = self.imports.get(&key);
-                let verb = stamp(&mut si.metadata, prev.map(|p| &p.metadata), prev.map(|p| p.spec == si.spec), now);
+                let verb = stamp(
+                    &mut si.metadata,
+                    prev.map(|p| &p.metadata),
+                    prev.map(|p| p.spec == si.spec),
+                    now,
+                );
                 self.imports.insert(key.clone(), si);
                 (verb, vec![key.clone()])
             }
@@ -318,7 +392,12 @@ impl State {
                 if let Some(p) = prev {
                     affected.push(mcs_import_key(p));
                 }
-                let verb = stamp(&mut m.metadata, prev.map(|p| &p.metadata), prev.map(|p| p.spec == m.spec), now);
+                let verb = stamp(
+                    &mut m.metadata,
+                    prev.map(|p| &p.metadata),
+                    prev.map(|p| p.spec == m.spec),
+                    now,
+                );
                 self.mcs.insert(key.clone(), m);
                 (verb, affected)
             }
@@ -334,7 +413,11 @@ impl State {
         let inputs = ServiceInputs {
             service: key,
             declared: self.imports.get(key),
-            exports: self.exports.get(key).map(|by| by.values().collect()).unwrap_or_default(),
+            exports: self
+                .exports
+                .get(key)
+                .map(|by| by.values().collect())
+                .unwrap_or_default(),
             mcs: self.mcs_for(key),
             clusters: &self.clusters,
         };
@@ -371,8 +454,14 @@ fn stamp(
         }
         Some(p) => {
             meta.creation_timestamp = p.creation_timestamp.clone();
-            let same = same_spec == Some(true) && p.labels == meta.labels && p.annotations == meta.annotations;
-            meta.generation = if same_spec == Some(true) { p.generation } else { p.generation + 1 };
+            let same = same_spec == Some(true)
+                && p.labels == meta.labels
+                && p.annotations == meta.annotations;
+            meta.generation = if same_spec == Some(true) {
+                p.generation
+            } else {
+                p.generation + 1
+            };
             if same {
                 "unchanged"
             } else {
@@ -389,9 +478,10 @@ pub fn applied_objects(resources: Vec<Resource>) -> Result<Vec<AppliedObject>, S
         .map(|r| match r {
             Resource::ServiceImport(si) => Ok(AppliedObject::ServiceImport(si)),
             Resource::MultiClusterService(m) => Ok(AppliedObject::MultiClusterService(m)),
-            Resource::ServiceExport(e) => {
-                Err(StateError::ExportOnHub(format!("serviceexport {}/{}", e.metadata.namespace, e.metadata.name)))
-            }
+            Resource::ServiceExport(e) => Err(StateError::ExportOnHub(format!(
+                "serviceexport {}/{}",
+                e.metadata.namespace, e.metadata.name
+            ))),
         })
         .collect()
 }
@@ -411,7 +501,12 @@ mod tests {
             service: ServiceKey::new(ns, name).unwrap(),
             service_type: ServiceType::ClusterSetIP,
             session_affinity: SessionAffinity::None,
-            ports: vec![Port { name: "http".into(), protocol: "TCP".into(), app_protocol: String::new(), port: 8080 }],
+            ports: vec![Port {
+                name: "http".into(),
+                protocol: "TCP".into(),
+                app_protocol: String::new(),
+                port: 8080,
+            }],
             endpoints: (0..ready)
                 .map(|i| Endpoint {
                     address: std::net::IpAddr::from([127, 0, cluster.len() as u8, i + 1]),
@@ -428,19 +523,28 @@ mod tests {
     }
 
     fn register(s: &mut State, id: &str) {
-        let spec = ClusterSpec { id: id.into(), ..Default::default() };
+        let spec = ClusterSpec {
+            id: id.into(),
+            ..Default::default()
+        };
         s.apply(1, &Command::RegisterCluster { spec }).unwrap();
     }
 
     fn playground() -> State {
         let mut s = State::default();
-        for (i, c) in ["us-west-1", "us-east-1", "eu-central-1"].iter().enumerate() {
+        for (i, c) in ["us-west-1", "us-east-1", "eu-central-1"]
+            .iter()
+            .enumerate()
+        {
             register(&mut s, c);
             let cmd = Command::SyncExports {
                 cluster: c.to_string(),
                 revision: 1,
                 full: true,
-                upserts: vec![export(c, "app", "api-v1-multi", 2), export(c, "app", &format!("only-{i}"), 1)],
+                upserts: vec![
+                    export(c, "app", "api-v1-multi", 2),
+                    export(c, "app", &format!("only-{i}"), 1),
+                ],
                 deletes: vec![],
             };
             s.apply(2, &cmd).unwrap();
@@ -450,12 +554,22 @@ mod tests {
 
     fn apply_manifest(s: &mut State, text: &str) -> Result<Outcome, StateError> {
         let objects = applied_objects(manifest::parse(text).unwrap())?;
-        s.apply(9, &Command::Apply { objects, now: "2026-11-22T00:00:00Z".into() })
+        s.apply(
+            9,
+            &Command::Apply {
+                objects,
+                now: "2026-11-22T00:00:00Z".into(),
+            },
+        )
     }
 
     fn share(s: &State, svc: &str, cluster: &str) -> f64 {
         let b = &s.backends[&svc.parse::<ServiceKey>().unwrap()];
-        b.clusters.iter().find(|c| c.cluster == cluster).map(|c| c.share).unwrap_or(0.0)
+        b.clusters
+            .iter()
+            .find(|c| c.cluster == cluster)
+            .map(|c| c.share)
+            .unwrap_or(0.0)
     }
 
     #[test]
@@ -464,15 +578,25 @@ mod tests {
         let out = apply_manifest(&mut s, SEED).unwrap();
         assert_eq!(
             out.lines,
-            vec!["serviceimport app/api-v1-multi created", "multiclusterservice app/api-v1-global created"]
+            vec![
+                "serviceimport app/api-v1-multi created",
+                "multiclusterservice app/api-v1-global created"
+            ]
         );
         assert!((share(&s, "app/api-v1-multi", "us-west-1") - 0.6).abs() < 1e-12);
         assert_eq!(share(&s, "app/api-v1-multi", "eu-central-1"), 0.0);
         // Applying the same manifest again changes nothing.
         let rev = s.backends[&"app/api-v1-multi".parse::<ServiceKey>().unwrap()].revision;
         let out = apply_manifest(&mut s, SEED).unwrap();
-        assert!(out.lines.iter().all(|l| l.ends_with("unchanged")), "{:?}", out.lines);
-        assert_eq!(s.backends[&"app/api-v1-multi".parse::<ServiceKey>().unwrap()].revision, rev);
+        assert!(
+            out.lines.iter().all(|l| l.ends_with("unchanged")),
+            "{:?}",
+            out.lines
+        );
+        assert_eq!(
+            s.backends[&"app/api-v1-multi".parse::<ServiceKey>().unwrap()].revision,
+            rev
+        );
     }
 
     #[test]
@@ -481,9 +605,19 @@ mod tests {
         apply_manifest(&mut s, SEED).unwrap();
         let before = s.clone();
         for (bad, needle) in [
-            (SEED.replace("weight: 40", "weight: -5"), "weight -5 for cluster us-east-1 is negative"),
-            (SEED.replace("cluster: us-east-1", "cluster: ap-south-9"), "\"ap-south-9\" is not a member"),
-            (SEED.replace("weight: 60", "weight: 0").replace("weight: 40", "weight: 0"), "every cluster weight is 0"),
+            (
+                SEED.replace("weight: 40", "weight: -5"),
+                "weight -5 for cluster us-east-1 is negative",
+            ),
+            (
+                SEED.replace("cluster: us-east-1", "cluster: ap-south-9"),
+                "\"ap-south-9\" is not a member",
+            ),
+            (
+                SEED.replace("weight: 60", "weight: 0")
+                    .replace("weight: 40", "weight: 0"),
+                "every cluster weight is 0",
+            ),
         ] {
             let e = apply_manifest(&mut s, &bad).unwrap_err().to_string();
             assert!(e.contains(needle), "{e}");
@@ -493,14 +627,26 @@ mod tests {
         // the same manifest must not be applied either.
         let missing = format!(
             "{}\n---\n{}",
-            SEED.split("---").next().unwrap().replace("api-v1-multi", "new-import"),
-            SEED.split("---").nth(1).unwrap().replace("name: api-v1-multi", "name: nope")
+            SEED.split("---")
+                .next()
+                .unwrap()
+                .replace("api-v1-multi", "new-import"),
+            SEED.split("---")
+                .nth(1)
+                .unwrap()
+                .replace("name: api-v1-multi", "name: nope")
         );
         let e = apply_manifest(&mut s, &missing).unwrap_err().to_string();
         assert!(e.contains("ServiceImport app/nope does not exist"), "{e}");
         assert_eq!(s, before);
         let e = s
-            .apply(10, &Command::SetWeights { mcs: "app/api-v1-global".parse().unwrap(), weights: [("us-west-1".into(), -1)].into() })
+            .apply(
+                10,
+                &Command::SetWeights {
+                    mcs: "app/api-v1-global".parse().unwrap(),
+                    weights: [("us-west-1".into(), -1)].into(),
+                },
+            )
             .unwrap_err()
             .to_string();
         assert!(e.contains("negative"), "{e}");
@@ -519,7 +665,13 @@ mod tests {
         assert!((share(&s, "app/api-v1-multi", "us-west-1") - 0.125).abs() < 1e-12);
         assert!((share(&s, "app/api-v1-multi", "eu-central-1") - 0.375).abs() < 1e-12);
         let e = s
-            .apply(12, &Command::SetWeights { mcs: "app/none".parse().unwrap(), weights: BTreeMap::new() })
+            .apply(
+                12,
+                &Command::SetWeights {
+                    mcs: "app/none".parse().unwrap(),
+                    weights: BTreeMap::new(),
+                },
+            )
             .unwrap_err();
         assert_eq!(e, StateError::McsNotFound("app/none".parse().unwrap()));
     }
@@ -527,11 +679,26 @@ mod tests {
     #[test]
     fn unreachable_cluster_loses_share_and_comes_back() {
         let mut s = playground();
-        s.apply(5, &Command::SetReachable { cluster: "us-east-1".into(), reachable: false }).unwrap();
+        s.apply(
+            5,
+            &Command::SetReachable {
+                cluster: "us-east-1".into(),
+                reachable: false,
+            },
+        )
+        .unwrap();
         assert_eq!(share(&s, "app/api-v1-multi", "us-east-1"), 0.0);
         assert!((share(&s, "app/api-v1-multi", "us-west-1") - 0.5).abs() < 1e-12);
-        s.apply(6, &Command::RegisterCluster { spec: ClusterSpec { id: "us-east-1".into(), ..Default::default() } })
-            .unwrap();
+        s.apply(
+            6,
+            &Command::RegisterCluster {
+                spec: ClusterSpec {
+                    id: "us-east-1".into(),
+                    ..Default::default()
+                },
+            },
+        )
+        .unwrap();
         assert!((share(&s, "app/api-v1-multi", "us-east-1") - 1.0 / 3.0).abs() < 1e-12);
     }
 
@@ -557,7 +724,9 @@ mod tests {
             deletes: vec!["app/api-v1-multi".parse().unwrap()],
         };
         s.apply(21, &replay).unwrap();
-        assert!(s.exports[&"app/api-v1-multi".parse::<ServiceKey>().unwrap()].contains_key("us-west-1"));
+        assert!(
+            s.exports[&"app/api-v1-multi".parse::<ServiceKey>().unwrap()].contains_key("us-west-1")
+        );
     }
 
     #[test]
@@ -570,16 +739,31 @@ mod tests {
             upserts: vec![export("us-east-1", "app", "x", 1)],
             deletes: vec![],
         };
-        assert!(s.apply(30, &spoof).unwrap_err().to_string().contains("on behalf of cluster us-east-1"));
-        let stranger =
-            Command::SyncExports { cluster: "nobody".into(), revision: 1, full: true, upserts: vec![], deletes: vec![] };
-        assert_eq!(s.apply(31, &stranger).unwrap_err(), StateError::UnknownCluster("nobody".into()));
+        assert!(s
+            .apply(30, &spoof)
+            .unwrap_err()
+            .to_string()
+            .contains("on behalf of cluster us-east-1"));
+        let stranger = Command::SyncExports {
+            cluster: "nobody".into(),
+            revision: 1,
+            full: true,
+            upserts: vec![],
+            deletes: vec![],
+        };
+        assert_eq!(
+            s.apply(31, &stranger).unwrap_err(),
+            StateError::UnknownCluster("nobody".into())
+        );
     }
 
     #[test]
     fn service_export_cannot_be_applied_on_the_hub() {
         let r = manifest::parse("apiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceExport\nmetadata: {name: a, namespace: b}\n").unwrap();
-        assert!(applied_objects(r).unwrap_err().to_string().contains("applied in a member cluster"));
+        assert!(applied_objects(r)
+            .unwrap_err()
+            .to_string()
+            .contains("applied in a member cluster"));
     }
 
     proptest! {

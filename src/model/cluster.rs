@@ -40,7 +40,11 @@ pub enum ClusterState {
 impl Cluster {
     /// A newly registered, reachable cluster.
     pub fn new(spec: ClusterSpec) -> Self {
-        Self { spec, reachable: true, drained: false }
+        Self {
+            spec,
+            reachable: true,
+            drained: false,
+        }
     }
 
     /// Drained wins over unreachable: an operator's decision is the more

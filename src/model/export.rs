@@ -5,7 +5,9 @@ use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 
 /// How clients reach an imported service (MCS ServiceImport `type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 pub enum ServiceType {
     /// One name with (per answer) one cluster's addresses.
     #[default]
@@ -98,15 +100,26 @@ impl Export {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ExportError {
     #[error("export {service}: port {port} has protocol {protocol:?}; use TCP, UDP or SCTP")]
-    BadProtocol { service: ServiceKey, port: u16, protocol: String },
+    BadProtocol {
+        service: ServiceKey,
+        port: u16,
+        protocol: String,
+    },
     #[error("export {service}: port 0 is not a valid port")]
     ZeroPort { service: ServiceKey },
     #[error("export {service}: port name {name:?} appears twice")]
     DuplicatePortName { service: ServiceKey, name: String },
     #[error("export {service}: endpoint hostname {hostname:?} is not a DNS-1123 label")]
-    BadHostname { service: ServiceKey, hostname: String },
+    BadHostname {
+        service: ServiceKey,
+        hostname: String,
+    },
     #[error("export {service}: {count} endpoints is more than the limit of {limit}")]
-    TooManyEndpoints { service: ServiceKey, count: usize, limit: usize },
+    TooManyEndpoints {
+        service: ServiceKey,
+        count: usize,
+        limit: usize,
+    },
 }
 
 /// Upper bound on endpoints per export, so one bad agent cannot blow up
@@ -120,22 +133,36 @@ impl Export {
         let mut names = std::collections::BTreeSet::new();
         for p in &self.ports {
             if !matches!(p.protocol.as_str(), "TCP" | "UDP" | "SCTP") {
-                return Err(ExportError::BadProtocol { service: service(), port: p.port, protocol: p.protocol.clone() });
+                return Err(ExportError::BadProtocol {
+                    service: service(),
+                    port: p.port,
+                    protocol: p.protocol.clone(),
+                });
             }
             if p.port == 0 {
                 return Err(ExportError::ZeroPort { service: service() });
             }
             if !p.name.is_empty() && !names.insert(p.name.clone()) {
-                return Err(ExportError::DuplicatePortName { service: service(), name: p.name.clone() });
+                return Err(ExportError::DuplicatePortName {
+                    service: service(),
+                    name: p.name.clone(),
+                });
             }
         }
         if self.endpoints.len() > MAX_ENDPOINTS {
-            return Err(ExportError::TooManyEndpoints { service: service(), count: self.endpoints.len(), limit: MAX_ENDPOINTS });
+            return Err(ExportError::TooManyEndpoints {
+                service: service(),
+                count: self.endpoints.len(),
+                limit: MAX_ENDPOINTS,
+            });
         }
         for e in &self.endpoints {
             if let Some(h) = &e.hostname {
                 if !super::key::is_dns_label(h) {
-                    return Err(ExportError::BadHostname { service: service(), hostname: h.clone() });
+                    return Err(ExportError::BadHostname {
+                        service: service(),
+                        hostname: h.clone(),
+                    });
                 }
             }
         }

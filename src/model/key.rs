@@ -24,7 +24,8 @@ pub fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -33,7 +34,10 @@ fn check_label(what: &'static str, value: &str) -> Result<(), KeyError> {
     if is_dns_label(value) {
         Ok(())
     } else {
-        Err(KeyError::NotLabel { what, value: value.to_string() })
+        Err(KeyError::NotLabel {
+            what,
+            value: value.to_string(),
+        })
     }
 }
 
@@ -55,7 +59,10 @@ impl ServiceKey {
     pub fn new(namespace: &str, name: &str) -> Result<Self, KeyError> {
         check_label("namespace", namespace)?;
         check_label("name", name)?;
-        Ok(Self { namespace: namespace.to_string(), name: name.to_string() })
+        Ok(Self {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        })
     }
 }
 
@@ -68,7 +75,9 @@ impl fmt::Display for ServiceKey {
 impl FromStr for ServiceKey {
     type Err = KeyError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (ns, name) = s.split_once('/').ok_or_else(|| KeyError::NotNamespaced(s.to_string()))?;
+        let (ns, name) = s
+            .split_once('/')
+            .ok_or_else(|| KeyError::NotNamespaced(s.to_string()))?;
         Self::new(ns, name)
     }
 }
@@ -87,7 +96,10 @@ mod tests {
 
     #[test]
     fn rejects_bad_keys_with_reason() {
-        assert_eq!("app".parse::<ServiceKey>(), Err(KeyError::NotNamespaced("app".into())));
+        assert_eq!(
+            "app".parse::<ServiceKey>(),
+            Err(KeyError::NotNamespaced("app".into()))
+        );
         let err = "App/x".parse::<ServiceKey>().unwrap_err().to_string();
         assert!(err.contains("namespace \"App\""), "{err}");
         assert!(!is_dns_label("-a"));

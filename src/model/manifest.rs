@@ -36,9 +36,19 @@ pub enum ManifestError {
     #[error("document {doc}: unsupported kind {kind:?} (supported: ServiceImport, MultiClusterService, ServiceExport)")]
     UnknownKind { doc: usize, kind: String },
     #[error("document {doc}: {kind} does not support apiVersion {api_version:?} (supported: {supported})")]
-    UnknownVersion { doc: usize, kind: String, api_version: String, supported: String },
+    UnknownVersion {
+        doc: usize,
+        kind: String,
+        api_version: String,
+        supported: String,
+    },
     #[error("document {doc}: {kind} {field} {value:?} is not a DNS-1123 label")]
-    BadName { doc: usize, kind: String, field: &'static str, value: String },
+    BadName {
+        doc: usize,
+        kind: String,
+        field: &'static str,
+        value: String,
+    },
     #[error("the manifest has no documents")]
     Empty,
 }
@@ -56,7 +66,10 @@ pub fn parse(text: &str) -> Result<Vec<Resource>, ManifestError> {
     let mut out = Vec::new();
     for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let doc = i + 1;
-        let value = serde_yaml::Value::deserialize(de).map_err(|e| ManifestError::Yaml { doc, reason: e.to_string() })?;
+        let value = serde_yaml::Value::deserialize(de).map_err(|e| ManifestError::Yaml {
+            doc,
+            reason: e.to_string(),
+        })?;
         if value.is_null() {
             continue;
         }
@@ -69,9 +82,17 @@ pub fn parse(text: &str) -> Result<Vec<Resource>, ManifestError> {
 }
 
 fn parse_value(doc: usize, value: serde_yaml::Value) -> Result<Resource, ManifestError> {
-    let tm: TypeMeta = serde_yaml::from_value(value.clone()).map_err(|e| ManifestError::Yaml { doc, reason: e.to_string() })?;
-    let kind = tm.kind.ok_or(ManifestError::Missing { doc, field: "kind" })?;
-    let api_version = tm.api_version.ok_or(ManifestError::Missing { doc, field: "apiVersion" })?;
+    let tm: TypeMeta = serde_yaml::from_value(value.clone()).map_err(|e| ManifestError::Yaml {
+        doc,
+        reason: e.to_string(),
+    })?;
+    let kind = tm
+        .kind
+        .ok_or(ManifestError::Missing { doc, field: "kind" })?;
+    let api_version = tm.api_version.ok_or(ManifestError::Missing {
+        doc,
+        field: "apiVersion",
+    })?;
     let supported = match kind.as_str() {
         "ServiceImport" => SERVICE_IMPORT_VERSIONS,
         "MultiClusterService" => MCS_VERSIONS,
@@ -79,12 +100,22 @@ fn parse_value(doc: usize, value: serde_yaml::Value) -> Result<Resource, Manifes
         _ => return Err(ManifestError::UnknownKind { doc, kind }),
     };
     if !supported.contains(&api_version.as_str()) {
-        return Err(ManifestError::UnknownVersion { doc, kind, api_version, supported: supported.join(", ") });
+        return Err(ManifestError::UnknownVersion {
+            doc,
+            kind,
+            api_version,
+            supported: supported.join(", "),
+        });
     }
-    let typed = |e: serde_yaml::Error| ManifestError::Yaml { doc, reason: format!("{kind}: {e}") };
+    let typed = |e: serde_yaml::Error| ManifestError::Yaml {
+        doc,
+        reason: format!("{kind}: {e}"),
+    };
     let res = match kind.as_str() {
         "ServiceImport" => Resource::ServiceImport(serde_yaml::from_value(value).map_err(typed)?),
-        "MultiClusterService" => Resource::MultiClusterService(serde_yaml::from_value(value).map_err(typed)?),
+        "MultiClusterService" => {
+            Resource::MultiClusterService(serde_yaml::from_value(value).map_err(typed)?)
+        }
         _ => Resource::ServiceExport(serde_yaml::from_value(value).map_err(typed)?),
     };
     let meta = match &res {
@@ -92,12 +123,27 @@ fn parse_value(doc: usize, value: serde_yaml::Value) -> Result<Resource, Manifes
         Resource::MultiClusterService(r) => &r.metadata,
         Resource::ServiceExport(r) => &r.metadata,
     };
-    for (field, value) in [("metadata.name", &meta.name), ("metadata.namespace", &meta.namespace)] {
+    for (field, value) in [
+        ("metadata.name", &meta.name),
+        ("metadata.namespace", &meta.namespace),
+    ] {
         if value.is_empty() {
-            return Err(ManifestError::Missing { doc, field: if field == "metadata.name" { "metadata.name" } else { "metadata.namespace" } });
+            return Err(ManifestError::Missing {
+                doc,
+                field: if field == "metadata.name" {
+                    "metadata.name"
+                } else {
+                    "metadata.namespace"
+                },
+            });
         }
         if !is_dns_label(value) {
-            return Err(ManifestError::BadName { doc, kind: kind.clone(), field, value: value.clone() });
+            return Err(ManifestError::BadName {
+                doc,
+                kind: kind.clone(),
+                field,
+                value: value.clone(),
+            });
         }
     }
     Ok(res)
@@ -105,7 +151,10 @@ fn parse_value(doc: usize, value: serde_yaml::Value) -> Result<Resource, Manifes
 
 /// The ServiceImport key a MultiClusterService refers to.
 pub fn mcs_import_key(mcs: &MultiClusterService) -> ServiceKey {
-    ServiceKey { namespace: mcs.import_namespace().to_string(), name: mcs.spec.service_import.name.clone() }
+    ServiceKey {
+        namespace: mcs.import_namespace().to_string(),
+        name: mcs.spec.service_import.name.clone(),
+    }
 }
 
 #[cfg(test)]
@@ -119,11 +168,15 @@ mod tests {
     fn parses_the_seed_guide_as_written() {
         let docs = parse(SEED).unwrap();
         assert_eq!(docs.len(), 2);
-        let Resource::ServiceImport(si) = &docs[0] else { panic!("not an import") };
+        let Resource::ServiceImport(si) = &docs[0] else {
+            panic!("not an import")
+        };
         assert_eq!(si.spec.ports[0].port, 8080);
         assert_eq!(si.spec.ports[0].protocol, "TCP");
         assert_eq!(si.spec.resolution.as_deref(), Some("DNS"));
-        let Resource::MultiClusterService(m) = &docs[1] else { panic!("not an mcs") };
+        let Resource::MultiClusterService(m) = &docs[1] else {
+            panic!("not an mcs")
+        };
         assert_eq!(m.spec.cluster_backends.len(), 2);
         assert_eq!(m.spec.cluster_backends[0].weight, 60);
         assert_eq!(mcs_import_key(m).to_string(), "app/api-v1-multi");
@@ -131,10 +184,15 @@ mod tests {
 
     #[test]
     fn accepts_mcs_api_group_versions() {
-        for v in ["multicluster.x-k8s.io/v1alpha1", "multicluster.x-k8s.io/v1beta1"] {
+        for v in [
+            "multicluster.x-k8s.io/v1alpha1",
+            "multicluster.x-k8s.io/v1beta1",
+        ] {
             let y = format!("apiVersion: {v}\nkind: ServiceImport\nmetadata: {{name: a, namespace: b}}\nspec: {{type: Headless}}\n");
             assert!(matches!(&parse(&y).unwrap()[0], Resource::ServiceImport(_)));
-            let y = format!("apiVersion: {v}\nkind: ServiceExport\nmetadata: {{name: a, namespace: b}}\n");
+            let y = format!(
+                "apiVersion: {v}\nkind: ServiceExport\nmetadata: {{name: a, namespace: b}}\n"
+            );
             assert!(matches!(&parse(&y).unwrap()[0], Resource::ServiceExport(_)));
         }
     }
@@ -142,23 +200,37 @@ mod tests {
     #[test]
     fn json_documents_parse_too() {
         let j = r#"{"apiVersion":"switchyard.io/v1alpha1","kind":"MultiClusterService","metadata":{"name":"m","namespace":"app"},"spec":{"serviceImport":{"name":"x"},"clusterBackends":[{"cluster":"a","weight":3}]}}"#;
-        let Resource::MultiClusterService(m) = &parse(j).unwrap()[0] else { panic!() };
+        let Resource::MultiClusterService(m) = &parse(j).unwrap()[0] else {
+            panic!()
+        };
         assert_eq!(mcs_import_key(m).to_string(), "app/x");
     }
 
     #[test]
     fn errors_name_the_document_and_problem() {
-        let e = parse("kind: Foo\napiVersion: v1\nmetadata: {name: a}\n").unwrap_err().to_string();
-        assert!(e.contains("document 1") && e.contains("unsupported kind \"Foo\""), "{e}");
+        let e = parse("kind: Foo\napiVersion: v1\nmetadata: {name: a}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("document 1") && e.contains("unsupported kind \"Foo\""),
+            "{e}"
+        );
         let bad = SEED.replace("weight: 40", "wieght: 40");
         let e = parse(&bad).unwrap_err().to_string();
         assert!(e.contains("document 2") && e.contains("wieght"), "{e}");
         let e = parse("a: [b\n").unwrap_err().to_string();
         assert!(e.contains("malformed YAML"), "{e}");
-        let e = parse(&SEED.replace("v1beta1\nkind: Multi", "v9\nkind: Multi")).unwrap_err().to_string();
+        let e = parse(&SEED.replace("v1beta1\nkind: Multi", "v9\nkind: Multi"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("does not support apiVersion"), "{e}");
         assert_eq!(parse("---\n").unwrap_err(), ManifestError::Empty);
-        let e = parse(&SEED.replace("name: api-v1-global", "name: Api_Global")).unwrap_err().to_string();
-        assert!(e.contains("metadata.name") && e.contains("Api_Global"), "{e}");
+        let e = parse(&SEED.replace("name: api-v1-global", "name: Api_Global"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("metadata.name") && e.contains("Api_Global"),
+            "{e}"
+        );
     }
 }

@@ -19,9 +19,15 @@ pub const SERVICE_IMPORT_VERSIONS: &[&str] = &[
     "gateway.networking.k8s.io/v1beta1",
 ];
 /// apiVersions accepted for ServiceExport.
-pub const SERVICE_EXPORT_VERSIONS: &[&str] = &["multicluster.x-k8s.io/v1alpha1", "multicluster.x-k8s.io/v1beta1"];
+pub const SERVICE_EXPORT_VERSIONS: &[&str] = &[
+    "multicluster.x-k8s.io/v1alpha1",
+    "multicluster.x-k8s.io/v1beta1",
+];
 /// apiVersions accepted for MultiClusterService.
-pub const MCS_VERSIONS: &[&str] = &["gateway.networking.k8s.io/v1beta1", "switchyard.io/v1alpha1"];
+pub const MCS_VERSIONS: &[&str] = &[
+    "gateway.networking.k8s.io/v1beta1",
+    "switchyard.io/v1alpha1",
+];
 
 /// `ServiceImport`: a service as the whole ClusterSet sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -25,13 +25,19 @@ pub async fn spawn(
     who: BackendIdentity,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} for backend {} of {} in {}", who.pod, who.service, who.cluster))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!(
+            "cannot listen on {addr} for backend {} of {} in {}",
+            who.pod, who.service, who.cluster
+        )
+    })?;
     let body = json!({"cluster": who.cluster, "service": who.service, "pod": who.pod, "address": addr.to_string()});
     let router = axum::Router::new().route("/", get(move || async move { Json(body) }));
     tasks.spawn(async move {
-        if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await {
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+        {
             tracing::warn!(%addr, error = %e, "backend server failed");
         }
     });

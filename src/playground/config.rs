@@ -27,9 +27,14 @@ pub enum ConfigError {
 impl ClusterSetConfig {
     /// Parses and checks a description; `path` is for messages.
     pub fn parse(path: &str, text: &str) -> Result<Self, ConfigError> {
-        let c: ClusterSetConfig =
-            serde_yaml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), reason: e.to_string() })?;
-        c.validate().map_err(|reason| ConfigError::Invalid { path: path.into(), reason })?;
+        let c: ClusterSetConfig = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
+        c.validate().map_err(|reason| ConfigError::Invalid {
+            path: path.into(),
+            reason,
+        })?;
         Ok(c)
     }
 
@@ -46,7 +51,8 @@ impl ClusterSetConfig {
             if !ids.insert(&c.cluster) {
                 return Err(format!("cluster {} is listed twice", c.cluster));
             }
-            c.exports().map_err(|e| format!("cluster {}: {e}", c.cluster))?;
+            c.exports()
+                .map_err(|e| format!("cluster {}: {e}", c.cluster))?;
             for s in &c.services {
                 for e in &s.endpoints {
                     if !e.address.is_loopback() {
@@ -73,7 +79,11 @@ impl ClusterSetConfig {
     /// them, `app/api-v2` on two, a headless `app/db` everywhere. Cluster `n`
     /// (1-based) serves its endpoints on 127.0.n.x.
     pub fn builtin() -> Self {
-        let clusters = [("us-west-1", "us-west"), ("us-east-1", "us-east"), ("eu-central-1", "eu-central")];
+        let clusters = [
+            ("us-west-1", "us-west"),
+            ("us-east-1", "us-east"),
+            ("eu-central-1", "eu-central"),
+        ];
         let clusters = clusters
             .iter()
             .enumerate()
@@ -88,14 +98,21 @@ impl ClusterSetConfig {
                     terminating: false,
                     zone: Some(format!("{id}a")),
                 };
-                let http = vec![Port { name: "http".into(), protocol: "TCP".into(), app_protocol: "http".into(), port: 8080 }];
+                let http = vec![Port {
+                    name: "http".into(),
+                    protocol: "TCP".into(),
+                    app_protocol: "http".into(),
+                    port: 8080,
+                }];
                 let mut services = vec![ServiceEntry {
                     namespace: "app".into(),
                     name: "api-v1-multi".into(),
                     service_type: ServiceType::ClusterSetIP,
                     session_affinity: Default::default(),
                     ports: http.clone(),
-                    endpoints: (0..2).map(|k| ep(1 + k, format!("api-v1-multi-{id}-{k}"), None)).collect(),
+                    endpoints: (0..2)
+                        .map(|k| ep(1 + k, format!("api-v1-multi-{id}-{k}"), None))
+                        .collect(),
                     created_unix_ms: 0,
                 }];
                 if i < 2 {
@@ -105,7 +122,9 @@ impl ClusterSetConfig {
                         service_type: ServiceType::ClusterSetIP,
                         session_affinity: Default::default(),
                         ports: http.clone(),
-                        endpoints: (0..2).map(|k| ep(11 + k, format!("api-v2-{id}-{k}"), None)).collect(),
+                        endpoints: (0..2)
+                            .map(|k| ep(11 + k, format!("api-v2-{id}-{k}"), None))
+                            .collect(),
                         created_unix_ms: 0,
                     });
                 }
@@ -114,8 +133,15 @@ impl ClusterSetConfig {
                     name: "db".into(),
                     service_type: ServiceType::Headless,
                     session_affinity: Default::default(),
-                    ports: vec![Port { name: "http".into(), protocol: "TCP".into(), app_protocol: "http".into(), port: 5432 }],
-                    endpoints: (0..2).map(|k| ep(21 + k, format!("db-{k}"), Some(format!("db-{k}")))).collect(),
+                    ports: vec![Port {
+                        name: "http".into(),
+                        protocol: "TCP".into(),
+                        app_protocol: "http".into(),
+                        port: 5432,
+                    }],
+                    endpoints: (0..2)
+                        .map(|k| ep(21 + k, format!("db-{k}"), Some(format!("db-{k}"))))
+                        .collect(),
                     created_unix_ms: 0,
                 });
                 ClusterFile {
@@ -141,18 +167,27 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(ClusterSetConfig::parse("builtin", &c.to_yaml()).unwrap(), c);
         assert_eq!(c.clusters.len(), 3);
-        assert_eq!(c.clusters[2].services.len(), 2, "eu-central-1 has no api-v2");
+        assert_eq!(
+            c.clusters[2].services.len(),
+            2,
+            "eu-central-1 has no api-v2"
+        );
     }
 
     #[test]
     fn shared_or_remote_addresses_are_rejected() {
         let mut c = ClusterSetConfig::builtin();
         c.clusters[1].services[0].endpoints[0].address = "127.0.1.1".parse().unwrap();
-        assert!(c.validate().unwrap_err().contains("127.0.1.1 is used twice"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .contains("127.0.1.1 is used twice"));
         let mut c = ClusterSetConfig::builtin();
         c.clusters[0].services[0].endpoints[0].address = "10.0.0.1".parse().unwrap();
         assert!(c.validate().unwrap_err().contains("not a loopback address"));
-        let e = ClusterSetConfig::parse("x.yaml", "clusters: 3").unwrap_err().to_string();
+        let e = ClusterSetConfig::parse("x.yaml", "clusters: 3")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("x.yaml: malformed clusterset config"), "{e}");
     }
 }

@@ -38,7 +38,8 @@ pub fn load_config(path: Option<&Path>) -> anyhow::Result<ClusterSetConfig> {
     match path {
         None => Ok(ClusterSetConfig::builtin()),
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
             Ok(ClusterSetConfig::parse(&p.display().to_string(), &text)?)
         }
     }
@@ -83,7 +84,11 @@ pub async fn up(
         hub.stop().await;
         return Err(e);
     }
-    let _ = ready.send(Bound { api: hub.api_addr, dns: hub.dns_addr, cluster_files: files });
+    let _ = ready.send(Bound {
+        api: hub.api_addr,
+        dns: hub.dns_addr,
+        cluster_files: files,
+    });
 
     shutdown.cancelled().await;
     tracing::info!("stopping: agents and backends first, then the hub");
@@ -101,7 +106,9 @@ fn existing_cluster_files(data_dir: &Path) -> anyhow::Result<Vec<(String, PathBu
     };
     let mut out = Vec::new();
     for entry in entries {
-        let path = entry.with_context(|| format!("cannot list {}", dir.display()))?.path();
+        let path = entry
+            .with_context(|| format!("cannot list {}", dir.display()))?
+            .path();
         if path.extension().is_some_and(|e| e == "yaml") {
             let file = ClusterFile::load(&path)?;
             out.push((file.cluster, path));
@@ -113,7 +120,10 @@ fn existing_cluster_files(data_dir: &Path) -> anyhow::Result<Vec<(String, PathBu
 
 /// Writes each cluster's file under `DATA_DIR/clusters/`, replacing what
 /// was there (a first start, or an explicit `--config`).
-fn write_cluster_files(data_dir: &Path, config: &ClusterSetConfig) -> anyhow::Result<Vec<(String, PathBuf)>> {
+fn write_cluster_files(
+    data_dir: &Path,
+    config: &ClusterSetConfig,
+) -> anyhow::Result<Vec<(String, PathBuf)>> {
     let dir = data_dir.join("clusters");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     for (_, stale) in existing_cluster_files(data_dir).unwrap_or_default() {
@@ -140,16 +150,27 @@ async fn start_clusters(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     for (id, path) in files {
-        let (file, desired) = agent::watch::follow(path.clone(), Duration::from_millis(200), shutdown.child_token())?;
+        let (file, desired) = agent::watch::follow(
+            path.clone(),
+            Duration::from_millis(200),
+            shutdown.child_token(),
+        )?;
         start_backends(&file, tasks, shutdown).await?;
-        let config = AgentConfig { hub: api.to_string(), spec: file.spec() };
+        let config = AgentConfig {
+            hub: api.to_string(),
+            spec: file.spec(),
+        };
         tasks.spawn(agent::run(config, desired, shutdown.child_token()));
         tracing::info!(cluster = %id, file = %path.display(), "agent started");
     }
     Ok(())
 }
 
-async fn start_backends(file: &ClusterFile, tasks: &mut JoinSet<()>, shutdown: &CancellationToken) -> anyhow::Result<()> {
+async fn start_backends(
+    file: &ClusterFile,
+    tasks: &mut JoinSet<()>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
     for s in &file.services {
         for e in &s.endpoints {
             for p in &s.ports {
@@ -159,9 +180,19 @@ async fn start_backends(file: &ClusterFile, tasks: &mut JoinSet<()>, shutdown: &
                 let who = BackendIdentity {
                     cluster: file.cluster.clone(),
                     service: format!("{}/{}", s.namespace, s.name),
-                    pod: e.pod.clone().or_else(|| e.hostname.clone()).unwrap_or_else(|| e.address.to_string()),
+                    pod: e
+                        .pod
+                        .clone()
+                        .or_else(|| e.hostname.clone())
+                        .unwrap_or_else(|| e.address.to_string()),
                 };
-                backend::spawn(tasks, SocketAddr::new(e.address, p.port), who, shutdown.child_token()).await?;
+                backend::spawn(
+                    tasks,
+                    SocketAddr::new(e.address, p.port),
+                    who,
+                    shutdown.child_token(),
+                )
+                .await?;
             }
         }
     }
@@ -170,15 +201,25 @@ async fn start_backends(file: &ClusterFile, tasks: &mut JoinSet<()>, shutdown: &
 
 async fn wait_ready(hub: &crate::hub::api::Hub, files: &[(String, PathBuf)]) -> anyhow::Result<()> {
     let mut view = hub.watch_state();
-    let all_in = |s: &crate::hub::state::State| files.iter().all(|(id, _)| s.export_revisions.contains_key(id));
+    let all_in = |s: &crate::hub::state::State| {
+        files
+            .iter()
+            .all(|(id, _)| s.export_revisions.contains_key(id))
+    };
     let waited = tokio::time::timeout(Duration::from_secs(20), view.wait_for(|s| all_in(s))).await;
     match waited {
         Ok(Ok(_)) => Ok(()),
         _ => {
             let s = hub.state();
-            let missing: Vec<&str> =
-                files.iter().filter(|(id, _)| !s.export_revisions.contains_key(id)).map(|(id, _)| id.as_str()).collect();
-            bail!("agents of {} did not deliver their exports within 20 s", missing.join(", "))
+            let missing: Vec<&str> = files
+                .iter()
+                .filter(|(id, _)| !s.export_revisions.contains_key(id))
+                .map(|(id, _)| id.as_str())
+                .collect();
+            bail!(
+                "agents of {} did not deliver their exports within 20 s",
+                missing.join(", ")
+            )
         }
     }
 }
@@ -189,23 +230,54 @@ pub fn banner(bound: &Bound, data_dir: &Path, zone: &str) -> String {
     let dns_ip = bound.dns.ip();
     let mut s = String::new();
     s.push_str("switchyard playground is up\n\n");
-    s.push_str(&format!("  hub API (gRPC, /metrics, /healthz)  {}\n", bound.api));
-    s.push_str(&format!("  ClusterSet DNS (UDP and TCP)        {}   zone {zone}\n", bound.dns));
-    s.push_str(&format!("  data dir                            {}\n\n", data_dir.display()));
+    s.push_str(&format!(
+        "  hub API (gRPC, /metrics, /healthz)  {}\n",
+        bound.api
+    ));
+    s.push_str(&format!(
+        "  ClusterSet DNS (UDP and TCP)        {}   zone {zone}\n",
+        bound.dns
+    ));
+    s.push_str(&format!(
+        "  data dir                            {}\n\n",
+        data_dir.display()
+    ));
     s.push_str("  clusters (edit a file to change that cluster's endpoints):\n");
     for (id, path) in &bound.cluster_files {
         s.push_str(&format!("    {id:<14} {}\n", path.display()));
     }
-    let hub_flag = if bound.api.to_string() == "127.0.0.1:7700" { String::new() } else { format!(" --hub {}", bound.api) };
-    let dns_flag = if bound.dns.to_string() == "127.0.0.1:5353" { String::new() } else { format!(" --dns {}", bound.dns) };
+    let hub_flag = if bound.api.to_string() == "127.0.0.1:7700" {
+        String::new()
+    } else {
+        format!(" --hub {}", bound.api)
+    };
+    let dns_flag = if bound.dns.to_string() == "127.0.0.1:5353" {
+        String::new()
+    } else {
+        format!(" --dns {}", bound.dns)
+    };
     s.push_str("\nTry (`switchyard` is `cargo run --release --` from the repository):\n");
-    s.push_str(&format!("  dig @{dns_ip} -p {dns_port} api-v1-multi.app.svc.{zone}\n"));
-    s.push_str(&format!("  switchyard resolve api-v1-multi.app.svc.{zone}{dns_flag}{hub_flag}\n"));
-    s.push_str(&format!("  curl http://$(switchyard resolve -q api-v1-multi.app.svc.{zone}{dns_flag}):8080/\n"));
-    s.push_str(&format!("  switchyard apply -f docs/examples/seed-mcs.yaml{hub_flag}\n"));
-    s.push_str(&format!("  switchyard get backends app/api-v1-multi{hub_flag}\n"));
-    s.push_str(&format!("  switchyard weights set app/api-v1-global us-west-1=20 us-east-1=80{hub_flag}\n"));
-    s.push_str(&format!("  dig @{dns_ip} -p {dns_port} SRV _http._tcp.db.app.svc.{zone}\n"));
+    s.push_str(&format!(
+        "  dig @{dns_ip} -p {dns_port} api-v1-multi.app.svc.{zone}\n"
+    ));
+    s.push_str(&format!(
+        "  switchyard resolve api-v1-multi.app.svc.{zone}{dns_flag}{hub_flag}\n"
+    ));
+    s.push_str(&format!(
+        "  curl http://$(switchyard resolve -q api-v1-multi.app.svc.{zone}{dns_flag}):8080/\n"
+    ));
+    s.push_str(&format!(
+        "  switchyard apply -f docs/examples/seed-mcs.yaml{hub_flag}\n"
+    ));
+    s.push_str(&format!(
+        "  switchyard get backends app/api-v1-multi{hub_flag}\n"
+    ));
+    s.push_str(&format!(
+        "  switchyard weights set app/api-v1-global us-west-1=20 us-east-1=80{hub_flag}\n"
+    ));
+    s.push_str(&format!(
+        "  dig @{dns_ip} -p {dns_port} SRV _http._tcp.db.app.svc.{zone}\n"
+    ));
     s.push_str("\nCtrl-C stops everything; state is kept in the data dir.\n");
     s
 }
