@@ -1,4 +1,9 @@
 //! The hub: raft node, sled storage, state machine and gRPC services.
+//!
+//! - `node`: the raft-rs `RawNode` task; `storage`: its sled log.
+//! - `state`: commands and the replicated state; `machine`: its adapter to the node.
+//! - `api`: gRPC agent and admin services; `read`: views for `get`.
+//! - `lease`: cluster leases on the leader; `app`: wiring a running hub.
 
 pub mod api;
 pub mod app;
@@ -7,3 +12,4 @@ pub mod machine;
 pub mod node;
 pub mod read;
 pub mod state;
+pub mod storage;

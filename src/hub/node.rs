@@ -1,10 +1,34 @@
 //! The raft node: one task owning a raft-rs `RawNode` on sled storage.
 //!
-//! INTERFACE CONTRACT (implementation pending): see `StateMachine`,
-//! `NodeConfig`, `NodeHandle`, `spawn`.
+//! [`spawn`] opens the [`SledStorage`] under `data_dir/raft`, restores the
+//! [`StateMachine`] from the latest snapshot and starts the task; a
+//! [`NodeHandle`] proposes commands, steps peer messages in and watches the
+//! [`RaftStatus`]. The task selects over its mailbox, a tick interval and
+//! shutdown; after each batch of mailbox items it handles raft-rs's `Ready`
+//! in the documented order: send messages, install a snapshot, apply
+//! committed entries, persist entries and hard state, flush, send persisted
+//! messages, advance, then the same for the light ready, and advance apply.
+//!
+//! The state machine lives in memory: on restart it is rebuilt from the
+//! stored snapshot plus the committed entries after it.
 
+use std::collections::HashMap;
+use std::fmt::{self, Write as _};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot};
+use raft::{RawNode, StateRole};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn, Instrument as _};
+
+use crate::hub::storage::{SledStorage, StorageError};
+use crate::metrics::Metrics;
 
 /// The replicated state machine the node drives. Must be deterministic:
 /// every replica applies the same commands in the same order.
@@ -32,7 +56,9 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Raft tick interval.
     pub tick: Duration,
+    /// Ticks without a heartbeat before a follower starts an election.
     pub election_tick: usize,
+    /// Ticks between a leader's heartbeats.
     pub heartbeat_tick: usize,
     /// Take a snapshot and compact the log after this many applied entries.
     pub snapshot_every: u64,
@@ -53,65 +79,895 @@ impl NodeConfig {
     }
 }
 
-// ---- TEMPORARY STUB (replaced by the raft branch) ----
-use crate::metrics::Metrics;
-use std::sync::Arc;
-use tokio_util::sync::CancellationToken;
+/// Capacity of a node's mailbox (proposals and peer messages).
+const MAILBOX: usize = 4096;
+/// Most mailbox items taken before the next `Ready` is handled.
+const MAX_BATCH: usize = 4096;
+/// Largest append message sent to a peer.
+const MAX_MSG_BYTES: u64 = 1 << 20;
 
-/// Why a proposal did not take effect.
-#[derive(Debug, thiserror::Error)]
+/// Why a proposal did not produce a reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProposeError {
-    #[error("not the leader (leader: {leader:?})")]
-    NotLeader { leader: Option<u64> },
-    #[error("{0}")]
+    /// This replica is not the leader; send the command to `leader` (if known).
+    #[error("this replica is not the raft leader (leader: {leader:?}); send writes to the leader")]
+    NotLeader {
+        /// The current leader's ID, if this replica knows one.
+        leader: Option<u64>,
+    },
+    /// The state machine rejected the command; nothing changed.
+    #[error("command rejected: {0}")]
     Rejected(String),
-    #[error("proposal dropped")]
+    /// Leadership or the term changed before the command was applied. The
+    /// command may still be applied later; retry if it is idempotent.
+    #[error("proposal dropped by a leadership change; retry the command")]
     Dropped,
-    #[error("node stopped")]
+    /// The node has stopped.
+    #[error("the raft node has stopped")]
     Stopped,
 }
-/// Node start errors.
+
+/// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("node: {0}")]
-pub struct NodeError(String);
-/// Raft status.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+pub enum NodeError {
+    /// The [`NodeConfig`] is not usable.
+    #[error("invalid raft node configuration: {0}")]
+    Config(String),
+    /// The raft storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// raft-rs refused the configuration or the stored state.
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    /// The state machine could not load the stored snapshot.
+    #[error("state machine cannot restore the snapshot at index {index}: {reason}")]
+    Restore {
+        /// The snapshot's index.
+        index: u64,
+        /// The state machine's reason.
+        reason: String,
+    },
+    /// A committed configuration change does not decode.
+    #[error("configuration change at index {index} does not decode: {source}")]
+    ConfChange {
+        /// The entry's index.
+        index: u64,
+        /// The decoding error.
+        source: protobuf::ProtobufError,
+    },
+}
+
+/// A replica's view of raft, published on every change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RaftStatus {
+    /// This replica's ID.
     pub id: u64,
+    /// The leader's ID, 0 when there is none.
     pub leader: u64,
+    /// The current term.
     pub term: u64,
+    /// The commit index.
     pub commit: u64,
+    /// The index of the last entry applied to the state machine.
     pub applied: u64,
+    /// `Leader`, `Follower`, `Candidate` or `PreCandidate`.
     pub role: String,
 }
-/// Sends raft messages to peers.
+
+/// Delivers raft messages to peers. Must not block: queue and return.
 pub trait Transport: Send + Sync + 'static {
-    fn send(&self, msgs: Vec<raft::eraftpb::Message>);
+    /// Sends each message to the peer named by its `to` field. Losing a
+    /// message is fine: raft retransmits.
+    fn send(&self, msgs: Vec<Message>);
 }
-/// No peers.
+
+/// The transport of a single-voter group: there is nobody to talk to.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct NoPeers;
+
 impl Transport for NoPeers {
-    fn send(&self, _msgs: Vec<raft::eraftpb::Message>) {}
+    fn send(&self, msgs: Vec<Message>) {
+        if !msgs.is_empty() {
+            debug!(count = msgs.len(), "no peers: dropping raft messages");
+        }
+    }
 }
-/// Handle.
+
+type Reply = oneshot::Sender<Result<Vec<u8>, ProposeError>>;
+
+enum Mail {
+    Propose { command: Vec<u8>, reply: Reply },
+    Step(Message),
+}
+
+/// A cheap, cloneable handle to a running node.
 #[derive(Clone)]
 pub struct NodeHandle {
-    status: tokio::sync::watch::Receiver<RaftStatus>,
+    mailbox: mpsc::Sender<Mail>,
+    status: watch::Receiver<RaftStatus>,
 }
+
 impl NodeHandle {
-    pub async fn propose(&self, _command: Vec<u8>) -> Result<Vec<u8>, ProposeError> {
-        Err(ProposeError::Stopped)
+    /// Proposes `command` and resolves once it is committed and applied
+    /// (and `after_batch` has run), with the state machine's reply.
+    pub async fn propose(&self, command: Vec<u8>) -> Result<Vec<u8>, ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        self.mailbox
+            .send(Mail::Propose { command, reply })
+            .await
+            .map_err(|_| ProposeError::Stopped)?;
+        rx.await.unwrap_or(Err(ProposeError::Stopped))
     }
-    pub fn status(&self) -> tokio::sync::watch::Receiver<RaftStatus> {
+
+    /// Watches the node's [`RaftStatus`].
+    pub fn status(&self) -> watch::Receiver<RaftStatus> {
         self.status.clone()
     }
+
+    /// Hands a message from a peer to the node. Dropped if the mailbox is
+    /// full or the node stopped (raft retransmits).
+    pub fn step(&self, msg: Message) {
+        if let Err(err) = self.mailbox.try_send(Mail::Step(msg)) {
+            debug!(%err, "raft mailbox refused a peer message");
+        }
+    }
 }
+
+/// Starts a raft node on `config.data_dir/raft` as a tokio task (call it
+/// within a runtime). On a fresh directory the configuration is
+/// `config.voters`; otherwise the node resumes from its storage, restoring
+/// `sm` from the latest snapshot and re-applying the committed entries after
+/// it. The task runs until `shutdown` is cancelled or every handle is dropped.
 pub fn spawn<S: StateMachine>(
-    _config: NodeConfig,
-    _sm: S,
-    _transport: Arc<dyn Transport>,
-    _metrics: Arc<Metrics>,
-    _shutdown: CancellationToken,
-) -> Result<(NodeHandle, tokio::task::JoinHandle<()>), NodeError> {
-    Err(NodeError("stub".into()))
+    config: NodeConfig,
+    mut sm: S,
+    transport: Arc<dyn Transport>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<(NodeHandle, JoinHandle<()>), NodeError> {
+    if config.id == 0 {
+        return Err(NodeError::Config("the replica ID must not be 0".into()));
+    }
+    let dir = config.data_dir.join("raft");
+    let mut storage = SledStorage::open(&dir)?;
+    if !storage.is_initialized() && !config.voters.is_empty() {
+        storage.set_conf_state(ConfState {
+            voters: config.voters.clone(),
+            ..ConfState::default()
+        })?;
+        storage.flush()?;
+    }
+    let mut applied = 0;
+    if let Some(snapshot) = storage.snapshot_data()? {
+        let index = snapshot.get_metadata().index;
+        sm.restore(index, &snapshot.data)
+            .map_err(|reason| NodeError::Restore { index, reason })?;
+        sm.after_batch();
+        applied = index;
+    }
+    let only_voter = {
+        let cs = storage.conf_state();
+        cs.voters == [config.id] && cs.voters_outgoing.is_empty()
+    };
+    info!(
+        id = config.id,
+        dir = %dir.display(),
+        applied,
+        commit = storage.hard_state().commit,
+        term = storage.hard_state().term,
+        "starting raft node"
+    );
+
+    let raft_config = raft::Config {
+        id: config.id,
+        election_tick: config.election_tick,
+        heartbeat_tick: config.heartbeat_tick,
+        applied,
+        max_size_per_msg: MAX_MSG_BYTES,
+        max_inflight_msgs: 256,
+        check_quorum: true,
+        pre_vote: true,
+        ..Default::default()
+    };
+    raft_config.validate()?;
+    let logger = slog::Logger::root(TracingDrain, slog::o!());
+    let mut raw = RawNode::new(&raft_config, storage, &logger)?;
+    if only_voter {
+        raw.campaign()?;
+    }
+
+    let (mailbox, inbox) = mpsc::channel(MAILBOX);
+    let (status_tx, status) = watch::channel(RaftStatus {
+        id: config.id,
+        ..RaftStatus::default()
+    });
+    let node = Node {
+        id: config.id,
+        raw,
+        sm,
+        transport,
+        metrics,
+        status: status_tx,
+        pending: HashMap::new(),
+        replies: Vec::new(),
+        incarnation: rand::random(),
+        next_seq: 0,
+        applied,
+        snapshot_index: applied,
+        snapshot_every: config.snapshot_every,
+        term: 0,
+        leader: 0,
+    };
+    let span = tracing::info_span!("raft", id = config.id);
+    let task = tokio::spawn(node.run(inbox, config.tick, shutdown).instrument(span));
+    Ok((NodeHandle { mailbox, status }, task))
+}
+
+/// The task's state: the raw node, the state machine and pending proposals.
+struct Node<S> {
+    id: u64,
+    raw: RawNode<SledStorage>,
+    sm: S,
+    transport: Arc<dyn Transport>,
+    metrics: Arc<Metrics>,
+    status: watch::Sender<RaftStatus>,
+    /// Proposals of this incarnation waiting to be applied, by sequence number.
+    pending: HashMap<u64, Reply>,
+    /// Replies of applied proposals, sent once `after_batch` published them.
+    replies: Vec<(Reply, Result<Vec<u8>, ProposeError>)>,
+    /// Random per start, so entry contexts from an earlier run never match.
+    incarnation: u64,
+    next_seq: u64,
+    applied: u64,
+    snapshot_index: u64,
+    snapshot_every: u64,
+    term: u64,
+    leader: u64,
+}
+
+impl<S: StateMachine> Node<S> {
+    async fn run(
+        mut self,
+        mut inbox: mpsc::Receiver<Mail>,
+        tick: Duration,
+        shutdown: CancellationToken,
+    ) {
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let result = loop {
+            if let Err(err) = self.on_ready() {
+                break Err(err);
+            }
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break Ok(()),
+                mail = inbox.recv() => {
+                    let Some(mail) = mail else { break Ok(()) };
+                    self.handle(mail);
+                    for _ in 1..MAX_BATCH {
+                        match inbox.try_recv() {
+                            Ok(mail) => self.handle(mail),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = ticker.tick() => {
+                    self.raw.tick();
+                }
+            }
+        };
+        match result {
+            Ok(()) => info!("raft node stopped"),
+            Err(err) => error!(%err, "raft node stopped on a fatal error"),
+        }
+        // Commands already applied get their reply even on a fatal error.
+        self.send_replies();
+        self.fail_pending(ProposeError::Stopped);
+        if let Err(err) = self.raw.store().flush() {
+            warn!(%err, "final flush of raft storage failed");
+        }
+    }
+
+    fn handle(&mut self, mail: Mail) {
+        match mail {
+            Mail::Step(msg) => {
+                if let Err(err) = self.raw.step(msg) {
+                    debug!(%err, "ignored a raft message");
+                }
+            }
+            Mail::Propose { command, reply } => self.propose(command, reply),
+        }
+    }
+
+    fn propose(&mut self, command: Vec<u8>, reply: Reply) {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader {
+            let leader = (raft.leader_id != 0).then_some(raft.leader_id);
+            let _ = reply.send(Err(ProposeError::NotLeader { leader }));
+            return;
+        }
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        let mut context = self.incarnation.to_be_bytes().to_vec();
+        context.extend_from_slice(&seq.to_be_bytes());
+        match self.raw.propose(context, command) {
+            Ok(()) => {
+                self.pending.insert(seq, reply);
+                self.metrics.raft_proposals.inc();
+            }
+            Err(err) => {
+                debug!(%err, "raft dropped a proposal");
+                let _ = reply.send(Err(ProposeError::Dropped));
+            }
+        }
+    }
+
+    /// Handles every `Ready` raft has, in the order raft-rs documents.
+    fn on_ready(&mut self) -> Result<(), NodeError> {
+        while self.raw.has_ready() {
+            let mut ready = self.raw.ready();
+            if !ready.messages().is_empty() {
+                self.transport.send(ready.take_messages());
+            }
+            let snapshot_installed = !ready.snapshot().is_empty();
+            if snapshot_installed {
+                self.install_snapshot(ready.snapshot().clone())?;
+            }
+            let mut applied_any = self.apply(ready.take_committed_entries())?;
+
+            let store = self.raw.mut_store();
+            store.append(ready.entries())?;
+            if let Some(hs) = ready.hs() {
+                store.set_hard_state(hs.clone())?;
+            }
+            if snapshot_installed || !ready.entries().is_empty() || ready.hs().is_some() {
+                let store = self.raw.store();
+                blocking(|| store.flush())?;
+            }
+            if !ready.persisted_messages().is_empty() {
+                self.transport.send(ready.take_persisted_messages());
+            }
+
+            let mut light = self.raw.advance(ready);
+            if let Some(commit) = light.commit_index() {
+                self.raw.mut_store().set_commit(commit)?;
+            }
+            if !light.messages().is_empty() {
+                self.transport.send(light.take_messages());
+            }
+            applied_any |= self.apply(light.take_committed_entries())?;
+            self.raw.advance_apply();
+
+            if applied_any || snapshot_installed {
+                self.sm.after_batch();
+            }
+            self.send_replies();
+            self.maybe_snapshot()?;
+        }
+        self.observe();
+        Ok(())
+    }
+
+    fn install_snapshot(&mut self, snapshot: Snapshot) -> Result<(), NodeError> {
+        let index = snapshot.get_metadata().index;
+        self.sm
+            .restore(index, &snapshot.data)
+            .map_err(|reason| NodeError::Restore { index, reason })?;
+        self.raw.mut_store().apply_snapshot(snapshot)?;
+        self.applied = index;
+        self.snapshot_index = index;
+        self.metrics.raft_snapshots.inc();
+        info!(index, "installed a snapshot from the leader");
+        Ok(())
+    }
+
+    /// Applies committed entries; returns whether any was new.
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<bool, NodeError> {
+        let mut any = false;
+        for entry in entries {
+            if entry.index <= self.applied {
+                continue;
+            }
+            self.applied = entry.index;
+            any = true;
+            let index = entry.index;
+            let conf_state = match entry.get_entry_type() {
+                EntryType::EntryNormal => {
+                    self.apply_command(&entry);
+                    continue;
+                }
+                EntryType::EntryConfChange => {
+                    let cc = ConfChange::parse_from_bytes(&entry.data)
+                        .map_err(|source| NodeError::ConfChange { index, source })?;
+                    self.raw.apply_conf_change(&cc)
+                }
+                EntryType::EntryConfChangeV2 => {
+                    let cc = ConfChangeV2::parse_from_bytes(&entry.data)
+                        .map_err(|source| NodeError::ConfChange { index, source })?;
+                    self.raw.apply_conf_change(&cc)
+                }
+            };
+            match conf_state {
+                Ok(cs) => {
+                    info!(index, voters = ?cs.voters, learners = ?cs.learners, "applied a configuration change");
+                    self.raw.mut_store().set_conf_state(cs)?;
+                }
+                // Every replica refuses the same change the same way.
+                Err(err) => warn!(index, %err, "refused a configuration change"),
+            }
+        }
+        Ok(any)
+    }
+
+    fn apply_command(&mut self, entry: &Entry) {
+        // A new leader's empty entry carries neither command nor context.
+        if entry.data.is_empty() && entry.context.is_empty() {
+            return;
+        }
+        let result = self.sm.apply(entry.index, &entry.data);
+        if let Some(reply) = self.take_pending(&entry.context) {
+            self.replies
+                .push((reply, result.map_err(ProposeError::Rejected)));
+        } else if let Err(reason) = result {
+            debug!(index = entry.index, %reason, "state machine rejected a command");
+        }
+    }
+
+    fn take_pending(&mut self, context: &[u8]) -> Option<Reply> {
+        let (incarnation, seq) = context.split_at_checked(8)?;
+        if incarnation != self.incarnation.to_be_bytes() {
+            return None;
+        }
+        let seq = u64::from_be_bytes(seq.try_into().ok()?);
+        self.pending.remove(&seq)
+    }
+
+    /// Snapshots the state machine and compacts the log every `snapshot_every` entries.
+    fn maybe_snapshot(&mut self) -> Result<(), NodeError> {
+        if self.snapshot_every == 0 || self.applied < self.snapshot_index + self.snapshot_every {
+            return Ok(());
+        }
+        let index = self.applied;
+        let data = self.sm.snapshot();
+        let bytes = data.len();
+        let store = self.raw.mut_store();
+        let conf_state = store.conf_state().clone();
+        store.create_snapshot(index, conf_state, data)?;
+        store.compact(index)?;
+        self.snapshot_index = index;
+        self.metrics.raft_snapshots.inc();
+        info!(index, bytes, "took a snapshot and compacted the raft log");
+        Ok(())
+    }
+
+    /// Publishes status and metrics; drops pending proposals when leadership is lost.
+    fn observe(&mut self) {
+        let raft = &self.raw.raft;
+        let status = RaftStatus {
+            id: self.id,
+            leader: raft.leader_id,
+            term: raft.term,
+            commit: raft.raft_log.committed,
+            applied: self.applied,
+            role: format!("{:?}", raft.state),
+        };
+        let is_leader = raft.state == StateRole::Leader;
+        if status.leader != self.leader {
+            info!(
+                leader = status.leader,
+                term = status.term,
+                "raft leader changed"
+            );
+            if status.leader != 0 {
+                self.metrics.raft_leader_changes.inc();
+            }
+            self.leader = status.leader;
+        }
+        if status.term != self.term || !is_leader {
+            self.term = status.term;
+            self.fail_pending(ProposeError::Dropped);
+        }
+        self.metrics.raft_term.set(status.term);
+        self.metrics.raft_commit_index.set(status.commit);
+        self.metrics.raft_applied_index.set(status.applied);
+        self.status.send_if_modified(|current| {
+            let changed = *current != status;
+            *current = status;
+            changed
+        });
+    }
+
+    fn send_replies(&mut self) {
+        for (reply, result) in self.replies.drain(..) {
+            let _ = reply.send(result);
+        }
+    }
+
+    fn fail_pending(&mut self, err: ProposeError) {
+        if !self.pending.is_empty() {
+            debug!(count = self.pending.len(), %err, "failing pending proposals");
+        }
+        for (_, reply) in self.pending.drain() {
+            let _ = reply.send(Err(err.clone()));
+        }
+    }
+}
+
+/// Runs blocking I/O (an fsync) without stalling other tasks of a
+/// multi-threaded runtime.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+/// A slog drain that forwards raft-rs's log records to tracing (target `raft`).
+struct TracingDrain;
+
+impl slog::Drain for TracingDrain {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(
+        &self,
+        record: &slog::Record<'_>,
+        values: &slog::OwnedKVList,
+    ) -> Result<(), slog::Never> {
+        let level = match record.level() {
+            slog::Level::Critical | slog::Level::Error => tracing::Level::ERROR,
+            slog::Level::Warning => tracing::Level::WARN,
+            slog::Level::Info => tracing::Level::INFO,
+            slog::Level::Debug => tracing::Level::DEBUG,
+            slog::Level::Trace => tracing::Level::TRACE,
+        };
+        if level > tracing::level_filters::LevelFilter::current() {
+            return Ok(());
+        }
+        let mut fields = KvText::default();
+        let _ = slog::KV::serialize(&record.kv(), record, &mut fields);
+        let _ = slog::KV::serialize(values, record, &mut fields);
+        let (msg, kv) = (record.msg(), fields.0.trim_start());
+        match level {
+            tracing::Level::ERROR => tracing::error!(target: "raft", kv, "{msg}"),
+            tracing::Level::WARN => tracing::warn!(target: "raft", kv, "{msg}"),
+            tracing::Level::INFO => tracing::info!(target: "raft", kv, "{msg}"),
+            tracing::Level::DEBUG => tracing::debug!(target: "raft", kv, "{msg}"),
+            tracing::Level::TRACE => tracing::trace!(target: "raft", kv, "{msg}"),
+        }
+        Ok(())
+    }
+}
+
+/// slog key-values rendered as ` key=value` pairs.
+#[derive(Default)]
+struct KvText(String);
+
+impl slog::Serializer for KvText {
+    fn emit_arguments(&mut self, key: slog::Key, val: &fmt::Arguments<'_>) -> slog::Result {
+        let _ = write!(self.0, " {key}={val}");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::storage::tests::{tempdir, TempDir};
+    use std::sync::Mutex;
+
+    /// Appends strings; commands starting with `bad` are rejected. Replies
+    /// with the list's length after the append.
+    #[derive(Default)]
+    struct Strings {
+        items: Vec<String>,
+        /// What `after_batch` publishes, for the test to read.
+        view: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl StateMachine for Strings {
+        fn apply(&mut self, _index: u64, command: &[u8]) -> Result<Vec<u8>, String> {
+            let text = String::from_utf8(command.to_vec()).map_err(|e| e.to_string())?;
+            if text.starts_with("bad") {
+                return Err(format!("refusing {text:?}"));
+            }
+            self.items.push(text);
+            Ok(self.items.len().to_string().into_bytes())
+        }
+
+        fn after_batch(&mut self) {
+            *self.view.lock().unwrap() = self.items.clone();
+        }
+
+        fn snapshot(&self) -> Vec<u8> {
+            serde_json::to_vec(&self.items).unwrap()
+        }
+
+        fn restore(&mut self, _index: u64, data: &[u8]) -> Result<(), String> {
+            self.items = serde_json::from_slice(data).map_err(|e| e.to_string())?;
+            Ok(())
+        }
+    }
+
+    struct Running {
+        handle: NodeHandle,
+        task: JoinHandle<()>,
+        shutdown: CancellationToken,
+        view: Arc<Mutex<Vec<String>>>,
+        metrics: Arc<Metrics>,
+    }
+
+    impl Running {
+        fn items(&self) -> Vec<String> {
+            self.view.lock().unwrap().clone()
+        }
+
+        async fn stop(self) {
+            self.shutdown.cancel();
+            self.task.await.unwrap();
+        }
+    }
+
+    fn config(dir: &TempDir, snapshot_every: u64) -> NodeConfig {
+        NodeConfig {
+            tick: Duration::from_millis(10),
+            snapshot_every,
+            ..NodeConfig::single(dir.path().to_path_buf())
+        }
+    }
+
+    fn start(config: NodeConfig) -> Running {
+        // Captured per test; shown when a test fails.
+        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+        let sm = Strings::default();
+        let view = sm.view.clone();
+        let metrics = Arc::new(Metrics::new());
+        let shutdown = CancellationToken::new();
+        let (handle, task) = spawn(
+            config,
+            sm,
+            Arc::new(NoPeers),
+            metrics.clone(),
+            shutdown.clone(),
+        )
+        .unwrap();
+        Running {
+            handle,
+            task,
+            shutdown,
+            view,
+            metrics,
+        }
+    }
+
+    async fn propose(node: &NodeHandle, text: &str) -> Result<String, ProposeError> {
+        let reply = node.propose(text.as_bytes().to_vec()).await?;
+        Ok(String::from_utf8(reply).unwrap())
+    }
+
+    async fn wait_for_leader(node: &NodeHandle) -> RaftStatus {
+        let mut status = node.status();
+        let status =
+            tokio::time::timeout(Duration::from_secs(5), status.wait_for(|s| s.leader != 0))
+                .await
+                .expect("a leader within 5 s")
+                .unwrap();
+        status.clone()
+    }
+
+    #[tokio::test]
+    async fn proposal_returns_the_state_machine_reply() {
+        let dir = tempdir();
+        let node = start(config(&dir, 10_000));
+        assert_eq!(propose(&node.handle, "a").await.unwrap(), "1");
+        assert_eq!(propose(&node.handle, "b").await.unwrap(), "2");
+        assert_eq!(node.items(), ["a", "b"]);
+        assert_eq!(node.metrics.raft_proposals.get(), 2);
+        node.stop().await;
+    }
+
+    #[tokio::test]
+    async fn single_voter_elects_itself_at_once() {
+        let dir = tempdir();
+        let node = start(config(&dir, 10_000));
+        let status = wait_for_leader(&node.handle).await;
+        assert_eq!(status.id, 1);
+        assert_eq!(status.leader, 1);
+        assert_eq!(status.role, "Leader");
+        assert!(status.term >= 1);
+        assert_eq!(node.metrics.raft_leader_changes.get(), 1);
+        assert_eq!(node.metrics.raft_term.get(), status.term);
+        node.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_proposals_are_all_applied_in_reply_order() {
+        let dir = tempdir();
+        let node = start(config(&dir, 10_000));
+        let tasks: Vec<_> = (0..1000)
+            .map(|i| {
+                let handle = node.handle.clone();
+                tokio::spawn(async move {
+                    let text = format!("item-{i}");
+                    let reply = propose(&handle, &text).await.unwrap();
+                    (text, reply.parse::<usize>().unwrap())
+                })
+            })
+            .collect();
+        let mut replies = Vec::new();
+        for task in tasks {
+            replies.push(task.await.unwrap());
+        }
+        let items = node.items();
+        assert_eq!(items.len(), 1000);
+        for (text, position) in replies {
+            assert_eq!(
+                items[position - 1],
+                text,
+                "reply names the slot the command took"
+            );
+        }
+        let status = node.handle.status().borrow().clone();
+        assert!(status.applied >= 1000 && status.commit >= status.applied);
+        node.stop().await;
+    }
+
+    #[tokio::test]
+    async fn rejected_command_changes_nothing() {
+        let dir = tempdir();
+        let node = start(config(&dir, 10_000));
+        propose(&node.handle, "a").await.unwrap();
+        let err = propose(&node.handle, "bad one").await.unwrap_err();
+        assert!(
+            matches!(err, ProposeError::Rejected(ref r) if r.contains("bad one")),
+            "{err:?}"
+        );
+        assert_eq!(node.items(), ["a"]);
+        assert_eq!(propose(&node.handle, "b").await.unwrap(), "2");
+        node.stop().await;
+    }
+
+    #[tokio::test]
+    async fn restart_keeps_state() {
+        let dir = tempdir();
+        let node = start(config(&dir, 10_000));
+        for i in 0..20 {
+            propose(&node.handle, &format!("v{i}")).await.unwrap();
+        }
+        node.stop().await;
+
+        let node = start(config(&dir, 10_000));
+        assert_eq!(propose(&node.handle, "after").await.unwrap(), "21");
+        let items = node.items();
+        assert_eq!(items.first().map(String::as_str), Some("v0"));
+        assert_eq!(items.last().map(String::as_str), Some("after"));
+        node.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn restart_after_snapshot_and_compaction_keeps_state() {
+        let dir = tempdir();
+        let node = start(config(&dir, 50));
+        for i in 0..120 {
+            propose(&node.handle, &format!("v{i}")).await.unwrap();
+        }
+        assert!(node.metrics.raft_snapshots.get() >= 2);
+        // Abort rather than shut down: no final flush, as after a crash.
+        node.task.abort();
+        let _ = node.task.await;
+
+        {
+            let storage = SledStorage::open(dir.path().join("raft")).unwrap();
+            let snapshot = storage.snapshot_data().unwrap().unwrap();
+            assert!(snapshot.get_metadata().index >= 100);
+            assert!(
+                raft::Storage::first_index(&storage).unwrap() > 100,
+                "log was compacted"
+            );
+        }
+
+        let node = start(config(&dir, 50));
+        assert_eq!(propose(&node.handle, "after").await.unwrap(), "121");
+        let items = node.items();
+        let expected: Vec<String> = (0..120)
+            .map(|i| format!("v{i}"))
+            .chain(["after".to_string()])
+            .collect();
+        assert_eq!(items, expected);
+        node.stop().await;
+    }
+
+    #[tokio::test]
+    async fn follower_without_leader_refuses_proposals() {
+        let dir = tempdir();
+        let node = start(NodeConfig {
+            voters: vec![1, 2, 3],
+            ..config(&dir, 10_000)
+        });
+        let err = propose(&node.handle, "a").await.unwrap_err();
+        assert_eq!(err, ProposeError::NotLeader { leader: None });
+        assert_eq!(node.handle.status().borrow().leader, 0);
+        node.stop().await;
+    }
+
+    #[tokio::test]
+    async fn stopped_node_reports_stopped() {
+        let dir = tempdir();
+        let node = start(config(&dir, 10_000));
+        let handle = node.handle.clone();
+        node.stop().await;
+        assert_eq!(
+            propose(&handle, "a").await.unwrap_err(),
+            ProposeError::Stopped
+        );
+    }
+
+    const CRASH_DIR: &str = "SWITCHYARD_TEST_CRASH_DIR";
+
+    /// Child half of `acknowledged_writes_survive_kill_9`: proposes until killed.
+    #[tokio::test]
+    #[ignore = "run by acknowledged_writes_survive_kill_9 in a child process"]
+    async fn crash_child() {
+        let Ok(dir) = std::env::var(CRASH_DIR) else {
+            return;
+        };
+        let node = start(NodeConfig {
+            tick: Duration::from_millis(10),
+            snapshot_every: 50,
+            ..NodeConfig::single(dir.into())
+        });
+        for i in 0.. {
+            propose(&node.handle, &format!("v{i}")).await.unwrap();
+            println!("ack {i}");
+        }
+    }
+
+    #[test]
+    fn acknowledged_writes_survive_kill_9() {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+
+        let dir = tempdir();
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "hub::node::tests::crash_child"])
+            .args(["--ignored", "--nocapture", "--test-threads=1"])
+            .env(CRASH_DIR, dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut acked = None;
+        for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+            if let Some(i) = line.unwrap().strip_prefix("ack ") {
+                let i: usize = i.trim().parse().unwrap();
+                acked = Some(i);
+                if i >= 180 {
+                    break;
+                }
+            }
+        }
+        child.kill().unwrap(); // SIGKILL: no graceful shutdown, no final flush.
+        child.wait().unwrap();
+        let acked = acked.expect("the child acknowledged writes");
+
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let node = start(config(&dir, 50));
+            propose(&node.handle, "after").await.unwrap();
+            let items = node.items();
+            let (last, before) = items.split_last().unwrap();
+            assert_eq!(last, "after");
+            assert!(before.len() > acked, "{} items, ack {acked}", before.len());
+            for (i, item) in before.iter().enumerate() {
+                assert_eq!(item, &format!("v{i}"));
+            }
+            node.stop().await;
+        });
+    }
 }

@@ -1,0 +1,734 @@
+//! Raft log storage on sled: entries, hard state, conf state and the latest
+//! snapshot of one raft replica, behind raft-rs's [`raft::Storage`] trait.
+//!
+//! Layout: the `entries` tree maps a big-endian `u64` index to an encoded
+//! [`Entry`]; the `meta` tree holds the [`HardState`], the [`ConfState`],
+//! the latest [`Snapshot`] (metadata and data) and the truncated state (index
+//! and term of the last entry dropped from the log). Writes that touch both
+//! trees run in one sled transaction, so a crash never leaves them
+//! half-applied. Nothing is durable before [`SledStorage::flush`].
+//!
+//! Small metadata (hard state, conf state, log bounds) is cached in memory;
+//! entries are read from sled on demand.
+
+use std::path::Path;
+
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::{Batch, Tree};
+
+const HARD_STATE: &[u8] = b"hard_state";
+const CONF_STATE: &[u8] = b"conf_state";
+const SNAPSHOT: &[u8] = b"snapshot";
+const TRUNCATED: &[u8] = b"truncated";
+
+/// What can go wrong reading or writing the raft log.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// sled failed (I/O, or sled's own corruption checks).
+    #[error("raft storage I/O failed: {0}")]
+    Sled(#[from] sled::Error),
+    /// A stored value does not decode: the data directory is damaged.
+    #[error(
+        "raft storage is corrupt ({what}); restore the data directory from a replica or a backup"
+    )]
+    Corrupt {
+        /// Which value could not be read, and why.
+        what: String,
+    },
+    /// The requested index was compacted away into a snapshot.
+    #[error("raft log index {index} is compacted (first index is {first})")]
+    Compacted {
+        /// The requested index.
+        index: u64,
+        /// The first index still in the log.
+        first: u64,
+    },
+    /// The requested index is past the end of the log.
+    #[error("raft log index {index} is unavailable (last index is {last})")]
+    Unavailable {
+        /// The requested index.
+        index: u64,
+        /// The last index in the log.
+        last: u64,
+    },
+    /// Entries to append do not follow the log (gap, overlap with compacted
+    /// entries, or non-contiguous indexes).
+    #[error("cannot append entries starting at {first}: log covers {log_first}..={log_last}")]
+    NotContiguous {
+        /// Index of the first entry to append.
+        first: u64,
+        /// First index of the log.
+        log_first: u64,
+        /// Last index of the log.
+        log_last: u64,
+    },
+    /// A snapshot older than what the storage already holds.
+    #[error("snapshot at index {index} is out of date (storage is at {current})")]
+    SnapshotOutOfDate {
+        /// Index of the rejected snapshot.
+        index: u64,
+        /// Index the storage already covers.
+        current: u64,
+    },
+    /// No snapshot at least as new as requested exists yet.
+    #[error("no snapshot at or after index {requested} yet")]
+    SnapshotTemporarilyUnavailable {
+        /// The requested index.
+        requested: u64,
+    },
+}
+
+impl From<StorageError> for raft::Error {
+    fn from(err: StorageError) -> Self {
+        use raft::StorageError as Raft;
+        raft::Error::Store(match err {
+            StorageError::Compacted { .. } => Raft::Compacted,
+            StorageError::Unavailable { .. } => Raft::Unavailable,
+            StorageError::SnapshotOutOfDate { .. } => Raft::SnapshotOutOfDate,
+            StorageError::SnapshotTemporarilyUnavailable { .. } => {
+                Raft::SnapshotTemporarilyUnavailable
+            }
+            other => Raft::Other(Box::new(other)),
+        })
+    }
+}
+
+impl From<TransactionError<StorageError>> for StorageError {
+    fn from(err: TransactionError<StorageError>) -> Self {
+        match err {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StorageError::Sled(e),
+        }
+    }
+}
+
+/// [`raft::Storage`] on a sled database. Mutating methods take `&mut self`:
+/// the raft node task owns the storage (inside its `RawNode`).
+pub struct SledStorage {
+    db: sled::Db,
+    entries: Tree,
+    meta: Tree,
+    hard_state: HardState,
+    conf_state: ConfState,
+    snapshot_meta: SnapshotMetadata,
+    /// Index and term of the last entry dropped from the log (0, 0 if none).
+    truncated: (u64, u64),
+    /// Index of the last entry (`truncated.0` when the log is empty).
+    last_index: u64,
+}
+
+impl SledStorage {
+    /// Opens (or creates) the storage in the directory `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StorageError> {
+        let db = sled::open(path)?;
+        let entries = db.open_tree("entries")?;
+        let meta = db.open_tree("meta")?;
+        let hard_state: HardState = read_meta(&meta, HARD_STATE)?.unwrap_or_default();
+        let conf_state: ConfState = read_meta(&meta, CONF_STATE)?.unwrap_or_default();
+        let snapshot_meta = read_meta::<Snapshot>(&meta, SNAPSHOT)?
+            .map(|mut s| s.take_metadata())
+            .unwrap_or_default();
+        let truncated = match meta.get(TRUNCATED)? {
+            None => (0, 0),
+            Some(v) if v.len() == 16 => (decode_u64(&v[..8])?, decode_u64(&v[8..])?),
+            Some(_) => return Err(corrupt("truncated state has the wrong length")),
+        };
+        let last_index = match entries.last()? {
+            Some((key, _)) => decode_u64(&key)?.max(truncated.0),
+            None => truncated.0,
+        };
+        let mut storage = Self {
+            db,
+            entries,
+            meta,
+            hard_state,
+            conf_state,
+            snapshot_meta,
+            truncated,
+            last_index,
+        };
+        storage.check_consistency()?;
+        Ok(storage)
+    }
+
+    /// Refuses a storage whose state raft-rs would panic on.
+    fn check_consistency(&mut self) -> Result<(), StorageError> {
+        if self.snapshot_meta.index > self.last_index {
+            return Err(corrupt(format!(
+                "snapshot index {} is past the last log index {}",
+                self.snapshot_meta.index, self.last_index
+            )));
+        }
+        if self.hard_state.commit > self.last_index {
+            return Err(corrupt(format!(
+                "commit index {} is past the last log index {}",
+                self.hard_state.commit, self.last_index
+            )));
+        }
+        // A snapshot is only taken of applied, hence committed, entries.
+        if self.hard_state.commit < self.snapshot_meta.index {
+            let mut hs = self.hard_state.clone();
+            hs.commit = self.snapshot_meta.index;
+            self.set_hard_state(hs)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the storage holds a configuration (false on a fresh directory).
+    pub fn is_initialized(&self) -> bool {
+        self.conf_state != ConfState::default()
+    }
+
+    /// The stored hard state.
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    /// The stored configuration.
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    /// Metadata of the latest snapshot (index 0 if none).
+    pub fn snapshot_metadata(&self) -> &SnapshotMetadata {
+        &self.snapshot_meta
+    }
+
+    /// Appends `ents`, first dropping any stored entries from `ents[0].index`
+    /// on (a conflicting suffix from an older term).
+    pub fn append(&mut self, ents: &[Entry]) -> Result<(), StorageError> {
+        let Some(first) = ents.first().map(|e| e.index) else {
+            return Ok(());
+        };
+        let contiguous = ents.iter().zip(first..).all(|(e, i)| e.index == i);
+        if first <= self.truncated.0 || first > self.last_index + 1 || !contiguous {
+            return Err(StorageError::NotContiguous {
+                first,
+                log_first: self.truncated.0 + 1,
+                log_last: self.last_index,
+            });
+        }
+        let last = first + ents.len() as u64 - 1;
+        let mut batch = Batch::default();
+        for index in last + 1..=self.last_index {
+            batch.remove(&index.to_be_bytes());
+        }
+        for entry in ents {
+            batch.insert(&entry.index.to_be_bytes(), encode(entry)?);
+        }
+        self.entries.apply_batch(batch)?;
+        self.last_index = last;
+        Ok(())
+    }
+
+    /// Stores the hard state (term, vote, commit).
+    pub fn set_hard_state(&mut self, hs: HardState) -> Result<(), StorageError> {
+        self.meta.insert(HARD_STATE, encode(&hs)?)?;
+        self.hard_state = hs;
+        Ok(())
+    }
+
+    /// Stores the commit index alone (raft-rs reports it apart from the hard state).
+    pub fn set_commit(&mut self, commit: u64) -> Result<(), StorageError> {
+        let mut hs = self.hard_state.clone();
+        hs.commit = commit;
+        self.set_hard_state(hs)
+    }
+
+    /// Stores the configuration.
+    pub fn set_conf_state(&mut self, cs: ConfState) -> Result<(), StorageError> {
+        self.meta.insert(CONF_STATE, encode(&cs)?)?;
+        self.conf_state = cs;
+        Ok(())
+    }
+
+    /// Installs a snapshot received from the leader: it replaces the whole
+    /// log, the configuration, and moves the commit index to the snapshot.
+    pub fn apply_snapshot(&mut self, mut snapshot: Snapshot) -> Result<(), StorageError> {
+        let meta = snapshot.get_metadata().clone();
+        if meta.index <= self.truncated.0 {
+            return Err(StorageError::SnapshotOutOfDate {
+                index: meta.index,
+                current: self.truncated.0,
+            });
+        }
+        let mut hs = self.hard_state.clone();
+        hs.term = hs.term.max(meta.term);
+        hs.commit = hs.commit.max(meta.index);
+        let cs = snapshot.mut_metadata().take_conf_state();
+        snapshot.mut_metadata().set_conf_state(cs.clone());
+
+        let mut meta_batch = Batch::default();
+        meta_batch.insert(SNAPSHOT, encode(&snapshot)?);
+        meta_batch.insert(HARD_STATE, encode(&hs)?);
+        meta_batch.insert(CONF_STATE, encode(&cs)?);
+        meta_batch.insert(TRUNCATED, encode_truncated(meta.index, meta.term));
+        let mut entries_batch = Batch::default();
+        for key in self.entries.iter().keys() {
+            entries_batch.remove(key?);
+        }
+        self.transact(&entries_batch, &meta_batch)?;
+
+        self.hard_state = hs;
+        self.conf_state = cs;
+        self.truncated = (meta.index, meta.term);
+        self.last_index = meta.index;
+        self.snapshot_meta = meta;
+        Ok(())
+    }
+
+    /// Records a snapshot of the state machine taken at applied `index`
+    /// (which must be in the log). Follow with [`Self::compact`] to drop the
+    /// entries it covers.
+    pub fn create_snapshot(
+        &mut self,
+        index: u64,
+        conf_state: ConfState,
+        data: Vec<u8>,
+    ) -> Result<(), StorageError> {
+        if index < self.snapshot_meta.index {
+            return Err(StorageError::SnapshotOutOfDate {
+                index,
+                current: self.snapshot_meta.index,
+            });
+        }
+        let term = self.term_of(index)?;
+        let mut snapshot = Snapshot::default();
+        snapshot.set_data(data.into());
+        let meta = snapshot.mut_metadata();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(conf_state);
+        let meta = meta.clone();
+        self.meta.insert(SNAPSHOT, encode(&snapshot)?)?;
+        self.snapshot_meta = meta;
+        if self.hard_state.commit < index {
+            self.set_commit(index)?;
+        }
+        Ok(())
+    }
+
+    /// Drops the entries up to and including `index`, which the latest
+    /// snapshot must cover. A no-op if they are already gone.
+    pub fn compact(&mut self, index: u64) -> Result<(), StorageError> {
+        if index <= self.truncated.0 {
+            return Ok(());
+        }
+        if index > self.snapshot_meta.index {
+            return Err(StorageError::Unavailable {
+                index,
+                last: self.snapshot_meta.index,
+            });
+        }
+        let term = self.term_of(index)?;
+        let mut entries_batch = Batch::default();
+        for index in self.truncated.0 + 1..=index {
+            entries_batch.remove(&index.to_be_bytes());
+        }
+        let mut meta_batch = Batch::default();
+        meta_batch.insert(TRUNCATED, encode_truncated(index, term));
+        self.transact(&entries_batch, &meta_batch)?;
+        self.truncated = (index, term);
+        Ok(())
+    }
+
+    /// Makes every write so far durable (fsync). Call before acknowledging
+    /// anything that depends on them.
+    pub fn flush(&self) -> Result<(), StorageError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The latest snapshot, metadata and data, if one was taken or installed:
+    /// what a restarting node restores its state machine from.
+    pub fn snapshot_data(&self) -> Result<Option<Snapshot>, StorageError> {
+        read_meta(&self.meta, SNAPSHOT)
+    }
+
+    /// Applies one batch to each tree, atomically.
+    fn transact(&self, entries: &Batch, meta: &Batch) -> Result<(), StorageError> {
+        use sled::Transactional;
+        (&self.entries, &self.meta)
+            .transaction(|(e, m)| {
+                e.apply_batch(entries)?;
+                m.apply_batch(meta)?;
+                Ok::<_, ConflictableTransactionError<StorageError>>(())
+            })
+            .map_err(StorageError::from)
+    }
+
+    fn first(&self) -> u64 {
+        self.truncated.0 + 1
+    }
+
+    fn read_entry(&self, index: u64) -> Result<Entry, StorageError> {
+        let bytes = self
+            .entries
+            .get(index.to_be_bytes())?
+            .ok_or_else(|| corrupt(format!("entry {index} is missing")))?;
+        let entry: Entry = decode(&bytes, "entry")?;
+        if entry.index != index {
+            return Err(corrupt(format!(
+                "entry stored at {index} says {}",
+                entry.index
+            )));
+        }
+        Ok(entry)
+    }
+
+    fn term_of(&self, index: u64) -> Result<u64, StorageError> {
+        if index == self.truncated.0 {
+            return Ok(self.truncated.1);
+        }
+        if index < self.truncated.0 {
+            return Err(StorageError::Compacted {
+                index,
+                first: self.first(),
+            });
+        }
+        if index > self.last_index {
+            return Err(StorageError::Unavailable {
+                index,
+                last: self.last_index,
+            });
+        }
+        Ok(self.read_entry(index)?.term)
+    }
+
+    fn entries_in(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: Option<u64>,
+    ) -> Result<Vec<Entry>, StorageError> {
+        if low < self.first() {
+            return Err(StorageError::Compacted {
+                index: low,
+                first: self.first(),
+            });
+        }
+        if high > self.last_index + 1 {
+            return Err(StorageError::Unavailable {
+                index: high - 1,
+                last: self.last_index,
+            });
+        }
+        let mut ents = Vec::new();
+        let mut size = 0u64;
+        let mut over_limit = false;
+        let range = self.entries.range(low.to_be_bytes()..high.to_be_bytes());
+        for (expected, item) in (low..).zip(range) {
+            let (key, value) = item?;
+            if decode_u64(&key)? != expected {
+                return Err(corrupt(format!("entry {expected} is missing")));
+            }
+            ents.push(decode::<Entry>(&value, "entry")?);
+            size += value.len() as u64;
+            // Read one past the limit; limit_size trims to the exact size.
+            over_limit = max_size.is_some_and(|max| size > max);
+            if over_limit {
+                break;
+            }
+        }
+        if !over_limit && ents.len() as u64 != high - low {
+            return Err(corrupt(format!("entries {low}..{high} are incomplete")));
+        }
+        raft::util::limit_size(&mut ents, max_size);
+        Ok(ents)
+    }
+}
+
+impl raft::Storage for SledStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.conf_state.clone(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        Ok(self.entries_in(low, high, max_size.into())?)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        Ok(self.term_of(idx)?)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.first())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last_index)
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        match self.snapshot_data()? {
+            Some(snapshot) if snapshot.get_metadata().index >= request_index => Ok(snapshot),
+            _ => Err(StorageError::SnapshotTemporarilyUnavailable {
+                requested: request_index,
+            }
+            .into()),
+        }
+    }
+}
+
+fn corrupt(what: impl Into<String>) -> StorageError {
+    StorageError::Corrupt { what: what.into() }
+}
+
+fn encode(msg: &impl protobuf::Message) -> Result<Vec<u8>, StorageError> {
+    msg.write_to_bytes()
+        .map_err(|e| corrupt(format!("cannot encode: {e}")))
+}
+
+fn decode<M: protobuf::Message>(bytes: &[u8], what: &str) -> Result<M, StorageError> {
+    M::parse_from_bytes(bytes).map_err(|e| corrupt(format!("{what} does not decode: {e}")))
+}
+
+fn read_meta<M: protobuf::Message>(meta: &Tree, key: &[u8]) -> Result<Option<M>, StorageError> {
+    let what = String::from_utf8_lossy(key);
+    meta.get(key)?
+        .map(|bytes| decode(&bytes, &what))
+        .transpose()
+}
+
+fn decode_u64(bytes: &[u8]) -> Result<u64, StorageError> {
+    let array: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| corrupt(format!("{} bytes where a u64 was expected", bytes.len())))?;
+    Ok(u64::from_be_bytes(array))
+}
+
+fn encode_truncated(index: u64, term: u64) -> Vec<u8> {
+    let mut out = index.to_be_bytes().to_vec();
+    out.extend_from_slice(&term.to_be_bytes());
+    out
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use protobuf::Message as _;
+    use raft::Storage as _;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            data: format!("cmd-{index}").into_bytes().into(),
+            ..Entry::default()
+        }
+    }
+
+    fn entries(range: std::ops::RangeInclusive<u64>, term: u64) -> Vec<Entry> {
+        range.map(|i| entry(i, term)).collect()
+    }
+
+    fn ctx() -> GetEntriesContext {
+        GetEntriesContext::empty(false)
+    }
+
+    fn is_store(err: raft::Error, want: raft::StorageError) -> bool {
+        matches!(err, raft::Error::Store(e) if e == want)
+    }
+
+    #[test]
+    fn fresh_storage_is_empty_and_uninitialized() {
+        let dir = tempdir();
+        let s = SledStorage::open(dir.path()).unwrap();
+        assert!(!s.is_initialized());
+        assert_eq!(s.first_index().unwrap(), 1);
+        assert_eq!(s.last_index().unwrap(), 0);
+        assert_eq!(s.term(0).unwrap(), 0);
+        assert!(s.snapshot_data().unwrap().is_none());
+    }
+
+    #[test]
+    fn append_truncates_conflicting_suffix() {
+        let dir = tempdir();
+        let mut s = SledStorage::open(dir.path()).unwrap();
+        s.append(&entries(1..=5, 1)).unwrap();
+        assert_eq!(s.last_index().unwrap(), 5);
+        s.append(&entries(3..=4, 2)).unwrap();
+        assert_eq!(s.last_index().unwrap(), 4);
+        let got = s.entries(1, 5, None, ctx()).unwrap();
+        let terms: Vec<u64> = got.iter().map(|e| e.term).collect();
+        assert_eq!(terms, vec![1, 1, 2, 2]);
+        assert!(is_store(
+            s.term(5).unwrap_err(),
+            raft::StorageError::Unavailable
+        ));
+        // Gaps and non-contiguous batches are refused.
+        assert!(s.append(&entries(7..=8, 2)).is_err());
+        assert!(s.append(&[entry(5, 2), entry(7, 2)]).is_err());
+    }
+
+    #[test]
+    fn entries_honor_max_size() {
+        let dir = tempdir();
+        let mut s = SledStorage::open(dir.path()).unwrap();
+        s.append(&entries(1..=10, 1)).unwrap();
+        let one = u64::from(entry(1, 1).compute_size());
+        assert_eq!(s.entries(1, 11, Some(0), ctx()).unwrap().len(), 1);
+        assert_eq!(s.entries(1, 11, Some(one * 3), ctx()).unwrap().len(), 3);
+        assert_eq!(s.entries(1, 11, None, ctx()).unwrap().len(), 10);
+        assert_eq!(s.entries(4, 6, None, ctx()).unwrap()[0].index, 4);
+    }
+
+    #[test]
+    fn compaction_keeps_term_of_snapshot_index() {
+        let dir = tempdir();
+        let mut s = SledStorage::open(dir.path()).unwrap();
+        s.append(&entries(1..=5, 1)).unwrap();
+        s.append(&entries(6..=10, 2)).unwrap();
+        let cs = ConfState {
+            voters: vec![1],
+            ..ConfState::default()
+        };
+        s.create_snapshot(7, cs.clone(), b"state@7".to_vec())
+            .unwrap();
+        // Compaction past the snapshot is refused: followers could not catch up.
+        assert!(s.compact(8).is_err());
+        s.compact(7).unwrap();
+        assert_eq!(s.first_index().unwrap(), 8);
+        assert_eq!(s.last_index().unwrap(), 10);
+        assert_eq!(s.term(7).unwrap(), 2);
+        assert!(is_store(
+            s.term(6).unwrap_err(),
+            raft::StorageError::Compacted
+        ));
+        assert!(is_store(
+            s.entries(5, 9, None, ctx()).unwrap_err(),
+            raft::StorageError::Compacted
+        ));
+        assert_eq!(s.entries(8, 11, None, ctx()).unwrap().len(), 3);
+        assert_eq!(s.entries.len(), 3, "compacted entries are gone from disk");
+        let snap = s.snapshot(0, 2).unwrap();
+        assert_eq!(snap.get_metadata().index, 7);
+        assert_eq!(snap.get_metadata().term, 2);
+        assert_eq!(snap.get_metadata().get_conf_state(), &cs);
+        assert_eq!(&snap.data[..], b"state@7");
+        assert!(is_store(
+            s.snapshot(9, 2).unwrap_err(),
+            raft::StorageError::SnapshotTemporarilyUnavailable
+        ));
+    }
+
+    #[test]
+    fn reopen_after_drop_keeps_everything() {
+        let dir = tempdir();
+        let cs = ConfState {
+            voters: vec![1, 2, 3],
+            ..ConfState::default()
+        };
+        let hs = HardState {
+            term: 3,
+            vote: 2,
+            commit: 9,
+            ..HardState::default()
+        };
+        {
+            let mut s = SledStorage::open(dir.path()).unwrap();
+            s.append(&entries(1..=12, 3)).unwrap();
+            s.set_conf_state(cs.clone()).unwrap();
+            s.set_hard_state(hs.clone()).unwrap();
+            s.create_snapshot(6, cs.clone(), b"six".to_vec()).unwrap();
+            s.compact(6).unwrap();
+            s.flush().unwrap();
+        }
+        let s = SledStorage::open(dir.path()).unwrap();
+        assert!(s.is_initialized());
+        let state = s.initial_state().unwrap();
+        assert_eq!(state.hard_state, hs);
+        assert_eq!(state.conf_state, cs);
+        assert_eq!(s.first_index().unwrap(), 7);
+        assert_eq!(s.last_index().unwrap(), 12);
+        assert_eq!(s.term(6).unwrap(), 3);
+        assert_eq!(s.entries(7, 13, None, ctx()).unwrap().len(), 6);
+        let snap = s.snapshot_data().unwrap().unwrap();
+        assert_eq!(snap.get_metadata().index, 6);
+        assert_eq!(&snap.data[..], b"six");
+    }
+
+    #[test]
+    fn installing_a_snapshot_replaces_the_log() {
+        let dir = tempdir();
+        let mut s = SledStorage::open(dir.path()).unwrap();
+        s.append(&entries(1..=5, 1)).unwrap();
+        let mut snap = Snapshot::default();
+        snap.set_data(b"leader state".to_vec().into());
+        snap.mut_metadata().index = 20;
+        snap.mut_metadata().term = 4;
+        snap.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+        s.apply_snapshot(snap.clone()).unwrap();
+        assert_eq!(s.first_index().unwrap(), 21);
+        assert_eq!(s.last_index().unwrap(), 20);
+        assert_eq!(s.term(20).unwrap(), 4);
+        assert_eq!(s.hard_state().commit, 20);
+        assert_eq!(s.hard_state().term, 4);
+        assert_eq!(s.conf_state().voters, vec![1, 2, 3]);
+        assert_eq!(s.entries.len(), 0);
+        // The log continues after the snapshot.
+        s.append(&entries(21..=22, 4)).unwrap();
+        assert_eq!(s.entries(21, 23, None, ctx()).unwrap().len(), 2);
+        // An older snapshot is refused.
+        snap.mut_metadata().index = 10;
+        assert!(matches!(
+            s.apply_snapshot(snap),
+            Err(StorageError::SnapshotOutOfDate { .. })
+        ));
+        drop(s);
+        let s = SledStorage::open(dir.path()).unwrap();
+        assert_eq!(s.first_index().unwrap(), 21);
+        assert_eq!(s.last_index().unwrap(), 22);
+        assert_eq!(s.snapshot(0, 1).unwrap().data.as_ref(), b"leader state");
+    }
+
+    #[test]
+    fn corrupt_entry_is_an_error_not_a_panic() {
+        let dir = tempdir();
+        let mut s = SledStorage::open(dir.path()).unwrap();
+        s.append(&entries(1..=3, 1)).unwrap();
+        s.entries
+            .insert(2u64.to_be_bytes(), &b"\xff\xff\xff"[..])
+            .unwrap();
+        assert!(s.term(2).is_err());
+        assert!(s.entries(1, 4, None, ctx()).is_err());
+    }
+
+    /// A temporary directory removed on drop.
+    pub(crate) struct TempDir(std::path::PathBuf);
+
+    impl TempDir {
+        pub(crate) fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    pub(crate) fn tempdir() -> TempDir {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "switchyard-raft-{}-{n}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        TempDir(path)
+    }
+}
