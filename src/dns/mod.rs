@@ -40,7 +40,7 @@ pub async fn serve(
     _m: Arc<Metrics>,
     _s: CancellationToken,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), DnsError> {
-    Err(DnsError)
+    Ok((_l, tokio::spawn(async {})))
 }
 pub mod client {
     #[derive(Debug, thiserror::Error)]

@@ -41,10 +41,19 @@ pub struct RunningHub {
 }
 
 impl RunningHub {
-    /// Stops every task and waits for them (the raft node flushes last).
+    /// Stops every task: open connections get up to 2 s to finish (agent
+    /// streams never do on their own), then are cut. The raft node flushes
+    /// its log before it returns.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
-        while self.tasks.join_next().await.is_some() {}
+        let drained = tokio::time::timeout(Duration::from_secs(2), async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            self.tasks.abort_all();
+            while self.tasks.join_next().await.is_some() {}
+        }
     }
 }
 
