@@ -22,7 +22,6 @@ pub struct Metrics {
     registry: Registry,
     pub dns_queries: Family<DnsLabels, Counter>,
     pub dns_latency_seconds: Histogram,
-    pub dns_malformed: Counter,
     pub raft_term: Gauge<u64, AtomicU64>,
     pub raft_commit_index: Gauge<u64, AtomicU64>,
     pub raft_applied_index: Gauge<u64, AtomicU64>,
@@ -50,12 +49,6 @@ impl Metrics {
             "dns_latency_seconds",
             "Time to build a DNS answer",
             dns_latency_seconds.clone(),
-        );
-        let dns_malformed = Counter::default();
-        registry.register(
-            "dns_malformed",
-            "DNS packets that could not be parsed",
-            dns_malformed.clone(),
         );
         let raft_term = Gauge::<u64, AtomicU64>::default();
         registry.register("raft_term", "Current raft term", raft_term.clone());
@@ -117,7 +110,6 @@ impl Metrics {
             registry,
             dns_queries,
             dns_latency_seconds,
-            dns_malformed,
             raft_term,
             raft_commit_index,
             raft_applied_index,

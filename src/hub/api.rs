@@ -73,7 +73,6 @@ impl Hub {
             .validate(cmd)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let bytes = serde_json::to_vec(cmd).map_err(|e| Status::internal(e.to_string()))?;
-        self.metrics.raft_proposals.inc();
         let reply = self.node.propose(bytes).await.map_err(propose_status)?;
         serde_json::from_slice(&reply)
             .map_err(|e| Status::internal(format!("undecodable reply: {e}")))
