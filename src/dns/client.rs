@@ -12,6 +12,9 @@ use tokio::net::{TcpStream, UdpSocket};
 /// How long one query may take.
 pub const TIMEOUT: Duration = Duration::from_secs(3);
 
+/// UDP transmissions per query, evenly spread over [`TIMEOUT`].
+const UDP_TRIES: u32 = 3;
+
 /// Why a query got no usable answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -80,18 +83,25 @@ async fn over_udp(server: SocketAddr, bytes: &[u8], id: u16) -> Result<Message, 
     })?;
     let sock = UdpSocket::bind(local).await.map_err(io)?;
     sock.connect(server).await.map_err(io)?;
-    sock.send(bytes).await.map_err(io)?;
     let mut buf = vec![0u8; 65535];
-    loop {
-        let n = sock.recv(&mut buf).await.map_err(io)?;
-        let reply = Message::from_vec(&buf[..n]).map_err(|e| ClientError::Malformed {
-            server,
-            reason: e.to_string(),
-        })?;
-        if reply.metadata.id == id {
-            return Ok(reply);
+    // Like a resolver, retransmit when a datagram (or its answer) is lost.
+    for _ in 0..UDP_TRIES {
+        sock.send(bytes).await.map_err(io)?;
+        let wait = async {
+            loop {
+                let n = sock.recv(&mut buf).await.map_err(io)?;
+                let reply =
+                    Message::from_vec(&buf[..n]).map_err(|e| ClientError::Malformed { server, reason: e.to_string() })?;
+                if reply.metadata.id == id {
+                    return Ok(reply);
+                }
+            }
+        };
+        if let Ok(result) = tokio::time::timeout(TIMEOUT / UDP_TRIES, wait).await {
+            return result;
         }
     }
+    Err(ClientError::Timeout { server })
 }
 
 async fn over_tcp(server: SocketAddr, bytes: &[u8]) -> Result<Message, ClientError> {
