@@ -108,7 +108,7 @@ impl RequestHandler for Handler {
             None => (&[][..], &[][..]),
         };
         let msg = builder.build(
-            meta.clone(),
+            meta,
             answers.iter(),
             std::iter::empty(),
             soa.iter(),
@@ -120,7 +120,7 @@ impl RequestHandler for Handler {
                 tracing::debug!(%error, src = %request.src(), "could not send a DNS response");
                 meta.response_code = ResponseCode::ServFail;
                 ResponseInfo::from(Header {
-                    metadata: meta.clone(),
+                    metadata: meta,
                     counts: HeaderCounts::default(),
                 })
             }
