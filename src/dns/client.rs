@@ -90,8 +90,10 @@ async fn over_udp(server: SocketAddr, bytes: &[u8], id: u16) -> Result<Message, 
         let wait = async {
             loop {
                 let n = sock.recv(&mut buf).await.map_err(io)?;
-                let reply =
-                    Message::from_vec(&buf[..n]).map_err(|e| ClientError::Malformed { server, reason: e.to_string() })?;
+                let reply = Message::from_vec(&buf[..n]).map_err(|e| ClientError::Malformed {
+                    server,
+                    reason: e.to_string(),
+                })?;
                 if reply.metadata.id == id {
                     return Ok(reply);
                 }
