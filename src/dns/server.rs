@@ -212,7 +212,7 @@ mod tests {
     use tokio::io::AsyncWriteExt;
 
     fn backends() -> BTreeMap<ServiceKey, crate::backends::ServiceBackends> {
-        let y = "service: {namespace: app, name: api}\ntype: ClusterSetIP\nports: [{name: http, port: 8080, protocol: TCP}]\nsessionAffinity: None\nmultiClusterService: null\nconditions: []\nrevision: 1\nclusters:\n- {cluster: a, weight: null, effectiveWeight: 1, share: 1.0, healthy: true, reason: Ready, addresses: [127.0.9.1], endpoints: []}\n";
+        let y = "service: app/api\ntype: ClusterSetIP\nports: [{name: http, port: 8080, protocol: TCP}]\nsessionAffinity: None\nmultiClusterService: null\nconditions: []\nrevision: 1\nclusters:\n- {cluster: a, weight: null, effectiveWeight: 1, share: 1.0, healthy: true, reason: Ready, addresses: [127.0.9.1], endpoints: []}\n";
         let b: crate::backends::ServiceBackends = serde_yaml::from_str(y).unwrap();
         [(b.service.clone(), b)].into_iter().collect()
     }

@@ -12,6 +12,7 @@ use crate::proto::{self, admin_service_server::AdminService, agent_service_serve
 use crate::wire::export_from_proto;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
 use tonic::{Request, Response, Status};
@@ -25,15 +26,19 @@ pub struct Hub {
     view: watch::Receiver<Arc<State>>,
     leases: Arc<Leases>,
     metrics: Arc<Metrics>,
+    /// The applied index this replica's DNS zone reflects.
+    dns_index: watch::Receiver<u64>,
 }
 
 impl Hub {
-    /// Wires a hub front end to its node and view.
+    /// Wires a hub front end to its node, its applied view, and the index
+    /// its DNS last published.
     pub fn new(
         node: NodeHandle,
         view: watch::Receiver<Arc<State>>,
         leases: Arc<Leases>,
         metrics: Arc<Metrics>,
+        dns_index: watch::Receiver<u64>,
     ) -> Self {
         let status = node.status();
         Self {
@@ -42,6 +47,7 @@ impl Hub {
             view,
             leases,
             metrics,
+            dns_index,
         }
     }
 
@@ -67,13 +73,24 @@ impl Hub {
     }
 
     /// Validates a command against the applied state, proposes it and waits
-    /// until it is applied; returns the state machine's reply lines.
+    /// until it is applied and this replica's DNS answers with it (so a
+    /// client that saw the write acknowledged never gets an older answer
+    /// here); returns the state machine's reply lines.
     pub async fn propose(&self, cmd: &Command) -> Result<Vec<String>, Status> {
         self.state()
             .validate(cmd)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let bytes = serde_json::to_vec(cmd).map_err(|e| Status::internal(e.to_string()))?;
         let reply = self.node.propose(bytes).await.map_err(propose_status)?;
+        let applied = self.state().applied_index;
+        let mut dns = self.dns_index.clone();
+        let published = dns.wait_for(|i| *i >= applied);
+        if tokio::time::timeout(Duration::from_secs(1), published)
+            .await
+            .is_err()
+        {
+            tracing::warn!(applied, "DNS did not publish an applied write within 1 s");
+        }
         serde_json::from_slice(&reply)
             .map_err(|e| Status::internal(format!("undecodable reply: {e}")))
     }

@@ -87,13 +87,15 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Re
     .context("the raft node stopped")?;
 
     let leases = Arc::new(Leases::new(config.lease));
-    let hub = Hub::new(node, view, leases.clone(), metrics.clone());
+    let (dns_index_tx, dns_index) = tokio::sync::watch::channel(0u64);
+    let hub = Hub::new(node, view, leases.clone(), metrics.clone(), dns_index);
     tasks.spawn(lease::run(leases, hub.clone(), shutdown.child_token()));
 
     let catalog = Arc::new(Catalog::new(config.dns_config.clone()));
     tasks.spawn(publish_dns(
         catalog.clone(),
         hub.clone(),
+        dns_index_tx,
         shutdown.child_token(),
     ));
     let (dns_addr, dns_task) =
@@ -169,12 +171,19 @@ async fn healthz_handler(
     }
 }
 
-/// Rebuilds the DNS catalog whenever the applied state changes.
-async fn publish_dns(catalog: Arc<Catalog>, hub: Hub, shutdown: CancellationToken) {
+/// Rebuilds the DNS catalog whenever the applied state changes, then
+/// announces the applied index the zone now reflects.
+async fn publish_dns(
+    catalog: Arc<Catalog>,
+    hub: Hub,
+    published: tokio::sync::watch::Sender<u64>,
+    shutdown: CancellationToken,
+) {
     let mut view = hub.watch_state();
     loop {
         let state = view.borrow_and_update().clone();
         catalog.publish(&state.backends);
+        published.send_replace(state.applied_index);
         tokio::select! {
             _ = shutdown.cancelled() => return,
             changed = view.changed() => if changed.is_err() { return },

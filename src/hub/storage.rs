@@ -119,10 +119,27 @@ pub struct SledStorage {
     last_index: u64,
 }
 
+/// Opens sled, waiting up to 5 s for the file lock: after an in-process
+/// restart sled's background threads may hold it a moment longer.
+fn open_db(path: &Path) -> Result<sled::Db, StorageError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match sled::open(path) {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 impl SledStorage {
     /// Opens (or creates) the storage in the directory `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StorageError> {
-        let db = sled::open(path)?;
+        let db = open_db(path.as_ref())?;
         let entries = db.open_tree("entries")?;
         let meta = db.open_tree("meta")?;
         let hard_state: HardState = read_meta(&meta, HARD_STATE)?.unwrap_or_default();

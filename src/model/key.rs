@@ -1,6 +1,6 @@
 //! Names: cluster IDs and `namespace/name` service keys.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::str::FromStr;
 
@@ -48,7 +48,9 @@ pub fn validate_cluster_id(id: &str) -> Result<(), KeyError> {
 
 /// A service's identity across the ClusterSet: the same namespace/name in
 /// every cluster is the same service (namespace sameness).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+///
+/// Serialized as the string `namespace/name`, so it can key JSON maps.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ServiceKey {
     pub namespace: String,
     pub name: String,
@@ -72,6 +74,19 @@ impl fmt::Display for ServiceKey {
     }
 }
 
+impl Serialize for ServiceKey {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ServiceKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl FromStr for ServiceKey {
     type Err = KeyError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -92,6 +107,19 @@ mod tests {
         assert_eq!(k.namespace, "app");
         assert_eq!(k.name, "api-v1");
         assert_eq!(k.to_string(), "app/api-v1");
+    }
+
+    #[test]
+    fn serializes_as_a_string_and_keys_json_maps() {
+        let k: ServiceKey = "app/api".parse().unwrap();
+        assert_eq!(serde_json::to_string(&k).unwrap(), "\"app/api\"");
+        let m: std::collections::BTreeMap<ServiceKey, u8> = [(k.clone(), 1)].into();
+        let text = serde_json::to_string(&m).unwrap();
+        assert_eq!(
+            serde_json::from_str::<std::collections::BTreeMap<ServiceKey, u8>>(&text).unwrap(),
+            m
+        );
+        assert!(serde_json::from_str::<ServiceKey>("\"nope\"").is_err());
     }
 
     #[test]
