@@ -62,6 +62,22 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         renew_ms: u64,
     },
+    /// Run a hub replica, or change the replica set (`hub members`).
+    #[command(args_conflicts_with_subcommands = true)]
+    Hub {
+        #[command(subcommand)]
+        action: Option<HubAction>,
+        #[command(flatten)]
+        run: Box<HubArgs>,
+    },
+    /// Show the hub's replicas: leader, term, and each member's role,
+    /// match and applied index.
+    Status {
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+        #[arg(long, env = "SWITCHYARD_HUB", default_value = "127.0.0.1:7700")]
+        hub: String,
+    },
     /// Run a file-backed cluster agent against a hub.
     Agent {
         /// The cluster file (see docs/playground.md for its format).
@@ -86,6 +102,10 @@ enum Command {
         name: Option<String>,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Format,
+        /// Linearizable read through the raft leader (ReadIndex) instead of
+        /// the contacted replica's applied state.
+        #[arg(long)]
+        consistent: bool,
         #[arg(long, env = "SWITCHYARD_HUB", default_value = "127.0.0.1:7700")]
         hub: String,
     },
@@ -108,6 +128,72 @@ enum Command {
         /// Print only the first address (for scripts).
         #[arg(short, long)]
         quiet: bool,
+        #[arg(long, env = "SWITCHYARD_HUB", default_value = "127.0.0.1:7700")]
+        hub: String,
+    },
+}
+
+/// Flags of a hub replica.
+#[derive(clap::Args)]
+struct HubArgs {
+    /// This replica's raft ID (1, 2, 3, ...).
+    #[arg(long)]
+    id: Option<u64>,
+    #[arg(long, default_value = ".switchyard-hub")]
+    data_dir: PathBuf,
+    /// Where this replica listens for its peers (raft, forwarded writes).
+    #[arg(long)]
+    raft: Option<SocketAddr>,
+    /// Agent and admin gRPC, /metrics, /healthz.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    api: SocketAddr,
+    /// ClusterSet DNS (UDP and TCP).
+    #[arg(long, default_value = "127.0.0.1:5353")]
+    dns: SocketAddr,
+    /// Initial members' raft addresses: 1=IP:PORT,2=IP:PORT,3=IP:PORT.
+    #[arg(long, default_value = "")]
+    peers: String,
+    /// Join an existing hub: start without a configuration and wait for
+    /// `switchyard hub members add`.
+    #[arg(long)]
+    join: bool,
+    /// Snapshot and compact the raft log after this many entries.
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_every: u64,
+    #[arg(long, default_value = "clusterset.local")]
+    zone: String,
+    #[arg(long, default_value_t = 5)]
+    ttl: u32,
+    #[arg(long, default_value_t = 3000)]
+    lease_ms: u64,
+    #[arg(long, default_value_t = 1000)]
+    renew_ms: u64,
+    /// Tests only: allow the fault hook that drops raft traffic.
+    #[arg(long, hide = true)]
+    enable_fault_injection: bool,
+}
+
+#[derive(Subcommand)]
+enum HubAction {
+    /// Add or remove a replica, one at a time.
+    Members {
+        #[command(subcommand)]
+        change: MemberChange,
+    },
+}
+
+#[derive(Subcommand)]
+enum MemberChange {
+    /// Add replica ID listening for peers at ADDR (start it with --join first).
+    Add {
+        id: u64,
+        address: String,
+        #[arg(long, env = "SWITCHYARD_HUB", default_value = "127.0.0.1:7700")]
+        hub: String,
+    },
+    /// Remove replica ID.
+    Remove {
+        id: u64,
         #[arg(long, env = "SWITCHYARD_HUB", default_value = "127.0.0.1:7700")]
         hub: String,
     },
@@ -233,8 +319,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             kind,
             name,
             output,
+            consistent,
             hub,
-        } => cli::get(&hub, &kind, name.as_deref(), output).await,
+        } => cli::get(&hub, &kind, name.as_deref(), output, consistent).await,
+        Command::Status { output, hub } => cli::status(&hub, output).await,
+        Command::Hub {
+            action: Some(HubAction::Members { change }),
+            ..
+        } => match change {
+            MemberChange::Add { id, address, hub } => {
+                cli::change_member(&hub, id, Some(&address)).await
+            }
+            MemberChange::Remove { id, hub } => cli::change_member(&hub, id, None).await,
+        },
+        Command::Hub { action: None, run } => run_hub(*run, cli.log_format).await,
         Command::Weights {
             action: WeightsAction::Set { mcs, weights, hub },
         } => cli::set_weights(&hub, &mcs, &weights).await,
@@ -247,6 +345,64 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             hub,
         } => cli::resolve::resolve(dns, &hub, &name, &rtype, tcp, quiet).await,
     }
+}
+
+async fn run_hub(args: HubArgs, log_format: LogFormat) -> anyhow::Result<()> {
+    init_logging(log_format, "info");
+    let id = args
+        .id
+        .ok_or_else(|| anyhow::anyhow!("--id is required (this replica's raft ID)"))?;
+    let listen = args.raft.ok_or_else(|| {
+        anyhow::anyhow!("--raft is required (where this replica listens for peers)")
+    })?;
+    let mut peers = cli::parse_peers(&args.peers)?;
+    match peers.get(&id) {
+        Some(a) if a != &listen.to_string() => {
+            anyhow::bail!("--peers says replica {id} is at {a}, but --raft is {listen}")
+        }
+        None if !args.join && !peers.is_empty() => {
+            anyhow::bail!("--peers must include this replica ({id}={listen}), or use --join")
+        }
+        _ => {}
+    }
+    peers.insert(id, listen.to_string());
+    if args.renew_ms == 0 || args.lease_ms <= args.renew_ms {
+        anyhow::bail!(
+            "--lease-ms ({}) must be longer than --renew-ms ({}), and both above 0",
+            args.lease_ms,
+            args.renew_ms
+        );
+    }
+    let config = switchyard::hub::app::HubConfig {
+        data_dir: args.data_dir,
+        api: args.api,
+        dns: args.dns,
+        dns_config: DnsConfig {
+            zone: args.zone,
+            ttl: args.ttl,
+        },
+        lease: LeaseConfig {
+            ttl: Duration::from_millis(args.lease_ms),
+            renew: Duration::from_millis(args.renew_ms),
+        },
+        raft: Some(switchyard::hub::app::RaftOptions {
+            id,
+            listen,
+            peers,
+            join: args.join,
+            snapshot_every: args.snapshot_every,
+            fault_injection: args.enable_fault_injection,
+        }),
+    };
+    let shutdown = stop_on_signal();
+    let hub = switchyard::hub::app::start(config, shutdown.child_token()).await?;
+    eprintln!(
+        "switchyard hub replica {id}: api {} dns {} raft {listen}",
+        hub.api_addr, hub.dns_addr
+    );
+    shutdown.cancelled().await;
+    hub.stop().await;
+    Ok(())
 }
 
 fn main() {

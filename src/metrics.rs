@@ -26,6 +26,7 @@ pub struct Metrics {
     pub raft_commit_index: Gauge<u64, AtomicU64>,
     pub raft_applied_index: Gauge<u64, AtomicU64>,
     pub raft_proposals: Counter,
+    pub forwarded_writes: Counter,
     pub raft_leader_changes: Counter,
     pub raft_snapshots: Counter,
     pub exports: Gauge,
@@ -69,6 +70,12 @@ impl Metrics {
             "raft_proposals",
             "Proposals made by this replica",
             raft_proposals.clone(),
+        );
+        let forwarded_writes = Counter::default();
+        registry.register(
+            "forwarded_writes",
+            "Writes followers forwarded to this replica while it led",
+            forwarded_writes.clone(),
         );
         let raft_leader_changes = Counter::default();
         registry.register(
@@ -114,6 +121,7 @@ impl Metrics {
             raft_commit_index,
             raft_applied_index,
             raft_proposals,
+            forwarded_writes,
             raft_leader_changes,
             raft_snapshots,
             exports,

@@ -31,6 +31,7 @@ async fn start_hub(dir: &Path, api: SocketAddr, lease: LeaseConfig) -> RunningHu
         dns: "127.0.0.1:0".parse().unwrap(),
         dns_config: DnsConfig::default(),
         lease,
+        raft: None,
     };
     app::start(config, CancellationToken::new()).await.unwrap()
 }

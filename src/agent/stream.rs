@@ -17,7 +17,8 @@ use tonic::transport::{Channel, Endpoint};
 /// How an agent reaches its hub.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// Hub API address, `host:port` or a URL.
+    /// Hub API address, `host:port` or a URL; several replicas separated
+    /// by commas, tried in turn.
     pub hub: String,
     /// What the agent registers.
     pub spec: ClusterSpec,
@@ -76,12 +77,26 @@ pub async fn run(
 ) {
     let mut backoff = Duration::from_millis(250);
     let mut revision = 0u64;
+    let hubs: Vec<String> = config
+        .hub
+        .split(',')
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .collect();
+    let mut turn = 0usize;
     loop {
         let started = tokio::time::Instant::now();
-        match session(&config, desired.clone(), &shutdown, &mut revision).await {
+        // With several replicas, move to the next one after a failed session.
+        let mut one = config.clone();
+        one.hub = hubs
+            .get(turn % hubs.len().max(1))
+            .cloned()
+            .unwrap_or_default();
+        match session(&one, desired.clone(), &shutdown, &mut revision).await {
             Ok(()) => return,
             Err(e) => {
-                tracing::warn!(cluster = %config.spec.id, error = %e, retry_in = ?backoff, "hub session ended")
+                tracing::warn!(cluster = %config.spec.id, hub = %one.hub, error = %e, retry_in = ?backoff, "hub session ended");
+                turn += 1;
             }
         }
         if started.elapsed() > Duration::from_secs(10) {

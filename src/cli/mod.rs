@@ -18,16 +18,24 @@ pub enum Format {
     Yaml,
 }
 
-/// Connects to a hub's admin API, with an error that says what to check.
+/// Connects to a hub's admin API. `hub` may list several replicas
+/// separated by commas; the first that answers is used.
 pub async fn admin(hub: &str) -> anyhow::Result<AdminServiceClient<Channel>> {
-    let endpoint = Endpoint::from_shared(hub_url(hub))
-        .with_context(|| format!("invalid hub address {hub:?}"))?
-        .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(15));
-    let channel = endpoint.connect().await.map_err(|e| {
-        anyhow!("cannot reach the hub at {hub}: {e} (is `switchyard up` running? set --hub or SWITCHYARD_HUB)")
-    })?;
-    Ok(AdminServiceClient::new(channel))
+    let mut last = None;
+    for addr in hub.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        let endpoint = Endpoint::from_shared(hub_url(addr))
+            .with_context(|| format!("invalid hub address {addr:?}"))?
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(15));
+        match endpoint.connect().await {
+            Ok(channel) => return Ok(AdminServiceClient::new(channel)),
+            Err(e) => last = Some(format!("{addr}: {e}")),
+        }
+    }
+    Err(anyhow!(
+        "cannot reach the hub at {hub}: {} (is `switchyard up` running? set --hub or SWITCHYARD_HUB)",
+        last.unwrap_or_else(|| "no address given".into())
+    ))
 }
 
 /// A gRPC error as one line: the hub's message, not tonic's wrapping.
@@ -61,12 +69,19 @@ pub async fn apply(hub: &str, file: &str) -> anyhow::Result<()> {
 }
 
 /// `switchyard get KIND [NAME]`.
-pub async fn get(hub: &str, kind: &str, name: Option<&str>, format: Format) -> anyhow::Result<()> {
+pub async fn get(
+    hub: &str,
+    kind: &str,
+    name: Option<&str>,
+    format: Format,
+    consistent: bool,
+) -> anyhow::Result<()> {
     let mut client = admin(hub).await?;
     let reply = client
         .get(crate::proto::GetRequest {
             kind: kind.to_string(),
             name: name.unwrap_or_default().to_string(),
+            consistent,
         })
         .await
         .map_err(status_error)?;
@@ -128,6 +143,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn peers_parse_with_clear_errors() {
+        let p = parse_peers("1=127.0.0.1:7801, 2=127.0.0.1:7802").unwrap();
+        assert_eq!(p[&2], "127.0.0.1:7802");
+        assert!(parse_peers("1=x")
+            .unwrap_err()
+            .to_string()
+            .contains("not IP:PORT"));
+        assert!(parse_peers("a=127.0.0.1:1")
+            .unwrap_err()
+            .to_string()
+            .contains("not a positive number"));
+        assert!(parse_peers("1=127.0.0.1:1,1=127.0.0.1:2")
+            .unwrap_err()
+            .to_string()
+            .contains("twice"));
+        assert!(parse_peers("0=127.0.0.1:1").is_err());
+    }
+
+    #[test]
     fn weights_parse_with_clear_errors() {
         let w = parse_weights(&["a=80".into(), "b=30".into()]).unwrap();
         assert_eq!(w["a"], 80);
@@ -146,4 +180,86 @@ mod tests {
         );
         assert!(parse_weights(&[]).is_err());
     }
+}
+
+/// `switchyard status`: the hub's replicas, leader and term.
+pub async fn status(hub: &str, format: Format) -> anyhow::Result<()> {
+    let mut client = admin(hub).await?;
+    let reply = client
+        .status(crate::proto::StatusRequest {})
+        .await
+        .map_err(status_error)?;
+    let value: serde_json::Value =
+        serde_json::from_str(&reply.into_inner().json).context("the hub sent invalid JSON")?;
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&value)?),
+        Format::Yaml => print!("{}", serde_yaml::to_string(&value)?),
+        Format::Table => {
+            println!("leader: {}   term: {}", value["leader"], value["term"]);
+            let rows: Vec<Vec<String>> = value["members"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|m| {
+                    let cell = |v: &serde_json::Value| match v {
+                        serde_json::Value::Null => "-".to_string(),
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    vec![
+                        cell(&m["id"]),
+                        cell(&m["address"]),
+                        cell(&m["role"]),
+                        cell(&m["match"]),
+                        cell(&m["applied"]),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                output::columns(&["ID", "ADDRESS", "ROLE", "MATCH", "APPLIED"], &rows)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `switchyard hub members add ID ADDR` / `remove ID`.
+pub async fn change_member(hub: &str, id: u64, address: Option<&str>) -> anyhow::Result<()> {
+    let mut client = admin(hub).await?;
+    let reply = client
+        .change_member(crate::proto::MemberChangeRequest {
+            id,
+            address: address.unwrap_or_default().to_string(),
+            remove: address.is_none(),
+        })
+        .await
+        .map_err(status_error)?;
+    println!("{}", reply.into_inner().result);
+    Ok(())
+}
+
+/// Parses `--peers 1=ADDR,2=ADDR,3=ADDR`.
+pub fn parse_peers(text: &str) -> anyhow::Result<std::collections::BTreeMap<u64, String>> {
+    let mut out = std::collections::BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--peers: {part:?} is not ID=IP:PORT"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| anyhow!("--peers: replica ID {id:?} is not a positive number"))?;
+        if id == 0 {
+            return Err(anyhow!("--peers: replica ID 0 is reserved"));
+        }
+        let addr: std::net::SocketAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| anyhow!("--peers: {addr:?} (replica {id}) is not IP:PORT"))?;
+        if out.insert(id, addr.to_string()).is_some() {
+            return Err(anyhow!("--peers: replica {id} is listed twice"));
+        }
+    }
+    Ok(out)
 }

@@ -18,6 +18,7 @@ async fn address_owners(hub: &str) -> HashMap<String, String> {
         .get(crate::proto::GetRequest {
             kind: "exports".into(),
             name: String::new(),
+            consistent: false,
         })
         .await
     else {

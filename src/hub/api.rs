@@ -2,111 +2,17 @@
 //! and the admin API (apply, get, weights). Writes become raft proposals;
 //! reads come from the applied state.
 
-use super::lease::Leases;
-use super::node::{NodeHandle, ProposeError, RaftStatus};
 use super::read;
-use super::state::{applied_objects, Command, State};
-use crate::metrics::Metrics;
+use super::state::{applied_objects, Command};
 use crate::model::{manifest, validate_cluster_id, ClusterSpec};
 use crate::proto::{self, admin_service_server::AdminService, agent_service_server::AgentService};
 use crate::wire::export_from_proto;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-/// Everything a request handler needs: the raft node, the applied view,
-/// the leases. Cheap to clone.
-#[derive(Clone)]
-pub struct Hub {
-    node: NodeHandle,
-    status: watch::Receiver<RaftStatus>,
-    view: watch::Receiver<Arc<State>>,
-    leases: Arc<Leases>,
-    metrics: Arc<Metrics>,
-    /// The applied index this replica's DNS zone reflects.
-    dns_index: watch::Receiver<u64>,
-}
-
-impl Hub {
-    /// Wires a hub front end to its node, its applied view, and the index
-    /// its DNS last published.
-    pub fn new(
-        node: NodeHandle,
-        view: watch::Receiver<Arc<State>>,
-        leases: Arc<Leases>,
-        metrics: Arc<Metrics>,
-        dns_index: watch::Receiver<u64>,
-    ) -> Self {
-        let status = node.status();
-        Self {
-            node,
-            status,
-            view,
-            leases,
-            metrics,
-            dns_index,
-        }
-    }
-
-    /// The latest applied state.
-    pub fn state(&self) -> Arc<State> {
-        self.view.borrow().clone()
-    }
-
-    /// A receiver that wakes on every applied batch.
-    pub fn watch_state(&self) -> watch::Receiver<Arc<State>> {
-        self.view.clone()
-    }
-
-    /// This replica's raft status.
-    pub fn raft_status(&self) -> RaftStatus {
-        self.status.borrow().clone()
-    }
-
-    /// True while this replica leads.
-    pub fn is_leader(&self) -> bool {
-        let s = self.status.borrow();
-        s.leader != 0 && s.leader == s.id
-    }
-
-    /// Validates a command against the applied state, proposes it and waits
-    /// until it is applied and this replica's DNS answers with it (so a
-    /// client that saw the write acknowledged never gets an older answer
-    /// here); returns the state machine's reply lines.
-    pub async fn propose(&self, cmd: &Command) -> Result<Vec<String>, Status> {
-        self.state()
-            .validate(cmd)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let bytes = serde_json::to_vec(cmd).map_err(|e| Status::internal(e.to_string()))?;
-        let reply = self.node.propose(bytes).await.map_err(propose_status)?;
-        let applied = self.state().applied_index;
-        let mut dns = self.dns_index.clone();
-        let published = dns.wait_for(|i| *i >= applied);
-        if tokio::time::timeout(Duration::from_secs(1), published)
-            .await
-            .is_err()
-        {
-            tracing::warn!(applied, "DNS did not publish an applied write within 1 s");
-        }
-        serde_json::from_slice(&reply)
-            .map_err(|e| Status::internal(format!("undecodable reply: {e}")))
-    }
-}
-
-fn propose_status(e: ProposeError) -> Status {
-    match e {
-        ProposeError::Rejected(reason) => Status::invalid_argument(reason),
-        ProposeError::NotLeader { leader } => Status::unavailable(match leader {
-            Some(id) => format!("this hub replica is not the raft leader (replica {id} is); retry there"),
-            None => "no raft leader is elected right now (is a majority of hub replicas up?); retry shortly".into(),
-        }),
-        ProposeError::Dropped => Status::unavailable("the write was dropped by a leader change; retry"),
-        ProposeError::Stopped => Status::unavailable("the hub is shutting down"),
-    }
-}
+pub use super::replica::Hub;
 
 /// The agent API.
 pub struct AgentApi(pub Hub);
@@ -126,7 +32,7 @@ impl AgentService for AgentApi {
             gateway_addresses: r.gateway_addresses,
         };
         let hub = &self.0;
-        hub.leases.renew(&spec.id);
+        hub.renew_lease(&spec.id).await;
         let current = hub.state();
         let unchanged = current
             .clusters
@@ -136,7 +42,7 @@ impl AgentService for AgentApi {
             hub.propose(&Command::RegisterCluster { spec }).await?;
         }
         tracing::info!(cluster = %r.cluster, "agent registered");
-        let lease = hub.leases.config();
+        let lease = hub.leases().config();
         Ok(Response::new(proto::RegisterResponse {
             lease_ms: lease.ttl.as_millis() as u64,
             renew_ms: lease.renew.as_millis() as u64,
@@ -157,10 +63,10 @@ impl AgentService for AgentApi {
         let hub = &self.0;
         let known = hub.state().clusters.contains_key(&r.cluster);
         if known {
-            hub.leases.renew(&r.cluster);
+            hub.renew_lease(&r.cluster).await;
         }
         Ok(Response::new(proto::LeaseResponse {
-            lease_ms: hub.leases.config().ttl.as_millis() as u64,
+            lease_ms: hub.leases().config().ttl.as_millis() as u64,
             known,
         }))
     }
@@ -176,7 +82,7 @@ impl AgentService for AgentApi {
         let hub = self.0.clone();
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
-            hub.metrics.agents_connected.inc();
+            hub.metrics().agents_connected.inc();
             let mut cluster = String::new();
             while let Some(msg) = inbound.next().await {
                 let update = match msg {
@@ -193,7 +99,7 @@ impl AgentService for AgentApi {
                     break;
                 }
             }
-            hub.metrics.agents_connected.dec();
+            hub.metrics().agents_connected.dec();
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -252,6 +158,9 @@ impl AdminService for AdminApi {
         req: Request<proto::GetRequest>,
     ) -> Result<Response<proto::GetResponse>, Status> {
         let r = req.into_inner();
+        if r.consistent {
+            self.0.read_barrier().await?;
+        }
         let json = read::get(&self.0.state(), &r.kind, &r.name).map_err(|e| match e {
             read::ReadError::NotFound(_) => Status::not_found(e.to_string()),
             _ => Status::invalid_argument(e.to_string()),
@@ -281,5 +190,44 @@ impl AdminService for AdminApi {
         Ok(Response::new(proto::SetWeightsResponse {
             result: lines.join("\n"),
         }))
+    }
+
+    async fn status(
+        &self,
+        _req: Request<proto::StatusRequest>,
+    ) -> Result<Response<proto::StatusResponse>, Status> {
+        let json = self.0.cluster_status().await.to_string();
+        Ok(Response::new(proto::StatusResponse { json }))
+    }
+
+    async fn change_member(
+        &self,
+        req: Request<proto::MemberChangeRequest>,
+    ) -> Result<Response<proto::MemberChangeResponse>, Status> {
+        let r = req.into_inner();
+        let address = if r.remove {
+            String::new()
+        } else {
+            r.address
+                .parse::<std::net::SocketAddr>()
+                .map_err(|_| {
+                    Status::invalid_argument(format!(
+                        "replica {}: raft address {:?} is not IP:PORT",
+                        r.id, r.address
+                    ))
+                })?
+                .to_string()
+        };
+        let result = self.0.change_member(r.id, &address).await?;
+        Ok(Response::new(proto::MemberChangeResponse { result }))
+    }
+
+    async fn inject_fault(
+        &self,
+        req: Request<proto::FaultRequest>,
+    ) -> Result<Response<proto::FaultResponse>, Status> {
+        let peers = req.into_inner().isolate_from.into_iter().collect();
+        self.0.isolate(peers)?;
+        Ok(Response::new(proto::FaultResponse {}))
     }
 }

@@ -6,13 +6,16 @@ use super::api::{AdminApi, AgentApi, Hub};
 use super::lease::{self, LeaseConfig, Leases};
 use super::machine::Machine;
 use super::node::{self, NoPeers, NodeConfig};
+use super::peer::{PeerApi, PeerTransport, MAX_PEER_MESSAGE};
 use crate::dns::{self, Catalog, DnsConfig};
 use crate::metrics::Metrics;
 use crate::proto::{
     admin_service_server::AdminServiceServer, agent_service_server::AgentServiceServer,
+    peer_service_server::PeerServiceServer,
 };
 use anyhow::Context;
 use axum::routing::get;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,6 +31,26 @@ pub struct HubConfig {
     pub dns: SocketAddr,
     pub dns_config: DnsConfig,
     pub lease: LeaseConfig,
+    /// Replication; `None` runs a single voter with no peers (the playground).
+    pub raft: Option<RaftOptions>,
+}
+
+/// A replica's place in a replicated hub.
+#[derive(Debug, Clone)]
+pub struct RaftOptions {
+    /// This replica's raft ID.
+    pub id: u64,
+    /// Where this replica listens for its peers.
+    pub listen: SocketAddr,
+    /// Initial members: ID → raft address, this replica included.
+    pub peers: BTreeMap<u64, String>,
+    /// Start with no configuration and wait to be added by
+    /// `switchyard hub members add`.
+    pub join: bool,
+    /// Snapshot and compact after this many applied entries.
+    pub snapshot_every: u64,
+    /// Allow the test-only fault hook.
+    pub fault_injection: bool,
 }
 
 /// A started hub: where it listens and how to stop it.
@@ -57,17 +80,53 @@ impl RunningHub {
     }
 }
 
-/// Starts a single-voter hub (the playground's) and waits until it leads.
+/// Starts a hub replica. A single voter (no `raft` options) waits until it
+/// leads; a replica of a group starts serving at once and follows whatever
+/// leader its peers elect.
 pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Result<RunningHub> {
     let metrics = Arc::new(Metrics::new());
     let (machine, view) = Machine::new(metrics.clone());
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
-    let node_config = NodeConfig::single(config.data_dir.join("raft"));
+    let raft_dir = config.data_dir.join("raft");
+    let (node_config, transport, raft_listener): (NodeConfig, Option<Arc<PeerTransport>>, _) =
+        match &config.raft {
+            None => (NodeConfig::single(raft_dir), None, None),
+            Some(r) => {
+                if !r.join && !r.peers.contains_key(&r.id) {
+                    anyhow::bail!(
+                        "--peers must include this replica ({}={}) unless it --join s an existing hub",
+                        r.id,
+                        r.listen
+                    );
+                }
+                let listener = tokio::net::TcpListener::bind(r.listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {} for raft peers", r.listen))?;
+                let node_config = NodeConfig {
+                    id: r.id,
+                    voters: if r.join {
+                        vec![]
+                    } else {
+                        r.peers.keys().copied().collect()
+                    },
+                    data_dir: raft_dir,
+                    snapshot_every: r.snapshot_every,
+                    ..NodeConfig::single(PathBuf::new())
+                };
+                let transport = PeerTransport::new(r.id, &r.peers, shutdown.child_token());
+                (node_config, Some(transport), Some(listener))
+            }
+        };
+    let peer_transport: Arc<dyn node::Transport> = match &transport {
+        Some(t) => t.clone(),
+        None => Arc::new(NoPeers),
+    };
+    let single = config.raft.is_none();
     let (node, node_task) = node::spawn(
         node_config,
         machine,
-        Arc::new(NoPeers),
+        peer_transport,
         metrics.clone(),
         shutdown.child_token(),
     )
@@ -77,19 +136,63 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Re
         let _ = node_task.await;
     });
 
-    let mut status = node.status();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        status.wait_for(|s| s.leader != 0 && s.leader == s.id),
-    )
-    .await
-    .context("the raft node did not become leader within 10 s")?
-    .context("the raft node stopped")?;
+    if single {
+        let mut status = node.status();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            status.wait_for(|s| s.leader != 0 && s.leader == s.id),
+        )
+        .await
+        .context("the raft node did not become leader within 10 s")?
+        .context("the raft node stopped")?;
+    }
 
     let leases = Arc::new(Leases::new(config.lease));
     let (dns_index_tx, dns_index) = tokio::sync::watch::channel(0u64);
-    let hub = Hub::new(node, view, leases.clone(), metrics.clone(), dns_index);
+    let (id, fault_injection) = config
+        .raft
+        .as_ref()
+        .map(|r| (r.id, r.fault_injection))
+        .unwrap_or((1, false));
+    let hub = Hub::new(
+        id,
+        node.clone(),
+        view,
+        leases.clone(),
+        metrics.clone(),
+        dns_index,
+        transport.clone(),
+        fault_injection,
+    );
     tasks.spawn(lease::run(leases, hub.clone(), shutdown.child_token()));
+
+    if let (Some(transport), Some(listener), Some(r)) = (transport, raft_listener, &config.raft) {
+        let api = PeerApi {
+            node,
+            transport: transport.clone(),
+            hub: hub.clone(),
+        };
+        let service = PeerServiceServer::new(api)
+            .max_decoding_message_size(MAX_PEER_MESSAGE)
+            .max_encoding_message_size(MAX_PEER_MESSAGE);
+        let stop = shutdown.child_token();
+        tasks.spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            if let Err(e) = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                .await
+            {
+                tracing::error!(error = %e, "raft peer server failed");
+            }
+        });
+        tasks.spawn(follow_members(
+            hub.clone(),
+            transport,
+            r.peers.clone(),
+            shutdown.child_token(),
+        ));
+    }
 
     let catalog = Arc::new(Catalog::new(config.dns_config.clone()));
     tasks.spawn(publish_dns(
@@ -168,6 +271,31 @@ async fn healthz_handler(
                 s.leader, s.term, s.applied
             ),
         )
+    }
+}
+
+/// Keeps the transport's address book in line with the replicated member
+/// list (`switchyard hub members add/remove`), on top of `--peers`.
+async fn follow_members(
+    hub: Hub,
+    transport: Arc<PeerTransport>,
+    initial: BTreeMap<u64, String>,
+    shutdown: CancellationToken,
+) {
+    let mut view = hub.watch_state();
+    let mut last = BTreeMap::new();
+    loop {
+        let members = view.borrow_and_update().members.clone();
+        if members != last {
+            let mut peers = initial.clone();
+            peers.extend(members.clone());
+            transport.set_peers(&peers);
+            last = members;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = view.changed() => if changed.is_err() { return },
+        }
     }
 }
 

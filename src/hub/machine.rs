@@ -9,6 +9,14 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::watch;
 
+/// What the proposer of a command gets back: the raft index it was
+/// applied at (to wait for that index elsewhere) and the outcome lines.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Reply {
+    pub index: u64,
+    pub lines: Vec<String>,
+}
+
 /// The hub's state machine as the raft node drives it.
 pub struct Machine {
     state: State,
@@ -47,7 +55,11 @@ impl StateMachine for Machine {
         match result {
             Ok(outcome) => {
                 tracing::debug!(index, recomputed = outcome.recomputed.len(), "applied");
-                serde_json::to_vec(&outcome.lines).map_err(|e| e.to_string())
+                let reply = Reply {
+                    index,
+                    lines: outcome.lines,
+                };
+                serde_json::to_vec(&reply).map_err(|e| e.to_string())
             }
             Err(e) => {
                 tracing::info!(index, error = %e, "command rejected");

@@ -10,6 +10,8 @@ pub mod app;
 pub mod lease;
 pub mod machine;
 pub mod node;
+pub mod peer;
 pub mod read;
+pub mod replica;
 pub mod state;
 pub mod storage;

@@ -21,7 +21,7 @@ use std::time::Duration;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot};
 use raft::{RawNode, StateRole};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -138,7 +138,7 @@ pub enum NodeError {
 }
 
 /// A replica's view of raft, published on every change.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RaftStatus {
     /// This replica's ID.
     pub id: u64,
@@ -152,6 +152,22 @@ pub struct RaftStatus {
     pub applied: u64,
     /// `Leader`, `Follower`, `Candidate` or `PreCandidate`.
     pub role: String,
+    /// Voters of the current configuration.
+    pub voters: Vec<u64>,
+    /// Replication progress of every member, as the leader tracks it
+    /// (empty on followers).
+    pub progress: Vec<PeerProgress>,
+}
+
+/// How far the leader has replicated its log to one member.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerProgress {
+    /// The member's ID.
+    pub id: u64,
+    /// Highest log index known to be replicated on the member.
+    pub matched: u64,
+    /// Next index the leader will send.
+    pub next: u64,
 }
 
 /// Delivers raft messages to peers. Must not block: queue and return.
@@ -175,8 +191,12 @@ impl Transport for NoPeers {
 
 type Reply = oneshot::Sender<Result<Vec<u8>, ProposeError>>;
 
+type ReadReply = oneshot::Sender<Result<u64, ProposeError>>;
+
 enum Mail {
     Propose { command: Vec<u8>, reply: Reply },
+    ConfChange { change: ConfChange, reply: Reply },
+    ReadIndex { reply: ReadReply },
     Step(Message),
 }
 
@@ -194,6 +214,30 @@ impl NodeHandle {
         let (reply, rx) = oneshot::channel();
         self.mailbox
             .send(Mail::Propose { command, reply })
+            .await
+            .map_err(|_| ProposeError::Stopped)?;
+        rx.await.unwrap_or(Err(ProposeError::Stopped))
+    }
+
+    /// Proposes a membership change (one at a time, as raft-rs requires)
+    /// and resolves once it is applied.
+    pub async fn propose_conf_change(&self, change: ConfChange) -> Result<(), ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        self.mailbox
+            .send(Mail::ConfChange { change, reply })
+            .await
+            .map_err(|_| ProposeError::Stopped)?;
+        rx.await.unwrap_or(Err(ProposeError::Stopped)).map(|_| ())
+    }
+
+    /// A linearizable read barrier (raft ReadIndex): resolves with a commit
+    /// index once this replica has applied at least that far, so a read of
+    /// the applied state afterwards sees every write acknowledged before
+    /// the call. Followers ask the leader.
+    pub async fn read_index(&self) -> Result<u64, ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        self.mailbox
+            .send(Mail::ReadIndex { reply })
             .await
             .map_err(|_| ProposeError::Stopped)?;
         rx.await.unwrap_or(Err(ProposeError::Stopped))
@@ -290,6 +334,8 @@ pub fn spawn<S: StateMachine>(
         status: status_tx,
         pending: HashMap::new(),
         replies: Vec::new(),
+        reads: HashMap::new(),
+        ready_reads: Vec::new(),
         incarnation: rand::random(),
         next_seq: 0,
         applied,
@@ -315,6 +361,10 @@ struct Node<S> {
     pending: HashMap<u64, Reply>,
     /// Replies of applied proposals, sent once `after_batch` published them.
     replies: Vec<(Reply, Result<Vec<u8>, ProposeError>)>,
+    /// ReadIndex requests waiting for raft to confirm an index, by sequence.
+    reads: HashMap<u64, ReadReply>,
+    /// Confirmed reads waiting for the applied index to reach theirs.
+    ready_reads: Vec<(u64, ReadReply)>,
     /// Random per start, so entry contexts from an earlier run never match.
     incarnation: u64,
     next_seq: u64,
@@ -376,6 +426,43 @@ impl<S: StateMachine> Node<S> {
                 }
             }
             Mail::Propose { command, reply } => self.propose(command, reply),
+            Mail::ConfChange { change, reply } => self.propose_conf_change(change, reply),
+            Mail::ReadIndex { reply } => {
+                let seq = self.next_context();
+                self.raw.read_index(self.context(seq));
+                self.reads.insert(seq, reply);
+            }
+        }
+    }
+
+    fn next_context(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    /// A proposal context: this incarnation and a sequence number.
+    fn context(&self, seq: u64) -> Vec<u8> {
+        let mut context = self.incarnation.to_be_bytes().to_vec();
+        context.extend_from_slice(&seq.to_be_bytes());
+        context
+    }
+
+    fn propose_conf_change(&mut self, change: ConfChange, reply: Reply) {
+        if self.raw.raft.state != StateRole::Leader {
+            let leader = (self.raw.raft.leader_id != 0).then_some(self.raw.raft.leader_id);
+            let _ = reply.send(Err(ProposeError::NotLeader { leader }));
+            return;
+        }
+        let seq = self.next_context();
+        match self.raw.propose_conf_change(self.context(seq), change) {
+            Ok(()) => {
+                self.pending.insert(seq, reply);
+            }
+            Err(err) => {
+                let _ = reply.send(Err(ProposeError::Rejected(format!(
+                    "raft refused the membership change: {err} (is another change still in progress?)"
+                ))));
+            }
         }
     }
 
@@ -386,11 +473,8 @@ impl<S: StateMachine> Node<S> {
             let _ = reply.send(Err(ProposeError::NotLeader { leader }));
             return;
         }
-        self.next_seq += 1;
-        let seq = self.next_seq;
-        let mut context = self.incarnation.to_be_bytes().to_vec();
-        context.extend_from_slice(&seq.to_be_bytes());
-        match self.raw.propose(context, command) {
+        let seq = self.next_context();
+        match self.raw.propose(self.context(seq), command) {
             Ok(()) => {
                 self.pending.insert(seq, reply);
                 self.metrics.raft_proposals.inc();
@@ -408,6 +492,11 @@ impl<S: StateMachine> Node<S> {
             let mut ready = self.raw.ready();
             if !ready.messages().is_empty() {
                 self.transport.send(ready.take_messages());
+            }
+            for rs in ready.take_read_states() {
+                if let Some(reply) = self.take_read(&rs.request_ctx) {
+                    self.ready_reads.push((rs.index, reply));
+                }
             }
             let snapshot_installed = !ready.snapshot().is_empty();
             if snapshot_installed {
@@ -442,6 +531,7 @@ impl<S: StateMachine> Node<S> {
                 self.sm.after_batch();
             }
             self.send_replies();
+            self.release_reads();
             self.maybe_snapshot()?;
         }
         self.observe();
@@ -487,13 +577,23 @@ impl<S: StateMachine> Node<S> {
                     self.raw.apply_conf_change(&cc)
                 }
             };
+            let reply = self.take_pending(&entry.context);
             match conf_state {
                 Ok(cs) => {
                     info!(index, voters = ?cs.voters, learners = ?cs.learners, "applied a configuration change");
                     self.raw.mut_store().set_conf_state(cs)?;
+                    if let Some(reply) = reply {
+                        self.replies.push((reply, Ok(Vec::new())));
+                    }
                 }
                 // Every replica refuses the same change the same way.
-                Err(err) => warn!(index, %err, "refused a configuration change"),
+                Err(err) => {
+                    warn!(index, %err, "refused a configuration change");
+                    if let Some(reply) = reply {
+                        self.replies
+                            .push((reply, Err(ProposeError::Rejected(err.to_string()))));
+                    }
+                }
             }
         }
         Ok(any)
@@ -513,12 +613,33 @@ impl<S: StateMachine> Node<S> {
         }
     }
 
-    fn take_pending(&mut self, context: &[u8]) -> Option<Reply> {
+    fn take_read(&mut self, context: &[u8]) -> Option<ReadReply> {
+        let seq = self.own_seq(context)?;
+        self.reads.remove(&seq)
+    }
+
+    /// Answers confirmed reads whose index has been applied.
+    fn release_reads(&mut self) {
+        let applied = self.applied;
+        let (done, waiting): (Vec<_>, Vec<_>) =
+            self.ready_reads.drain(..).partition(|(i, _)| *i <= applied);
+        self.ready_reads = waiting;
+        for (index, reply) in done {
+            let _ = reply.send(Ok(index));
+        }
+    }
+
+    /// The sequence number of a context this incarnation made.
+    fn own_seq(&self, context: &[u8]) -> Option<u64> {
         let (incarnation, seq) = context.split_at_checked(8)?;
         if incarnation != self.incarnation.to_be_bytes() {
             return None;
         }
-        let seq = u64::from_be_bytes(seq.try_into().ok()?);
+        Some(u64::from_be_bytes(seq.try_into().ok()?))
+    }
+
+    fn take_pending(&mut self, context: &[u8]) -> Option<Reply> {
+        let seq = self.own_seq(context)?;
         self.pending.remove(&seq)
     }
 
@@ -543,6 +664,23 @@ impl<S: StateMachine> Node<S> {
     /// Publishes status and metrics; drops pending proposals when leadership is lost.
     fn observe(&mut self) {
         let raft = &self.raw.raft;
+        let is_leader = raft.state == StateRole::Leader;
+        let conf = raft.prs().conf();
+        let mut voters: Vec<u64> = conf.voters().ids().iter().collect();
+        voters.sort_unstable();
+        let mut progress: Vec<PeerProgress> = if is_leader {
+            raft.prs()
+                .iter()
+                .map(|(id, pr)| PeerProgress {
+                    id: *id,
+                    matched: pr.matched,
+                    next: pr.next_idx,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        progress.sort_by_key(|p| p.id);
         let status = RaftStatus {
             id: self.id,
             leader: raft.leader_id,
@@ -550,8 +688,9 @@ impl<S: StateMachine> Node<S> {
             commit: raft.raft_log.committed,
             applied: self.applied,
             role: format!("{:?}", raft.state),
+            voters,
+            progress,
         };
-        let is_leader = raft.state == StateRole::Leader;
         if status.leader != self.leader {
             info!(
                 leader = status.leader,
@@ -562,6 +701,12 @@ impl<S: StateMachine> Node<S> {
                 self.metrics.raft_leader_changes.inc();
             }
             self.leader = status.leader;
+        }
+        if status.term != self.term {
+            // Unconfirmed reads may never be answered in a new term.
+            for (_, reply) in self.reads.drain() {
+                let _ = reply.send(Err(ProposeError::Dropped));
+            }
         }
         if status.term != self.term || !is_leader {
             self.term = status.term;

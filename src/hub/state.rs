@@ -45,6 +45,9 @@ pub enum Command {
         mcs: ServiceKey,
         weights: BTreeMap<ClusterId, i64>,
     },
+    /// Records (or forgets, with `None`) a hub replica's raft address,
+    /// before it is added to (or after it is removed from) the raft group.
+    SetMember { id: u64, address: Option<String> },
 }
 
 /// An object `switchyard apply` can store in the hub.
@@ -106,6 +109,10 @@ pub struct State {
     pub mcs: BTreeMap<ServiceKey, MultiClusterService>,
     /// Computed backends per ServiceImport.
     pub backends: BTreeMap<ServiceKey, ServiceBackends>,
+    /// Raft addresses of hub replicas added or removed at run time; the
+    /// `--peers` flag covers the initial members.
+    #[serde(default)]
+    pub members: BTreeMap<u64, String>,
     /// The raft index of the last applied command.
     pub applied_index: u64,
 }
@@ -207,6 +214,21 @@ impl State {
                     out.lines.push(line);
                 }
             }
+            Command::SetMember { id, address } => match address {
+                Some(a) => {
+                    a.parse::<std::net::SocketAddr>().map_err(|_| {
+                        StateError::Invalid(format!(
+                            "replica {id}: raft address {a:?} is not IP:PORT"
+                        ))
+                    })?;
+                    self.members.insert(*id, a.clone());
+                    out.lines.push(format!("replica {id} at {a}"));
+                }
+                None => {
+                    self.members.remove(id);
+                    out.lines.push(format!("replica {id} forgotten"));
+                }
+            },
             Command::SetWeights { mcs, weights } => {
                 let mut m = self
                     .mcs

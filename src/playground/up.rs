@@ -66,6 +66,7 @@ pub async fn up(
             dns: opts.dns,
             dns_config: opts.dns_config.clone(),
             lease: opts.lease,
+            raft: None,
         },
         hub_shutdown.clone(),
     )

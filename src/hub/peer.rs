@@ -1,0 +1,281 @@
+//! Replica-to-replica networking: the raft transport (one gRPC stream per
+//! peer, reconnecting with backoff) and the peer service that receives raft
+//! messages, forwarded writes, lease renewals and status requests.
+//!
+//! A test-only fault hook ([`PeerTransport::isolate`]) drops raft traffic to
+//! and from chosen replicas, to rehearse partitions without touching the
+//! network; a replica enables it only with `--enable-fault-injection`.
+
+use super::node::{NodeHandle, Transport};
+use crate::proto::{
+    self, peer_service_client::PeerServiceClient, peer_service_server::PeerService,
+};
+use protobuf::Message as _;
+use raft::eraftpb::Message;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+/// Largest message between replicas (snapshots travel inline).
+pub const MAX_PEER_MESSAGE: usize = 512 * 1024 * 1024;
+/// Raft messages queued per peer before new ones are dropped.
+const QUEUE: usize = 4096;
+
+struct Link {
+    address: String,
+    queue: mpsc::Sender<Message>,
+    stop: CancellationToken,
+}
+
+/// Sends raft messages to peers by ID over gRPC streams.
+pub struct PeerTransport {
+    id: u64,
+    own: Mutex<String>,
+    links: Mutex<HashMap<u64, Link>>,
+    isolated: RwLock<HashSet<u64>>,
+    shutdown: CancellationToken,
+}
+
+impl PeerTransport {
+    /// A transport for replica `id` that knows `peers` (ID → raft address;
+    /// its own entry is ignored).
+    pub fn new(id: u64, peers: &BTreeMap<u64, String>, shutdown: CancellationToken) -> Arc<Self> {
+        let t = Arc::new(Self {
+            id,
+            own: Mutex::new(String::new()),
+            links: Mutex::new(HashMap::new()),
+            isolated: RwLock::new(HashSet::new()),
+            shutdown,
+        });
+        t.set_peers(peers);
+        t
+    }
+
+    /// Points the transport at `peers`: new peers get a link, changed
+    /// addresses reconnect, peers no longer listed are dropped.
+    pub fn set_peers(&self, peers: &BTreeMap<u64, String>) {
+        if let (Some(a), Ok(mut own)) = (peers.get(&self.id), self.own.lock()) {
+            own.clone_from(a);
+        }
+        let Ok(mut links) = self.links.lock() else {
+            return;
+        };
+        links.retain(|id, link| {
+            let keep = peers.get(id) == Some(&link.address);
+            if !keep {
+                link.stop.cancel();
+            }
+            keep
+        });
+        for (id, address) in peers {
+            if *id == self.id || links.contains_key(id) {
+                continue;
+            }
+            let (queue, rx) = mpsc::channel(QUEUE);
+            let stop = self.shutdown.child_token();
+            tokio::spawn(run_link(*id, address.clone(), rx, stop.clone()));
+            links.insert(
+                *id,
+                Link {
+                    address: address.clone(),
+                    queue,
+                    stop,
+                },
+            );
+        }
+    }
+
+    /// The raft address of a peer, if known.
+    pub fn address(&self, id: u64) -> Option<String> {
+        self.links.lock().ok()?.get(&id).map(|l| l.address.clone())
+    }
+
+    /// This replica's own raft address, as the member list gives it.
+    pub fn own_address(&self) -> String {
+        self.own.lock().map(|o| o.clone()).unwrap_or_default()
+    }
+
+    /// Every known peer's address.
+    pub fn addresses(&self) -> BTreeMap<u64, String> {
+        self.links
+            .lock()
+            .map(|l| {
+                l.iter()
+                    .map(|(id, link)| (*id, link.address.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Test-only fault hook: drop raft traffic to and from `peers`; an empty
+    /// set heals.
+    pub fn isolate(&self, peers: HashSet<u64>) {
+        tracing::warn!(?peers, "fault injection: isolating raft traffic");
+        if let Ok(mut i) = self.isolated.write() {
+            *i = peers;
+        }
+    }
+
+    /// True when traffic with `peer` is being dropped by the fault hook.
+    pub fn is_isolated(&self, peer: u64) -> bool {
+        self.isolated
+            .read()
+            .map(|i| i.contains(&peer))
+            .unwrap_or(false)
+    }
+}
+
+impl Transport for PeerTransport {
+    fn send(&self, msgs: Vec<Message>) {
+        let Ok(links) = self.links.lock() else { return };
+        for msg in msgs {
+            if self.is_isolated(msg.to) {
+                continue;
+            }
+            match links.get(&msg.to) {
+                Some(link) => {
+                    if link.queue.try_send(msg).is_err() {
+                        tracing::debug!("peer queue full or closed; dropping a raft message");
+                    }
+                }
+                None => {
+                    tracing::debug!(to = msg.to, "no address for raft peer; dropping a message")
+                }
+            }
+        }
+    }
+}
+
+/// A lazily connecting client for a peer's raft address.
+pub fn peer_client(address: &str) -> Result<PeerServiceClient<Channel>, tonic::transport::Error> {
+    let endpoint = Endpoint::from_shared(format!("http://{address}"))?
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true);
+    Ok(PeerServiceClient::new(endpoint.connect_lazy())
+        .max_decoding_message_size(MAX_PEER_MESSAGE)
+        .max_encoding_message_size(MAX_PEER_MESSAGE))
+}
+
+/// Keeps one stream open to a peer and feeds it from the queue.
+async fn run_link(
+    peer: u64,
+    address: String,
+    mut queue: mpsc::Receiver<Message>,
+    stop: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let Ok(mut client) = peer_client(&address) else {
+            tracing::warn!(peer, %address, "invalid peer address");
+            return;
+        };
+        let (tx, rx) = mpsc::channel::<proto::RaftMessage>(QUEUE);
+        let call = tokio::spawn(async move { client.raft(ReceiverStream::new(rx)).await });
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => {
+                    call.abort();
+                    return;
+                }
+                msg = queue.recv() => {
+                    let Some(msg) = msg else { call.abort(); return };
+                    let Ok(bytes) = msg.write_to_bytes() else { continue };
+                    if tx.send(proto::RaftMessage { message: bytes }).await.is_err() {
+                        break;
+                    }
+                    backoff = Duration::from_millis(50);
+                }
+            }
+        }
+        if let Ok(Err(status)) = call.await {
+            tracing::debug!(peer, %address, %status, "raft stream to peer ended");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Handlers the peer service calls into the hub for.
+pub struct PeerApi {
+    pub node: NodeHandle,
+    pub transport: Arc<PeerTransport>,
+    pub hub: super::api::Hub,
+}
+
+#[tonic::async_trait]
+impl PeerService for PeerApi {
+    async fn raft(
+        &self,
+        req: Request<tonic::Streaming<proto::RaftMessage>>,
+    ) -> Result<Response<proto::RaftAck>, Status> {
+        let mut inbound = req.into_inner();
+        while let Some(item) = inbound.next().await {
+            let m = item?;
+            let msg = match Message::parse_from_bytes(&m.message) {
+                Ok(msg) => msg,
+                Err(e) => {
+                    tracing::warn!(error = %e, "undecodable raft message from a peer");
+                    continue;
+                }
+            };
+            if self.transport.is_isolated(msg.from) {
+                continue;
+            }
+            self.node.step(msg);
+        }
+        Ok(Response::new(proto::RaftAck {}))
+    }
+
+    async fn forward(
+        &self,
+        req: Request<proto::ForwardRequest>,
+    ) -> Result<Response<proto::ForwardReply>, Status> {
+        let r = req.into_inner();
+        self.hub.metrics().forwarded_writes.inc();
+        if let Some(change) = r.member_change {
+            let line = self
+                .hub
+                .change_member_local(change.id, &change.address)
+                .await?;
+            let reply = super::machine::Reply {
+                index: 0,
+                lines: vec![line],
+            };
+            let bytes = serde_json::to_vec(&reply).map_err(|e| Status::internal(e.to_string()))?;
+            return Ok(Response::new(proto::ForwardReply { reply: bytes }));
+        }
+        let reply = self.hub.propose_local(r.command).await?;
+        Ok(Response::new(proto::ForwardReply { reply }))
+    }
+
+    async fn renew_lease(
+        &self,
+        req: Request<proto::LeaseRequest>,
+    ) -> Result<Response<proto::LeaseResponse>, Status> {
+        let cluster = req.into_inner().cluster;
+        self.hub.leases().renew(&cluster);
+        let known = self.hub.state().clusters.contains_key(&cluster);
+        Ok(Response::new(proto::LeaseResponse {
+            lease_ms: self.hub.leases().config().ttl.as_millis() as u64,
+            known,
+        }))
+    }
+
+    async fn local_status(
+        &self,
+        _req: Request<proto::LocalStatusRequest>,
+    ) -> Result<Response<proto::LocalStatusReply>, Status> {
+        let json = serde_json::to_string(&self.hub.raft_status())
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(proto::LocalStatusReply { json }))
+    }
+}

@@ -1,0 +1,437 @@
+//! A hub replica's front end: every request handler goes through [`Hub`].
+//!
+//! Writes: on the leader a command is validated and proposed locally; on a
+//! follower it is forwarded to the leader over the peer service. While there
+//! is no leader (an election, a minority partition) writes are retried for
+//! up to [`WRITE_DEADLINE`] and then refused with an error that says so.
+//! Every command is idempotent, so retrying after a dropped proposal is
+//! safe. An acknowledged write is applied on this replica and visible in
+//! its DNS before the reply, wherever it was proposed.
+
+use super::lease::Leases;
+use super::machine::Reply;
+use super::node::{NodeHandle, ProposeError, RaftStatus};
+use super::peer::{peer_client, PeerTransport};
+use super::state::{Command, State};
+use crate::metrics::Metrics;
+use crate::proto;
+use raft::eraftpb::{ConfChange, ConfChangeType};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tonic::Status;
+
+/// How long a write may wait for a leader before it is refused.
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Everything a request handler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    id: u64,
+    node: NodeHandle,
+    status: watch::Receiver<RaftStatus>,
+    view: watch::Receiver<Arc<State>>,
+    leases: Arc<Leases>,
+    metrics: Arc<Metrics>,
+    /// The applied index this replica's DNS zone reflects.
+    dns_index: watch::Receiver<u64>,
+    /// Peers, for forwarding; `None` for a single-voter hub.
+    peers: Option<Arc<PeerTransport>>,
+    fault_injection: bool,
+}
+
+/// A write attempt's failure: worth retrying or final.
+enum Attempt {
+    Retry(Status),
+    Fail(Status),
+}
+
+fn classify(status: Status) -> Attempt {
+    match status.code() {
+        tonic::Code::Unavailable
+        | tonic::Code::DeadlineExceeded
+        | tonic::Code::Cancelled
+        | tonic::Code::Unknown => Attempt::Retry(status),
+        _ => Attempt::Fail(status),
+    }
+}
+
+fn propose_status(e: ProposeError) -> Status {
+    match e {
+        ProposeError::Rejected(reason) => Status::invalid_argument(reason),
+        ProposeError::NotLeader { leader } => Status::unavailable(match leader {
+            Some(id) => format!("this hub replica is not the raft leader (replica {id} is)"),
+            None => "no raft leader is elected".into(),
+        }),
+        ProposeError::Dropped => Status::unavailable("the write was dropped by a leader change"),
+        ProposeError::Stopped => Status::unavailable("the hub replica is shutting down"),
+    }
+}
+
+impl Hub {
+    /// Wires a replica's front end.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: u64,
+        node: NodeHandle,
+        view: watch::Receiver<Arc<State>>,
+        leases: Arc<Leases>,
+        metrics: Arc<Metrics>,
+        dns_index: watch::Receiver<u64>,
+        peers: Option<Arc<PeerTransport>>,
+        fault_injection: bool,
+    ) -> Self {
+        let status = node.status();
+        Self {
+            id,
+            node,
+            status,
+            view,
+            leases,
+            metrics,
+            dns_index,
+            peers,
+            fault_injection,
+        }
+    }
+
+    /// The latest applied state.
+    pub fn state(&self) -> Arc<State> {
+        self.view.borrow().clone()
+    }
+
+    /// A receiver that wakes on every applied batch.
+    pub fn watch_state(&self) -> watch::Receiver<Arc<State>> {
+        self.view.clone()
+    }
+
+    /// This replica's raft status.
+    pub fn raft_status(&self) -> RaftStatus {
+        self.status.borrow().clone()
+    }
+
+    /// This replica's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The lease table (meaningful on the leader).
+    pub fn leases(&self) -> &Leases {
+        &self.leases
+    }
+
+    /// True while this replica leads.
+    pub fn is_leader(&self) -> bool {
+        let s = self.status.borrow();
+        s.leader != 0 && s.leader == s.id
+    }
+
+    /// Proposes a command (locally or through the leader), waits until this
+    /// replica applied it and its DNS serves it; returns the reply lines.
+    pub async fn propose(&self, cmd: &Command) -> Result<Vec<String>, Status> {
+        let bytes = serde_json::to_vec(cmd).map_err(|e| Status::internal(e.to_string()))?;
+        let reply = self.submit(bytes).await?;
+        self.wait_published(reply.index).await;
+        Ok(reply.lines)
+    }
+
+    async fn submit(&self, bytes: Vec<u8>) -> Result<Reply, Status> {
+        let deadline = Instant::now() + WRITE_DEADLINE;
+        loop {
+            let leader = self.status.borrow().leader;
+            let attempt = if leader == self.id {
+                self.propose_local(bytes.clone()).await.map_err(classify)
+            } else if leader == 0 {
+                Err(Attempt::Retry(Status::unavailable(
+                    "no raft leader is elected",
+                )))
+            } else {
+                self.forward(leader, bytes.clone()).await
+            };
+            let raw = match attempt {
+                Ok(raw) => raw,
+                Err(Attempt::Fail(status)) => return Err(status),
+                Err(Attempt::Retry(status)) => {
+                    if Instant::now() >= deadline {
+                        return Err(Status::unavailable(format!(
+                            "no hub replica could commit the write within {WRITE_DEADLINE:?} ({}): is a majority of hub replicas up and connected?",
+                            status.message()
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            return serde_json::from_slice(&raw)
+                .map_err(|e| Status::internal(format!("undecodable reply: {e}")));
+        }
+    }
+
+    /// Validates and proposes on this replica, which must lead. Used for
+    /// this replica's own writes and for writes forwarded by followers.
+    pub async fn propose_local(&self, bytes: Vec<u8>) -> Result<Vec<u8>, Status> {
+        let cmd: Command = serde_json::from_slice(&bytes)
+            .map_err(|e| Status::invalid_argument(format!("undecodable command: {e}")))?;
+        self.state()
+            .validate(&cmd)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.node.propose(bytes).await.map_err(propose_status)
+    }
+
+    async fn forward(&self, leader: u64, bytes: Vec<u8>) -> Result<Vec<u8>, Attempt> {
+        let mut client = self.leader_client(leader).map_err(Attempt::Retry)?;
+        let req = proto::ForwardRequest {
+            command: bytes,
+            member_change: None,
+        };
+        let mut request = tonic::Request::new(req);
+        request.set_timeout(WRITE_DEADLINE);
+        match client.forward(request).await {
+            Ok(r) => Ok(r.into_inner().reply),
+            Err(status) => Err(classify(status)),
+        }
+    }
+
+    fn leader_client(
+        &self,
+        leader: u64,
+    ) -> Result<proto::peer_service_client::PeerServiceClient<tonic::transport::Channel>, Status>
+    {
+        let peers = self
+            .peers
+            .as_ref()
+            .ok_or_else(|| Status::unavailable("no peers configured"))?;
+        let address = peers.address(leader).ok_or_else(|| {
+            Status::unavailable(format!("no raft address known for leader {leader}"))
+        })?;
+        peer_client(&address).map_err(|e| Status::unavailable(e.to_string()))
+    }
+
+    /// Waits (up to 2 s) until this replica's DNS reflects `index`.
+    async fn wait_published(&self, index: u64) {
+        let mut dns = self.dns_index.clone();
+        let published = dns.wait_for(|i| *i >= index);
+        if tokio::time::timeout(Duration::from_secs(2), published)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                index,
+                "this replica did not apply and publish an acknowledged write within 2 s"
+            );
+        }
+    }
+
+    /// A linearizable read barrier: returns once this replica has applied
+    /// every write acknowledged before the call (raft ReadIndex).
+    pub async fn read_barrier(&self) -> Result<(), Status> {
+        let index = tokio::time::timeout(Duration::from_secs(3), self.node.read_index())
+            .await
+            .map_err(|_| Status::unavailable("no raft leader confirmed the read within 3 s; is a majority of hub replicas up?"))?
+            .map_err(propose_status)?;
+        let mut view = self.view.clone();
+        tokio::time::timeout(
+            Duration::from_secs(3),
+            view.wait_for(|s| s.applied_index >= index),
+        )
+        .await
+        .map_err(|_| Status::unavailable("this replica did not catch up within 3 s"))?
+        .map_err(|_| Status::unavailable("the hub replica is shutting down"))?;
+        Ok(())
+    }
+
+    /// Records a lease renewal; a follower passes it on to the leader,
+    /// where leases live.
+    pub async fn renew_lease(&self, cluster: &str) {
+        let leader = self.status.borrow().leader;
+        if leader == self.id || self.peers.is_none() {
+            self.leases.renew(cluster);
+            return;
+        }
+        if leader == 0 {
+            return;
+        }
+        if let Ok(mut client) = self.leader_client(leader) {
+            let mut req = tonic::Request::new(proto::LeaseRequest {
+                cluster: cluster.to_string(),
+            });
+            req.set_timeout(Duration::from_secs(1));
+            if let Err(status) = client.renew_lease(req).await {
+                tracing::debug!(%status, leader, "could not pass a lease renewal to the leader");
+            }
+        }
+    }
+
+    /// Adds (`address` non-empty) or removes a replica, through the leader.
+    pub async fn change_member(&self, id: u64, address: &str) -> Result<String, Status> {
+        let deadline = Instant::now() + WRITE_DEADLINE;
+        loop {
+            let leader = self.status.borrow().leader;
+            let attempt = if leader == self.id {
+                self.change_member_local(id, address)
+                    .await
+                    .map_err(classify)
+            } else if leader == 0 {
+                Err(Attempt::Retry(Status::unavailable(
+                    "no raft leader is elected",
+                )))
+            } else {
+                match self.leader_client(leader) {
+                    Err(s) => Err(Attempt::Retry(s)),
+                    Ok(mut client) => {
+                        let change = proto::MemberChange {
+                            id,
+                            address: address.to_string(),
+                        };
+                        match client
+                            .forward(proto::ForwardRequest {
+                                command: vec![],
+                                member_change: Some(change),
+                            })
+                            .await
+                        {
+                            Ok(r) => serde_json::from_slice::<Reply>(&r.into_inner().reply)
+                                .map(|r| r.lines.join("\n"))
+                                .map_err(|e| Attempt::Fail(Status::internal(e.to_string()))),
+                            Err(status) => Err(classify(status)),
+                        }
+                    }
+                }
+            };
+            match attempt {
+                Ok(line) => return Ok(line),
+                Err(Attempt::Fail(s)) => return Err(s),
+                Err(Attempt::Retry(s)) if Instant::now() >= deadline => return Err(s),
+                Err(Attempt::Retry(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// The leader's half of a membership change: record the address, then
+    /// change the raft configuration (or the reverse for a removal).
+    pub async fn change_member_local(&self, id: u64, address: &str) -> Result<String, Status> {
+        if id == 0 {
+            return Err(Status::invalid_argument("replica ID 0 is reserved"));
+        }
+        let voters = self.raft_status().voters;
+        let mut cc = ConfChange::default();
+        cc.node_id = id;
+        if address.is_empty() {
+            if !voters.contains(&id) {
+                return Err(Status::invalid_argument(format!(
+                    "replica {id} is not a member (members: {voters:?})"
+                )));
+            }
+            if voters.len() == 1 {
+                return Err(Status::invalid_argument("cannot remove the last replica"));
+            }
+            cc.set_change_type(ConfChangeType::RemoveNode);
+            self.node
+                .propose_conf_change(cc)
+                .await
+                .map_err(propose_status)?;
+            let cmd = Command::SetMember { id, address: None };
+            self.propose_local(
+                serde_json::to_vec(&cmd).map_err(|e| Status::internal(e.to_string()))?,
+            )
+            .await?;
+            Ok(format!("replica {id} removed"))
+        } else {
+            if voters.contains(&id) {
+                return Err(Status::invalid_argument(format!(
+                    "replica {id} is already a member"
+                )));
+            }
+            let cmd = Command::SetMember {
+                id,
+                address: Some(address.to_string()),
+            };
+            self.propose_local(
+                serde_json::to_vec(&cmd).map_err(|e| Status::internal(e.to_string()))?,
+            )
+            .await?;
+            cc.set_change_type(ConfChangeType::AddNode);
+            self.node
+                .propose_conf_change(cc)
+                .await
+                .map_err(propose_status)?;
+            Ok(format!("replica {id} added at {address}"))
+        }
+    }
+
+    /// Test-only fault hook; refused unless enabled at start.
+    pub fn isolate(&self, peers: std::collections::HashSet<u64>) -> Result<(), Status> {
+        match (&self.peers, self.fault_injection) {
+            (Some(p), true) => {
+                p.isolate(peers);
+                Ok(())
+            }
+            _ => Err(Status::permission_denied(
+                "fault injection is disabled on this replica (start it with --enable-fault-injection, for tests only)",
+            )),
+        }
+    }
+
+    /// The replica set as `switchyard status` shows it: leader, term, and
+    /// every member with its address, role, match and applied index.
+    pub async fn cluster_status(&self) -> Value {
+        let own = self.raft_status();
+        let leader_status = if own.leader == self.id || own.leader == 0 {
+            Some(own.clone())
+        } else {
+            self.remote_status(own.leader).await
+        };
+        let voters = leader_status
+            .as_ref()
+            .map(|s| s.voters.clone())
+            .unwrap_or_else(|| own.voters.clone());
+        let mut members = Vec::new();
+        for id in voters {
+            let s = if id == self.id {
+                Some(own.clone())
+            } else {
+                self.remote_status(id).await
+            };
+            let matched = leader_status
+                .as_ref()
+                .and_then(|l| l.progress.iter().find(|p| p.id == id))
+                .map(|p| p.matched);
+            let address = match &self.peers {
+                Some(p) if id != self.id => p.address(id).unwrap_or_default(),
+                _ => self.own_address(),
+            };
+            members.push(json!({
+                "id": id,
+                "address": address,
+                "role": s.as_ref().map(|s| s.role.clone()).unwrap_or_else(|| "Unreachable".into()),
+                "match": matched,
+                "applied": s.as_ref().map(|s| s.applied),
+                "term": s.as_ref().map(|s| s.term),
+            }));
+        }
+        json!({
+            "leader": own.leader,
+            "term": own.term,
+            "replica": self.id,
+            "members": members,
+        })
+    }
+
+    fn own_address(&self) -> String {
+        self.peers
+            .as_ref()
+            .map(|p| p.own_address())
+            .unwrap_or_default()
+    }
+
+    async fn remote_status(&self, id: u64) -> Option<RaftStatus> {
+        let peers = self.peers.as_ref()?;
+        let mut client = peer_client(&peers.address(id)?).ok()?;
+        let mut req = tonic::Request::new(proto::LocalStatusRequest {});
+        req.set_timeout(Duration::from_millis(500));
+        let reply = client.local_status(req).await.ok()?.into_inner();
+        serde_json::from_str(&reply.json).ok()
+    }
+}
