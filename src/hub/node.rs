@@ -341,6 +341,7 @@ pub fn spawn<S: StateMachine>(
         applied,
         snapshot_index: applied,
         snapshot_every: config.snapshot_every,
+        snapshot_now: false,
         term: 0,
         leader: 0,
     };
@@ -371,6 +372,8 @@ struct Node<S> {
     applied: u64,
     snapshot_index: u64,
     snapshot_every: u64,
+    /// Take a snapshot after this batch (a configuration change applied).
+    snapshot_now: bool,
     term: u64,
     leader: u64,
 }
@@ -582,6 +585,9 @@ impl<S: StateMachine> Node<S> {
                 Ok(cs) => {
                     info!(index, voters = ?cs.voters, learners = ?cs.learners, "applied a configuration change");
                     self.raw.mut_store().set_conf_state(cs)?;
+                    // A snapshot sent from now on must name the new members
+                    // (a joining replica refuses one that does not).
+                    self.snapshot_now = true;
                     if let Some(reply) = reply {
                         self.replies.push((reply, Ok(Vec::new())));
                     }
@@ -645,9 +651,12 @@ impl<S: StateMachine> Node<S> {
 
     /// Snapshots the state machine and compacts the log every `snapshot_every` entries.
     fn maybe_snapshot(&mut self) -> Result<(), NodeError> {
-        if self.snapshot_every == 0 || self.applied < self.snapshot_index + self.snapshot_every {
+        let due =
+            self.snapshot_every != 0 && self.applied >= self.snapshot_index + self.snapshot_every;
+        if !due && !std::mem::take(&mut self.snapshot_now) {
             return Ok(());
         }
+        self.snapshot_now = false;
         let index = self.applied;
         let data = self.sm.snapshot();
         let bytes = data.len();
