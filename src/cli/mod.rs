@@ -138,50 +138,6 @@ pub async fn set_weights(hub: &str, mcs: &str, args: &[String]) -> anyhow::Resul
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn peers_parse_with_clear_errors() {
-        let p = parse_peers("1=127.0.0.1:7801, 2=127.0.0.1:7802").unwrap();
-        assert_eq!(p[&2], "127.0.0.1:7802");
-        assert!(parse_peers("1=x")
-            .unwrap_err()
-            .to_string()
-            .contains("not IP:PORT"));
-        assert!(parse_peers("a=127.0.0.1:1")
-            .unwrap_err()
-            .to_string()
-            .contains("not a positive number"));
-        assert!(parse_peers("1=127.0.0.1:1,1=127.0.0.1:2")
-            .unwrap_err()
-            .to_string()
-            .contains("twice"));
-        assert!(parse_peers("0=127.0.0.1:1").is_err());
-    }
-
-    #[test]
-    fn weights_parse_with_clear_errors() {
-        let w = parse_weights(&["a=80".into(), "b=30".into()]).unwrap();
-        assert_eq!(w["a"], 80);
-        assert!(parse_weights(&["a".into()])
-            .unwrap_err()
-            .to_string()
-            .contains("not CLUSTER=WEIGHT"));
-        assert!(parse_weights(&["a=x".into()])
-            .unwrap_err()
-            .to_string()
-            .contains("not a whole number"));
-        assert_eq!(
-            parse_weights(&["a=-5".into()]).unwrap()["a"],
-            -5,
-            "the hub rejects negatives with its message"
-        );
-        assert!(parse_weights(&[]).is_err());
-    }
-}
-
 /// `switchyard status`: the hub's replicas, leader and term.
 pub async fn status(hub: &str, format: Format) -> anyhow::Result<()> {
     let mut client = admin(hub).await?;
@@ -262,4 +218,48 @@ pub fn parse_peers(text: &str) -> anyhow::Result<std::collections::BTreeMap<u64,
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_with_clear_errors() {
+        let p = parse_peers("1=127.0.0.1:7801, 2=127.0.0.1:7802").unwrap();
+        assert_eq!(p[&2], "127.0.0.1:7802");
+        assert!(parse_peers("1=x")
+            .unwrap_err()
+            .to_string()
+            .contains("not IP:PORT"));
+        assert!(parse_peers("a=127.0.0.1:1")
+            .unwrap_err()
+            .to_string()
+            .contains("not a positive number"));
+        assert!(parse_peers("1=127.0.0.1:1,1=127.0.0.1:2")
+            .unwrap_err()
+            .to_string()
+            .contains("twice"));
+        assert!(parse_peers("0=127.0.0.1:1").is_err());
+    }
+
+    #[test]
+    fn weights_parse_with_clear_errors() {
+        let w = parse_weights(&["a=80".into(), "b=30".into()]).unwrap();
+        assert_eq!(w["a"], 80);
+        assert!(parse_weights(&["a".into()])
+            .unwrap_err()
+            .to_string()
+            .contains("not CLUSTER=WEIGHT"));
+        assert!(parse_weights(&["a=x".into()])
+            .unwrap_err()
+            .to_string()
+            .contains("not a whole number"));
+        assert_eq!(
+            parse_weights(&["a=-5".into()]).unwrap()["a"],
+            -5,
+            "the hub rejects negatives with its message"
+        );
+        assert!(parse_weights(&[]).is_err());
+    }
 }

@@ -72,8 +72,8 @@ impl NodeConfig {
             voters: vec![1],
             data_dir,
             tick: Duration::from_millis(100),
-            election_tick: 10,
-            heartbeat_tick: 3,
+            election_tick: 5,
+            heartbeat_tick: 1,
             snapshot_every: 10_000,
         }
     }

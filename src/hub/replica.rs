@@ -316,8 +316,10 @@ impl Hub {
             return Err(Status::invalid_argument("replica ID 0 is reserved"));
         }
         let voters = self.raft_status().voters;
-        let mut cc = ConfChange::default();
-        cc.node_id = id;
+        let mut cc = ConfChange {
+            node_id: id,
+            ..Default::default()
+        };
         if address.is_empty() {
             if !voters.contains(&id) {
                 return Err(Status::invalid_argument(format!(
