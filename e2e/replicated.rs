@@ -439,3 +439,116 @@ async fn minority_partition_refuses_writes_and_heals_without_divergence() {
     // The fault hook is refused where it was not enabled at start: covered
     // by every production replica (the flag is off by default).
 }
+
+fn dir_bytes(path: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for e in entries.flatten() {
+            let p = e.path();
+            total += if p.is_dir() {
+                dir_bytes(&p)
+            } else {
+                e.metadata().map(|m| m.len()).unwrap_or(0)
+            };
+        }
+    }
+    total
+}
+
+/// A measurement, not part of the suite (run it with `--ignored`): a long
+/// churn of exports streamed through the agent API into three replicas
+/// (snapshot every 1,000 entries); prints each replica's data dir size
+/// every 2,500 updates and checks it stops growing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: cargo test --release --test e2e_replicated -- --ignored --nocapture"]
+async fn disk_stays_bounded_through_export_churn() {
+    use switchyard::proto::agent_service_client::AgentServiceClient;
+    use switchyard::proto::{Endpoint as Ep, Export, ExportUpdate, Port, RegisterRequest};
+    let updates: u64 = std::env::var("CHURN_UPDATES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(25_000);
+    let g = Group::start(3, 1_000);
+    g.leader(Duration::from_secs(10)).await;
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", g.replicas[0].api))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut agent = AgentServiceClient::new(ch);
+    agent
+        .register(RegisterRequest {
+            cluster: "churn".into(),
+            region: String::new(),
+            zone: String::new(),
+            gateway_addresses: vec![],
+        })
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let mut acks = agent
+        .stream_exports(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let started = Instant::now();
+    let mut sizes: Vec<Vec<u64>> = Vec::new();
+    for rev in 1..=updates {
+        // 20 services of 50 endpoints each; every update flips readiness
+        // of one service's endpoints: the state stays the same size.
+        let svc = rev % 20;
+        let endpoints = (0..50u64)
+            .map(|e| Ep {
+                address: format!("127.1.{svc}.{}", e + 1),
+                ready: (e + rev) % 3 != 0,
+                serving: true,
+                ..Default::default()
+            })
+            .collect();
+        let export = Export {
+            namespace: "churn".into(),
+            name: format!("s{svc}"),
+            r#type: "ClusterSetIP".into(),
+            ports: vec![Port {
+                name: "http".into(),
+                protocol: "TCP".into(),
+                port: 80,
+                ..Default::default()
+            }],
+            endpoints,
+            ..Default::default()
+        };
+        tx.send(ExportUpdate {
+            cluster: "churn".into(),
+            revision: rev,
+            full_resync: rev == 1,
+            upserts: vec![export],
+            deletes: vec![],
+        })
+        .await
+        .unwrap();
+        acks.message().await.unwrap().unwrap();
+        if rev % 2_500 == 0 {
+            let row: Vec<u64> = g.replicas.iter().map(|r| dir_bytes(&r.dir)).collect();
+            eprintln!(
+                "after {rev:>6} updates ({:>5.1} s): data dirs {:?} MiB",
+                started.elapsed().as_secs_f64(),
+                row.iter()
+                    .map(|b| format!("{:.1}", *b as f64 / 1048576.0))
+                    .collect::<Vec<_>>()
+            );
+            sizes.push(row);
+        }
+    }
+    let rate = updates as f64 / started.elapsed().as_secs_f64();
+    eprintln!("{updates} export updates at {rate:.0}/s (one at a time, each acknowledged)");
+    // Bounded: the last size is within 1.5x of the size at the halfway point.
+    let half = &sizes[sizes.len() / 2];
+    let last = sizes.last().unwrap();
+    for (h, l) in half.iter().zip(last) {
+        assert!(
+            (*l as f64) < (*h as f64) * 1.5 + 8.0 * 1048576.0,
+            "data dir grew from {h} to {l} bytes"
+        );
+    }
+}
