@@ -6,6 +6,8 @@
 //! Each test runs its own playground on its own loopback block
 //! (127.<block>.<cluster>.x) and free ports, so tests run in parallel.
 
+#[path = "support/mod.rs"]
+mod support;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{RData, RecordType};
 use std::collections::HashMap;
@@ -14,21 +16,13 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::free_port;
 use switchyard::dns::client;
 use switchyard::playground::ClusterSetConfig;
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 const SEED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/examples/seed-mcs.yaml");
 const NAME: &str = "api-v1-multi.app.svc.clusterset.local";
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    // The UDP side of the DNS port must be free too.
-    std::net::UdpSocket::bind(("127.0.0.1", port))
-        .map(|_| port)
-        .unwrap_or_else(|_| free_port())
-}
 
 struct Playground {
     child: Child,

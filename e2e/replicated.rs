@@ -9,23 +9,18 @@
 //!   isolated replica refuses writes with a clear error, the majority goes
 //!   on, and after the heal the replicas converge without divergence.
 
+#[path = "support/mod.rs"]
+mod support;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::free_port;
 use switchyard::proto::admin_service_client::AdminServiceClient;
 use switchyard::proto::{ApplyRequest, FaultRequest, GetRequest, StatusRequest};
 use tonic::transport::Channel;
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    std::net::UdpSocket::bind(("127.0.0.1", port))
-        .map(|_| port)
-        .unwrap_or_else(|_| free_port())
-}
 
 struct Replica {
     id: u64,

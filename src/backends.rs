@@ -437,30 +437,10 @@ mod tests {
     }
 
     fn export(cluster: &str, ready: usize, created: i64) -> Export {
-        Export {
-            cluster: cluster.into(),
-            service: ServiceKey::new("app", "api").unwrap(),
-            service_type: ServiceType::ClusterSetIP,
-            session_affinity: SessionAffinity::None,
-            ports: vec![Port {
-                name: "http".into(),
-                protocol: "TCP".into(),
-                app_protocol: String::new(),
-                port: 8080,
-            }],
-            endpoints: (0..ready)
-                .map(|i| Endpoint {
-                    address: format!("10.{}.0.{}", cluster.len(), i + 1).parse().unwrap(),
-                    hostname: None,
-                    pod: None,
-                    ready: true,
-                    serving: true,
-                    terminating: false,
-                    zone: None,
-                })
-                .collect(),
-            created_unix_ms: created,
-        }
+        let addrs = (0..ready).map(|i| IpAddr::from([10, cluster.len() as u8, 0, i as u8 + 1]));
+        let mut e = crate::model::fixtures::export(cluster, "app/api", 8080, addrs);
+        e.created_unix_ms = created;
+        e
     }
 
     fn mcs(weights: &[(&str, i64)]) -> MultiClusterService {

@@ -49,18 +49,8 @@ enum Command {
         /// Print the clusterset description in use and exit.
         #[arg(long)]
         print_config: bool,
-        /// The ClusterSet DNS zone.
-        #[arg(long, default_value = "clusterset.local")]
-        zone: String,
-        /// DNS answer TTL in seconds.
-        #[arg(long, default_value_t = 5)]
-        ttl: u32,
-        /// Cluster lease duration, milliseconds.
-        #[arg(long, default_value_t = 3000)]
-        lease_ms: u64,
-        /// How often agents renew their lease, milliseconds.
-        #[arg(long, default_value_t = 1000)]
-        renew_ms: u64,
+        #[command(flatten)]
+        serve: ServeArgs,
     },
     /// Run a hub replica, or change the replica set (`hub members`).
     #[command(args_conflicts_with_subcommands = true)]
@@ -133,6 +123,46 @@ enum Command {
     },
 }
 
+/// DNS and lease flags shared by `up` and `hub`.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The ClusterSet DNS zone.
+    #[arg(long, default_value = "clusterset.local")]
+    zone: String,
+    /// DNS answer TTL in seconds.
+    #[arg(long, default_value_t = 5)]
+    ttl: u32,
+    /// Cluster lease duration, milliseconds.
+    #[arg(long, default_value_t = 3000)]
+    lease_ms: u64,
+    /// How often agents renew their lease, milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    renew_ms: u64,
+}
+
+impl ServeArgs {
+    fn dns(&self) -> DnsConfig {
+        DnsConfig {
+            zone: self.zone.clone(),
+            ttl: self.ttl,
+        }
+    }
+
+    fn lease(&self) -> anyhow::Result<LeaseConfig> {
+        if self.renew_ms == 0 || self.lease_ms <= self.renew_ms {
+            anyhow::bail!(
+                "--lease-ms ({}) must be longer than --renew-ms ({}), and both above 0",
+                self.lease_ms,
+                self.renew_ms
+            );
+        }
+        Ok(LeaseConfig {
+            ttl: Duration::from_millis(self.lease_ms),
+            renew: Duration::from_millis(self.renew_ms),
+        })
+    }
+}
+
 /// Flags of a hub replica.
 #[derive(clap::Args)]
 struct HubArgs {
@@ -160,14 +190,8 @@ struct HubArgs {
     /// Snapshot and compact the raft log after this many entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_every: u64,
-    #[arg(long, default_value = "clusterset.local")]
-    zone: String,
-    #[arg(long, default_value_t = 5)]
-    ttl: u32,
-    #[arg(long, default_value_t = 3000)]
-    lease_ms: u64,
-    #[arg(long, default_value_t = 1000)]
-    renew_ms: u64,
+    #[command(flatten)]
+    serve: ServeArgs,
     /// Tests only: allow the fault hook that drops raft traffic.
     #[arg(long, hide = true)]
     enable_fault_injection: bool,
@@ -259,10 +283,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             api,
             config,
             print_config,
-            zone,
-            ttl,
-            lease_ms,
-            renew_ms,
+            serve,
         } => {
             if print_config {
                 print!(
@@ -272,23 +293,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 return Ok(());
             }
             init_logging(cli.log_format, "warn,switchyard=warn");
-            if renew_ms == 0 || lease_ms <= renew_ms {
-                anyhow::bail!("--lease-ms ({lease_ms}) must be longer than --renew-ms ({renew_ms}), and both above 0");
-            }
             let opts = UpOptions {
                 data_dir: data_dir.clone(),
                 dns,
                 api,
                 config,
-                lease: LeaseConfig {
-                    ttl: Duration::from_millis(lease_ms),
-                    renew: Duration::from_millis(renew_ms),
-                },
-                dns_config: DnsConfig {
-                    zone: zone.clone(),
-                    ttl,
-                },
+                lease: serve.lease()?,
+                dns_config: serve.dns(),
             };
+            let zone = serve.zone;
             let shutdown = stop_on_signal();
             let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
             let running = tokio::spawn(playground::up(opts, shutdown.clone(), ready_tx));
@@ -366,25 +379,12 @@ async fn run_hub(args: HubArgs, log_format: LogFormat) -> anyhow::Result<()> {
         _ => {}
     }
     peers.insert(id, listen.to_string());
-    if args.renew_ms == 0 || args.lease_ms <= args.renew_ms {
-        anyhow::bail!(
-            "--lease-ms ({}) must be longer than --renew-ms ({}), and both above 0",
-            args.lease_ms,
-            args.renew_ms
-        );
-    }
     let config = switchyard::hub::app::HubConfig {
+        lease: args.serve.lease()?,
+        dns_config: args.serve.dns(),
         data_dir: args.data_dir,
         api: args.api,
         dns: args.dns,
-        dns_config: DnsConfig {
-            zone: args.zone,
-            ttl: args.ttl,
-        },
-        lease: LeaseConfig {
-            ttl: Duration::from_millis(args.lease_ms),
-            renew: Duration::from_millis(args.renew_ms),
-        },
         raft: Some(switchyard::hub::app::RaftOptions {
             id,
             listen,

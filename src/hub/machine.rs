@@ -106,9 +106,7 @@ impl StateMachine for Machine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{
-        ClusterSpec, Endpoint, Export, Port, ServiceKey, ServiceType, SessionAffinity,
-    };
+    use crate::model::ClusterSpec;
 
     #[test]
     fn snapshot_restores_the_whole_state() {
@@ -125,28 +123,12 @@ mod tests {
                 cluster: "a".into(),
                 revision: 1,
                 full: true,
-                upserts: vec![Export {
-                    cluster: "a".into(),
-                    service: ServiceKey::new("app", "web").unwrap(),
-                    service_type: ServiceType::ClusterSetIP,
-                    session_affinity: SessionAffinity::None,
-                    ports: vec![Port {
-                        name: "http".into(),
-                        protocol: "TCP".into(),
-                        app_protocol: String::new(),
-                        port: 80,
-                    }],
-                    endpoints: vec![Endpoint {
-                        address: "127.0.0.9".parse().unwrap(),
-                        hostname: None,
-                        pod: None,
-                        ready: true,
-                        serving: true,
-                        terminating: false,
-                        zone: None,
-                    }],
-                    created_unix_ms: 3,
-                }],
+                upserts: vec![crate::model::fixtures::export(
+                    "a",
+                    "app/web",
+                    80,
+                    ["127.0.0.9".parse().unwrap()],
+                )],
                 deletes: vec![],
             },
         ];

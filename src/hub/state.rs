@@ -512,36 +512,16 @@ pub fn applied_objects(resources: Vec<Resource>) -> Result<Vec<AppliedObject>, S
 mod tests {
     use super::*;
     use crate::model::manifest;
-    use crate::model::{Endpoint, Port, ServiceType, SessionAffinity};
     use proptest::prelude::*;
 
     const SEED: &str = include_str!("../../docs/examples/seed-mcs.yaml");
 
     fn export(cluster: &str, ns: &str, name: &str, ready: u8) -> Export {
-        Export {
-            cluster: cluster.into(),
-            service: ServiceKey::new(ns, name).unwrap(),
-            service_type: ServiceType::ClusterSetIP,
-            session_affinity: SessionAffinity::None,
-            ports: vec![Port {
-                name: "http".into(),
-                protocol: "TCP".into(),
-                app_protocol: String::new(),
-                port: 8080,
-            }],
-            endpoints: (0..ready)
-                .map(|i| Endpoint {
-                    address: std::net::IpAddr::from([127, 0, cluster.len() as u8, i + 1]),
-                    hostname: None,
-                    pod: None,
-                    ready: true,
-                    serving: true,
-                    terminating: false,
-                    zone: None,
-                })
-                .collect(),
-            created_unix_ms: 1,
-        }
+        let addrs =
+            (0..ready).map(|i| std::net::IpAddr::from([127, 0, cluster.len() as u8, i + 1]));
+        let mut e = crate::model::fixtures::export(cluster, &format!("{ns}/{name}"), 8080, addrs);
+        e.created_unix_ms = 1;
+        e
     }
 
     fn register(s: &mut State, id: &str) {

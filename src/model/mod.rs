@@ -6,6 +6,8 @@
 
 pub mod cluster;
 pub mod export;
+#[cfg(test)]
+pub mod fixtures;
 pub mod key;
 pub mod manifest;
 pub mod meta;
