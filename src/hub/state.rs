@@ -148,18 +148,96 @@ impl State {
             })
     }
 
-    /// Checks a command against the current state without changing it.
+    /// Checks a command against the current state without changing it
+    /// (and without copying it): everything `apply` could refuse.
     pub fn validate(&self, cmd: &Command) -> Result<(), StateError> {
-        self.clone().apply(0, cmd).map(|_| ())
+        match cmd {
+            Command::RegisterCluster { spec } => {
+                validate_cluster_id(&spec.id).map_err(|e| StateError::Invalid(e.to_string()))
+            }
+            Command::SetReachable { cluster, .. } | Command::SetDrained { cluster, .. } => {
+                match self.clusters.contains_key(cluster) {
+                    true => Ok(()),
+                    false => Err(StateError::UnknownCluster(cluster.clone())),
+                }
+            }
+            Command::SyncExports {
+                cluster, upserts, ..
+            } => self.check_exports(cluster, upserts),
+            Command::Apply { objects, .. } => self.validate_objects(objects),
+            Command::SetWeights { mcs, weights } => self.merged_mcs(mcs, weights).map(|_| ()),
+            Command::SetMember { id, address } => match address {
+                Some(a) if a.parse::<std::net::SocketAddr>().is_err() => Err(StateError::Invalid(
+                    format!("replica {id}: raft address {a:?} is not IP:PORT"),
+                )),
+                _ => Ok(()),
+            },
+        }
     }
 
-    /// Applies a command at raft `index`. On error nothing changed.
+    /// A MultiClusterService with `weights` merged in, validated.
+    fn merged_mcs(
+        &self,
+        mcs: &ServiceKey,
+        weights: &BTreeMap<ClusterId, i64>,
+    ) -> Result<MultiClusterService, StateError> {
+        let mut m = self
+            .mcs
+            .get(mcs)
+            .cloned()
+            .ok_or_else(|| StateError::McsNotFound(mcs.clone()))?;
+        for (cluster, weight) in weights {
+            match m
+                .spec
+                .cluster_backends
+                .iter_mut()
+                .find(|b| &b.cluster == cluster)
+            {
+                Some(b) => b.weight = *weight,
+                None => m.spec.cluster_backends.push(ClusterBackendRef {
+                    cluster: cluster.clone(),
+                    weight: *weight,
+                }),
+            }
+        }
+        backends::validate_mcs(&m, &self.clusters, |k| self.import_exists(k))?;
+        Ok(m)
+    }
+
+    /// Checks a cluster's export update: registered, its own exports only,
+    /// each export valid and listed once.
+    fn check_exports(&self, cluster: &ClusterId, upserts: &[Export]) -> Result<(), StateError> {
+        if !self.clusters.contains_key(cluster) {
+            return Err(StateError::UnknownCluster(cluster.clone()));
+        }
+        let mut seen = BTreeSet::new();
+        for e in upserts {
+            if &e.cluster != cluster {
+                return Err(StateError::Invalid(format!(
+                    "cluster {cluster} cannot export {} on behalf of cluster {}",
+                    e.service, e.cluster
+                )));
+            }
+            if !seen.insert(&e.service) {
+                return Err(StateError::Invalid(format!(
+                    "export {} appears twice in one update",
+                    e.service
+                )));
+            }
+            e.validate()
+                .map_err(|err| StateError::Invalid(err.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Applies a command at raft `index`. On error nothing changed: every
+    /// check happens in [`State::validate`] before anything is touched.
     pub fn apply(&mut self, index: u64, cmd: &Command) -> Result<Outcome, StateError> {
+        self.validate(cmd)?;
         let mut out = Outcome::default();
         let mut touched = BTreeSet::new();
         match cmd {
             Command::RegisterCluster { spec } => {
-                validate_cluster_id(&spec.id).map_err(|e| StateError::Invalid(e.to_string()))?;
                 let entry = self
                     .clusters
                     .entry(spec.id.clone())
@@ -208,7 +286,6 @@ impl State {
                     .push(format!("cluster {cluster} exports at revision {revision}"));
             }
             Command::Apply { objects, now } => {
-                self.validate_objects(objects)?;
                 for obj in objects {
                     let line = self.store_object(obj, now, &mut touched);
                     out.lines.push(line);
@@ -216,11 +293,6 @@ impl State {
             }
             Command::SetMember { id, address } => match address {
                 Some(a) => {
-                    a.parse::<std::net::SocketAddr>().map_err(|_| {
-                        StateError::Invalid(format!(
-                            "replica {id}: raft address {a:?} is not IP:PORT"
-                        ))
-                    })?;
                     self.members.insert(*id, a.clone());
                     out.lines.push(format!("replica {id} at {a}"));
                 }
@@ -230,26 +302,7 @@ impl State {
                 }
             },
             Command::SetWeights { mcs, weights } => {
-                let mut m = self
-                    .mcs
-                    .get(mcs)
-                    .cloned()
-                    .ok_or_else(|| StateError::McsNotFound(mcs.clone()))?;
-                for (cluster, weight) in weights {
-                    match m
-                        .spec
-                        .cluster_backends
-                        .iter_mut()
-                        .find(|b| &b.cluster == cluster)
-                    {
-                        Some(b) => b.weight = *weight,
-                        None => m.spec.cluster_backends.push(ClusterBackendRef {
-                            cluster: cluster.clone(),
-                            weight: *weight,
-                        }),
-                    }
-                }
-                backends::validate_mcs(&m, &self.clusters, |k| self.import_exists(k))?;
+                let mut m = self.merged_mcs(mcs, weights)?;
                 m.metadata.generation += 1;
                 touched.insert(mcs_import_key(&m));
                 self.mcs.insert(mcs.clone(), m);
@@ -294,31 +347,12 @@ impl State {
         deletes: &[ServiceKey],
         touched: &mut BTreeSet<ServiceKey>,
     ) -> Result<(), StateError> {
-        if !self.clusters.contains_key(cluster) {
-            return Err(StateError::UnknownCluster(cluster.clone()));
-        }
         let last = self.export_revisions.get(cluster).copied().unwrap_or(0);
         if !full && revision <= last {
             // A replayed delta (the agent resent after a reconnect): already applied.
             return Ok(());
         }
-        let mut seen = BTreeSet::new();
-        for e in upserts {
-            if &e.cluster != cluster {
-                return Err(StateError::Invalid(format!(
-                    "cluster {cluster} cannot export {} on behalf of cluster {}",
-                    e.service, e.cluster
-                )));
-            }
-            if !seen.insert(&e.service) {
-                return Err(StateError::Invalid(format!(
-                    "export {} appears twice in one update",
-                    e.service
-                )));
-            }
-            e.validate()
-                .map_err(|err| StateError::Invalid(err.to_string()))?;
-        }
+        let seen: BTreeSet<&ServiceKey> = upserts.iter().map(|e| &e.service).collect();
         if full {
             let stale: Vec<ServiceKey> = self
                 .exports
