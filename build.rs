@@ -13,6 +13,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ],
         &["proto"],
     )?;
+    // etcd's KV.Put, client only: the write benchmark compares against etcd.
+    tonic_prost_build::configure()
+        .build_server(false)
+        .compile_protos(&["proto/etcd/kv.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

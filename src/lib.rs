@@ -22,6 +22,12 @@ pub mod model;
 pub mod playground;
 pub mod wire;
 
+/// A client for etcd's KV.Put (`proto/etcd`), for the write benchmark.
+pub mod etcd {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("etcdserverpb");
+}
+
 /// Generated gRPC types and services of `proto/switchyard/v1`.
 pub mod proto {
     #![allow(missing_docs, clippy::all)]
