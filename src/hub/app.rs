@@ -15,12 +15,14 @@ use crate::proto::{
 };
 use anyhow::Context;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 /// How to run a hub replica.
@@ -177,7 +179,11 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Re
             .max_encoding_message_size(MAX_PEER_MESSAGE);
         let stop = shutdown.child_token();
         tasks.spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+                conn.inspect(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                })
+            });
             if let Err(e) = tonic::transport::Server::builder()
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
@@ -224,6 +230,10 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Re
         );
     let stop = shutdown.child_token();
     tasks.spawn(async move {
+        // Small request/response RPCs: no Nagle delay on replies.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         if let Err(e) = axum::serve(listener, router)
             .with_graceful_shutdown(stop.cancelled_owned())
             .await

@@ -39,6 +39,9 @@ pub struct PeerTransport {
     own: Mutex<String>,
     links: Mutex<HashMap<u64, Link>>,
     isolated: RwLock<HashSet<u64>>,
+    /// One RPC client (one HTTP/2 connection) per peer for forwarded
+    /// writes, lease renewals and status, reused across calls.
+    rpc: Mutex<HashMap<u64, (String, PeerServiceClient<Channel>)>>,
     shutdown: CancellationToken,
 }
 
@@ -51,6 +54,7 @@ impl PeerTransport {
             own: Mutex::new(String::new()),
             links: Mutex::new(HashMap::new()),
             isolated: RwLock::new(HashSet::new()),
+            rpc: Mutex::new(HashMap::new()),
             shutdown,
         });
         t.set_peers(peers);
@@ -99,6 +103,21 @@ impl PeerTransport {
     /// This replica's own raft address, as the member list gives it.
     pub fn own_address(&self) -> String {
         self.own.lock().map(|o| o.clone()).unwrap_or_default()
+    }
+
+    /// A reusable RPC client for a peer (connected lazily, reconnecting on
+    /// its own), or `None` when its address is unknown.
+    pub fn client(&self, id: u64) -> Option<PeerServiceClient<Channel>> {
+        let address = self.address(id)?;
+        let mut rpc = self.rpc.lock().ok()?;
+        if let Some((a, c)) = rpc.get(&id) {
+            if *a == address {
+                return Some(c.clone());
+            }
+        }
+        let client = peer_client(&address).ok()?;
+        rpc.insert(id, (address, client.clone()));
+        Some(client)
     }
 
     /// Every known peer's address.

@@ -11,7 +11,7 @@
 use super::lease::Leases;
 use super::machine::Reply;
 use super::node::{NodeHandle, ProposeError, RaftStatus};
-use super::peer::{peer_client, PeerTransport};
+use super::peer::PeerTransport;
 use super::state::{Command, State};
 use crate::metrics::Metrics;
 use crate::proto;
@@ -203,10 +203,9 @@ impl Hub {
             .peers
             .as_ref()
             .ok_or_else(|| Status::unavailable("no peers configured"))?;
-        let address = peers.address(leader).ok_or_else(|| {
+        peers.client(leader).ok_or_else(|| {
             Status::unavailable(format!("no raft address known for leader {leader}"))
-        })?;
-        peer_client(&address).map_err(|e| Status::unavailable(e.to_string()))
+        })
     }
 
     /// Waits (up to 2 s) until this replica's DNS reflects `index`.
@@ -429,8 +428,7 @@ impl Hub {
     }
 
     async fn remote_status(&self, id: u64) -> Option<RaftStatus> {
-        let peers = self.peers.as_ref()?;
-        let mut client = peer_client(&peers.address(id)?).ok()?;
+        let mut client = self.peers.as_ref()?.client(id)?;
         let mut req = tonic::Request::new(proto::LocalStatusRequest {});
         req.set_timeout(Duration::from_millis(500));
         let reply = client.local_status(req).await.ok()?.into_inner();
