@@ -378,15 +378,7 @@ mod tests {
     use crate::model::{Endpoint, Port, SessionAffinity};
 
     fn endpoint(addr: &str, hostname: Option<&str>) -> Endpoint {
-        Endpoint {
-            address: addr.parse().unwrap(),
-            hostname: hostname.map(String::from),
-            pod: None,
-            ready: true,
-            serving: true,
-            terminating: false,
-            zone: None,
-        }
+        crate::model::fixtures::endpoint(addr.parse().unwrap(), hostname)
     }
 
     fn cluster(id: &str, weight: u64, eps: Vec<Endpoint>) -> ClusterBackend {
