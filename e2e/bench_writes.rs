@@ -6,9 +6,9 @@
 //!
 //! For 1 and 3 replicas of each, with 1 and 64 concurrent clients: etcd
 //! clients `Put` a 256-byte value under one of 256 keys; hub clients apply
-//! a 256-byte ServiceImport manifest under one of 256 names (the hub parses,
-//! validates, replicates, fsyncs, applies, recomputes and republishes DNS
-//! before it answers). Clients spread over all members; followers forward
+//! a 256-byte ServiceImport manifest under one of 256 names, as the JSON
+//! `switchyard apply` sends (the hub parses, validates, replicates, fsyncs,
+//! applies, recomputes and republishes DNS before it answers). Clients spread over all members; followers forward
 //! to the leader in both systems. Rounds alternate the two systems;
 //! figures are medians over rounds.
 
@@ -136,13 +136,15 @@ async fn channel(addr: &str) -> Option<Channel> {
         .ok()
 }
 
+/// A 256-byte ServiceImport as `switchyard apply` sends it: the CLI parses
+/// YAML locally and sends compact JSON, as kubectl does.
 fn manifest(name: &str, seq: u64) -> String {
     let head = format!(
-        "apiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceImport\nmetadata:\n  name: {name}\n  namespace: bench\n  annotations: {{v: \"{seq}-"
+        r#"{{"apiVersion":"multicluster.x-k8s.io/v1alpha1","kind":"ServiceImport","metadata":{{"name":"{name}","namespace":"bench","annotations":{{"v":"{seq}-"#
     );
-    let tail = "\"}\nspec: {type: ClusterSetIP, ports: [{port: 80}]}\n";
-    let pad = PAYLOAD.saturating_sub(head.len() + tail.len());
-    format!("{head}{}{tail}", "x".repeat(pad))
+    let tail = r#""}},"spec":{"type":"ClusterSetIP","ports":[{"port":80}]}}"#;
+    let pad = PAYLOAD.saturating_sub(head.len() + tail.len() + 1);
+    format!("{head}{}{tail}\n", "x".repeat(pad))
 }
 
 /// One write; true when acknowledged.
@@ -269,6 +271,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: bash e2e/bench-raft"]
 async fn writes_vs_etcd() {
+    for seq in [0, 99_999] {
+        let m = manifest("k-255", seq);
+        assert_eq!(m.len(), PAYLOAD, "{m}");
+        switchyard::model::manifest::parse(&m).expect("the payload is a valid manifest");
+    }
     let rounds: usize = std::env::var("BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -277,17 +284,35 @@ async fn writes_vs_etcd() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5.0);
-    let configs: Vec<(usize, usize)> = vec![(1, 1), (1, 64), (3, 1), (3, 64)];
+    // BENCH_CONFIGS="1x1,3x64" (replicas x clients) narrows the run, for
+    // profiling one case; the printed table then covers only those.
+    let configs: Vec<(usize, usize)> = match std::env::var("BENCH_CONFIGS") {
+        Ok(v) => v
+            .split(',')
+            .filter_map(|c| {
+                let (r, n) = c.trim().split_once('x')?;
+                Some((r.parse().ok()?, n.parse().ok()?))
+            })
+            .collect(),
+        Err(_) => vec![(1, 1), (1, 64), (3, 1), (3, 64)],
+    };
+    let only_hub = std::env::var("BENCH_HUB_ONLY").is_ok();
     // results[(replicas, concurrency, system)] = runs
     let mut results: std::collections::BTreeMap<(usize, usize, u8), Vec<Run>> = Default::default();
     for round in 0..rounds {
         for replicas in [1usize, 3] {
+            if !configs.iter().any(|(r, _)| *r == replicas) {
+                continue;
+            }
             let order = if round % 2 == 0 {
                 [System::Etcd, System::Switchyard]
             } else {
                 [System::Switchyard, System::Etcd]
             };
             for system in order {
+                if only_hub && system == System::Etcd {
+                    continue;
+                }
                 let g = start(system, replicas);
                 ready(system, &g).await;
                 for &(r, c) in configs.iter().filter(|(r, _)| *r == replicas) {
@@ -305,7 +330,10 @@ async fn writes_vs_etcd() {
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (r, c) in configs {
         let get = |s: System, f: fn(&Run) -> f64| {
-            median(results[&(r, c, s as u8)].iter().map(f).collect())
+            results
+                .get(&(r, c, s as u8))
+                .map(|runs| median(runs.iter().map(f).collect()))
+                .unwrap_or(f64::NAN)
         };
         let (ew, hw) = (
             get(System::Etcd, |x| x.writes_per_s),

@@ -54,9 +54,10 @@ pub async fn apply(hub: &str, file: &str) -> anyhow::Result<()> {
     } else {
         std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?
     };
-    // Parse locally first: a malformed file fails without a hub round trip
-    // and with the same message the hub would give.
-    crate::model::manifest::parse(&manifest).map_err(|e| anyhow!("{file}: {e}"))?;
+    // Parse locally first, as kubectl does: a malformed file fails without a
+    // hub round trip, and the hub receives compact JSON, not YAML.
+    let manifest =
+        crate::model::manifest::to_json(&manifest).map_err(|e| anyhow!("{file}: {e}"))?;
     let mut client = admin(hub).await?;
     let reply = client
         .apply(crate::proto::ApplyRequest { manifest })

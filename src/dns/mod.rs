@@ -22,11 +22,11 @@ pub mod server;
 pub mod zone;
 
 use crate::backends::ServiceBackends;
-use crate::model::ServiceKey;
+use crate::model::ServiceMap;
 use arc_swap::ArcSwap;
-use std::collections::BTreeMap;
+use imbl::ordmap::DiffItem;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub use server::{serve, DnsError};
 pub use zone::ZoneSnapshot;
@@ -51,31 +51,38 @@ impl Default for DnsConfig {
 
 /// The current zone snapshot, swapped atomically on every change.
 pub struct Catalog {
-    config: DnsConfig,
     serial: AtomicU32,
     current: ArcSwap<ZoneSnapshot>,
+    /// The backends the current snapshot was built from, to find what
+    /// changed on the next publish.
+    published: Mutex<ServiceMap<ServiceBackends>>,
 }
 
 impl Catalog {
     /// A catalog serving an empty zone.
     pub fn new(config: DnsConfig) -> Self {
-        let empty = ZoneSnapshot::build(&config, 1, &BTreeMap::new());
+        let empty = ZoneSnapshot::build(&config, 1, &ServiceMap::new());
         Self {
-            config,
             serial: AtomicU32::new(1),
             current: ArcSwap::from_pointee(empty),
+            published: Mutex::new(ServiceMap::new()),
         }
     }
 
-    /// Rebuilds the zone from the computed backends and swaps it in; the
-    /// SOA serial increases with every publish.
-    pub fn publish(&self, backends: &BTreeMap<ServiceKey, ServiceBackends>) {
+    /// Brings the zone up to date with the computed backends and swaps the
+    /// new snapshot in; the SOA serial increases with every publish. Only
+    /// services whose backends changed since the last publish are rebuilt
+    /// (the maps share unchanged subtrees, so finding them is cheap too).
+    pub fn publish(&self, backends: &ServiceMap<ServiceBackends>) {
+        let mut published = self.published.lock().unwrap_or_else(|e| e.into_inner());
         let serial = self.serial.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
-        self.current.store(Arc::new(ZoneSnapshot::build(
-            &self.config,
-            serial,
-            backends,
-        )));
+        let changes = published.diff(backends).map(|item| match item {
+            DiffItem::Add(k, b) | DiffItem::Update { new: (k, b), .. } => (k, Some(b.as_ref())),
+            DiffItem::Remove(k, _) => (k, None),
+        });
+        let next = self.current.load().with_changes(serial, changes);
+        self.current.store(Arc::new(next));
+        *published = backends.clone();
     }
 
     /// The snapshot in force now.

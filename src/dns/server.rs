@@ -206,15 +206,13 @@ async fn bind_both(listen: SocketAddr) -> Result<(UdpSocket, TcpListener), DnsEr
 mod tests {
     use super::*;
     use crate::dns::{client, DnsConfig};
-    use crate::model::ServiceKey;
     use hickory_proto::rr::{RData, RecordType};
-    use std::collections::BTreeMap;
     use tokio::io::AsyncWriteExt;
 
-    fn backends() -> BTreeMap<ServiceKey, crate::backends::ServiceBackends> {
+    fn backends() -> crate::model::ServiceMap<crate::backends::ServiceBackends> {
         let y = "service: app/api\ntype: ClusterSetIP\nports: [{name: http, port: 8080, protocol: TCP}]\nsessionAffinity: None\nmultiClusterService: null\nconditions: []\nrevision: 1\nclusters:\n- {cluster: a, weight: null, effectiveWeight: 1, share: 1.0, healthy: true, reason: Ready, addresses: [127.0.9.1], endpoints: []}\n";
         let b: crate::backends::ServiceBackends = serde_yaml::from_str(y).unwrap();
-        [(b.service.clone(), b)].into_iter().collect()
+        [(b.service.clone(), Arc::new(b))].into_iter().collect()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,13 +3,14 @@
 
 use super::DnsConfig;
 use crate::backends::ServiceBackends;
-use crate::model::{ServiceKey, ServiceType};
+use crate::model::{ServiceKey, ServiceMap, ServiceType};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, AAAA, SOA, SRV, TXT};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 /// The MCS DNS specification's schema version (KEP-1645 specification.md,
 /// section 1), served as `dns-version.<zone>` TXT.
@@ -60,19 +61,38 @@ enum Node {
     Empty,
 }
 
-/// An immutable view of the zone.
-#[derive(Debug)]
+/// An immutable view of the zone. Unchanged services' nodes are shared
+/// between consecutive snapshots (persistent maps of `Arc`s), so a publish
+/// costs O(changed services), and a service's round-robin position carries
+/// over while its records stay the same.
+#[derive(Debug, Clone)]
 pub struct ZoneSnapshot {
     origin: LowerName,
+    origin_name: Name,
+    /// Lower-case zone without the trailing dot.
+    zone: String,
     ttl: u32,
     soa: Record,
-    nodes: HashMap<LowerName, Node>,
+    /// SOA MNAME and RNAME, to stamp a new serial on each publish.
+    soa_names: (Name, Name),
+    nodes: imbl::HashMap<LowerName, Arc<Node>>,
+    /// The names each service put into `nodes`, to take them out again.
+    owned: imbl::OrdMap<ServiceKey, Arc<Owned>>,
+    /// Services with names per `<ns>.svc.<zone>`; the namespace node (and
+    /// `svc.<zone>`) exist while a count is above zero.
+    namespaces: imbl::OrdMap<LowerName, usize>,
+}
+
+/// What one service contributed to the zone.
+#[derive(Debug)]
+struct Owned {
+    names: Vec<LowerName>,
+    namespace: LowerName,
 }
 
 fn name(text: &str) -> Option<Name> {
     Name::from_ascii(text).ok()
 }
-
 fn address_records(
     owner: &Name,
     ttl: u32,
@@ -144,54 +164,120 @@ fn gcd(a: u64, b: u64) -> u64 {
 
 impl ZoneSnapshot {
     /// Builds the zone from every service's computed backends.
-    pub fn build(
-        config: &DnsConfig,
-        serial: u32,
-        backends: &BTreeMap<ServiceKey, ServiceBackends>,
-    ) -> Self {
+    pub fn build(config: &DnsConfig, serial: u32, backends: &ServiceMap<ServiceBackends>) -> Self {
+        Self::empty(config, serial)
+            .with_changes(serial, backends.iter().map(|(k, b)| (k, Some(b.as_ref()))))
+    }
+
+    /// The zone with no services: apex, SOA and `dns-version`.
+    fn empty(config: &DnsConfig, serial: u32) -> Self {
         let zone = config.zone.trim_end_matches('.').to_ascii_lowercase();
         let ttl = config.ttl;
         let origin_name = name(&format!("{zone}."))
             .unwrap_or_else(|| Name::from_ascii("clusterset.local.").unwrap_or_default());
-        let soa_rdata = SOA::new(
+        let soa_names = (
             name(&format!("ns.{zone}.")).unwrap_or_else(|| origin_name.clone()),
             name(&format!("hostmaster.{zone}.")).unwrap_or_else(|| origin_name.clone()),
-            serial,
-            3600,
-            600,
-            86400,
-            ttl,
         );
-        let soa = Record::from_rdata(origin_name.clone(), ttl, RData::SOA(soa_rdata));
         let origin = LowerName::new(&origin_name);
-        let mut nodes: HashMap<LowerName, Node> = HashMap::new();
-        nodes.insert(origin.clone(), Node::Apex);
+        let mut nodes = imbl::HashMap::new();
+        nodes.insert(origin.clone(), Arc::new(Node::Apex));
         if let Some(n) = name(&format!("dns-version.{zone}.")) {
             let txt = Record::from_rdata(
                 n.clone(),
                 ttl,
                 RData::TXT(TXT::new(vec![SCHEMA_VERSION.to_string()])),
             );
-            nodes.insert(LowerName::new(&n), Node::Txt(txt));
-        }
-        for b in backends.values() {
-            add_service(&mut nodes, &zone, ttl, b);
-        }
-        // Every ancestor of a name, up to the apex, exists too.
-        let names: Vec<LowerName> = nodes.keys().cloned().collect();
-        for n in names {
-            let mut parent = n.base_name();
-            while origin.zone_of(&parent) && parent != origin {
-                nodes.entry(parent.clone()).or_insert(Node::Empty);
-                parent = parent.base_name();
-            }
+            nodes.insert(LowerName::new(&n), Arc::new(Node::Txt(txt)));
         }
         Self {
+            soa: soa_record(&origin_name, &soa_names, serial, ttl),
             origin,
+            origin_name,
+            zone,
             ttl,
-            soa,
+            soa_names,
             nodes,
+            owned: imbl::OrdMap::new(),
+            namespaces: imbl::OrdMap::new(),
         }
+    }
+
+    /// A new snapshot with `changes` applied: each service's old names are
+    /// removed and its new ones (from `Some(backends)`) added. Everything
+    /// else is shared with `self`.
+    pub fn with_changes<'a>(
+        &self,
+        serial: u32,
+        changes: impl IntoIterator<Item = (&'a ServiceKey, Option<&'a ServiceBackends>)>,
+    ) -> Self {
+        let mut next = self.clone();
+        next.soa = soa_record(&self.origin_name, &self.soa_names, serial, self.ttl);
+        for (key, backends) in changes {
+            next.remove_service(key);
+            if let Some(b) = backends {
+                next.add_service(key, b);
+            }
+        }
+        if let Ok(svc) = self.origin_name.prepend_label("svc") {
+            let svc = LowerName::new(&svc);
+            if next.namespaces.is_empty() {
+                next.nodes.remove(&svc);
+            } else if !next.nodes.contains_key(&svc) {
+                next.nodes.insert(svc, Arc::new(Node::Empty));
+            }
+        }
+        next
+    }
+
+    fn remove_service(&mut self, key: &ServiceKey) {
+        let Some(owned) = self.owned.remove(key) else {
+            return;
+        };
+        for n in &owned.names {
+            self.nodes.remove(n);
+        }
+        let left = match self.namespaces.get_mut(&owned.namespace) {
+            Some(count) => {
+                *count = count.saturating_sub(1);
+                *count
+            }
+            None => 0,
+        };
+        if left == 0 {
+            self.namespaces.remove(&owned.namespace);
+            self.nodes.remove(&owned.namespace);
+        }
+    }
+
+    fn add_service(&mut self, key: &ServiceKey, b: &ServiceBackends) {
+        let Some((namespace, nodes)) = service_nodes(&self.zone, self.ttl, b) else {
+            return;
+        };
+        let mut names = Vec::with_capacity(nodes.len());
+        let mut ancestors = Vec::new();
+        for (n, node) in nodes {
+            // Ancestors below the namespace belong to this service too.
+            let mut parent = n.base_name();
+            while parent != namespace && namespace.zone_of(&parent) {
+                ancestors.push(parent.clone());
+                parent = parent.base_name();
+            }
+            self.nodes.insert(n.clone(), Arc::new(node));
+            names.push(n);
+        }
+        for a in ancestors {
+            if !self.nodes.contains_key(&a) {
+                self.nodes.insert(a.clone(), Arc::new(Node::Empty));
+                names.push(a);
+            }
+        }
+        *self.namespaces.entry(namespace.clone()).or_insert(0) += 1;
+        if !self.nodes.contains_key(&namespace) {
+            self.nodes.insert(namespace.clone(), Arc::new(Node::Empty));
+        }
+        self.owned
+            .insert(key.clone(), Arc::new(Owned { names, namespace }));
     }
 
     /// The record TTL in force.
@@ -212,7 +298,7 @@ impl ZoneSnapshot {
         let Some(node) = self.nodes.get(qname) else {
             return self.negative(ResponseCode::NXDomain);
         };
-        let answers: Vec<Record> = match (node, qtype) {
+        let answers: Vec<Record> = match (node.as_ref(), qtype) {
             (Node::Apex, RecordType::SOA) => vec![self.soa.clone()],
             (Node::Service(s), RecordType::A | RecordType::ANY) => s.pick(&s.schedule_a, |c| &c.a),
             (Node::Service(s), RecordType::AAAA) => s.pick(&s.schedule_aaaa, |c| &c.aaaa),
@@ -269,12 +355,33 @@ impl ServiceNode {
     }
 }
 
-fn add_service(nodes: &mut HashMap<LowerName, Node>, zone: &str, ttl: u32, b: &ServiceBackends) {
+fn soa_record(origin: &Name, names: &(Name, Name), serial: u32, ttl: u32) -> Record {
+    let soa = SOA::new(
+        names.0.clone(),
+        names.1.clone(),
+        serial,
+        3600,
+        600,
+        86400,
+        ttl,
+    );
+    Record::from_rdata(origin.clone(), ttl, RData::SOA(soa))
+}
+
+/// A service's names and their nodes, with its namespace's name
+/// (`<ns>.svc.<zone>`); `None` when the service has no name in DNS.
+fn service_nodes(
+    zone: &str,
+    ttl: u32,
+    b: &ServiceBackends,
+) -> Option<(LowerName, Vec<(LowerName, Node)>)> {
+    let namespace = name(&format!("{}.svc.{zone}.", b.service.namespace));
     let svc = format!("{}.{}.svc.{zone}.", b.service.name, b.service.namespace);
-    let Some(svc_name) = name(&svc) else {
+    let (Some(svc_name), Some(namespace)) = (name(&svc), namespace) else {
         tracing::warn!(service = %b.service, "service name does not form a DNS name; not served");
-        return;
+        return None;
     };
+    let mut nodes = Vec::new();
     let serving: Vec<_> = b
         .clusters
         .iter()
@@ -300,9 +407,9 @@ fn add_service(nodes: &mut HashMap<LowerName, Node>, zone: &str, ttl: u32, b: &S
         .any(|c| !c.a.is_empty() || !c.aaaa.is_empty());
     if headless && !has_any {
         // A headless service with no ready endpoint does not exist in DNS.
-        return;
+        return None;
     }
-    nodes.insert(
+    nodes.push((
         LowerName::new(&svc_name),
         Node::Service(ServiceNode {
             service_type: b.service_type,
@@ -311,7 +418,7 @@ fn add_service(nodes: &mut HashMap<LowerName, Node>, zone: &str, ttl: u32, b: &S
             schedule_aaaa,
             next: AtomicUsize::new(0),
         }),
-    );
+    ));
 
     // Per-endpoint names (headless only): <hostname>.<clusterid>.<svc>...
     let mut endpoint_names: Vec<(String, u16, Name)> = Vec::new();
@@ -330,10 +437,10 @@ fn add_service(nodes: &mut HashMap<LowerName, Node>, zone: &str, ttl: u32, b: &S
         for (text, addrs) in per_name {
             if let Some(n) = name(&text) {
                 endpoint_names.push((text, 0, n.clone()));
-                nodes.insert(
+                nodes.push((
                     LowerName::new(&n),
                     Node::Endpoint(address_records(&n, ttl, addrs)),
-                );
+                ));
             }
         }
     }
@@ -366,9 +473,10 @@ fn add_service(nodes: &mut HashMap<LowerName, Node>, zone: &str, ttl: u32, b: &S
             )]
         };
         if !records.is_empty() {
-            nodes.insert(LowerName::new(&owner), Node::Srv(records));
+            nodes.push((LowerName::new(&owner), Node::Srv(records)));
         }
     }
+    Some((LowerName::new(&namespace), nodes))
 }
 
 #[cfg(test)]
@@ -376,6 +484,8 @@ mod tests {
     use super::*;
     use crate::backends::ClusterBackend;
     use crate::model::{Endpoint, Port, SessionAffinity};
+    use proptest::prelude::*;
+    use std::collections::HashMap;
 
     fn endpoint(addr: &str, hostname: Option<&str>) -> Endpoint {
         crate::model::fixtures::endpoint(addr.parse().unwrap(), hostname)
@@ -399,7 +509,16 @@ mod tests {
         t: ServiceType,
         clusters: Vec<ClusterBackend>,
     ) -> (ServiceKey, ServiceBackends) {
-        let key = ServiceKey::new("app", name).unwrap();
+        service_in("app", name, t, clusters)
+    }
+
+    fn service_in(
+        namespace: &str,
+        name: &str,
+        t: ServiceType,
+        clusters: Vec<ClusterBackend>,
+    ) -> (ServiceKey, ServiceBackends) {
+        let key = ServiceKey::new(namespace, name).unwrap();
         let b = ServiceBackends {
             service: key.clone(),
             service_type: t,
@@ -419,7 +538,7 @@ mod tests {
     }
 
     fn zone() -> ZoneSnapshot {
-        let backends: BTreeMap<_, _> = [
+        let backends: ServiceMap<ServiceBackends> = [
             service(
                 "api",
                 ServiceType::ClusterSetIP,
@@ -467,6 +586,7 @@ mod tests {
             ),
         ]
         .into_iter()
+        .map(|(k, b)| (k, Arc::new(b)))
         .collect();
         ZoneSnapshot::build(&DnsConfig::default(), 7, &backends)
     }
@@ -609,5 +729,130 @@ mod tests {
         );
         let out = q(&z, "notclusterset.local.", RecordType::A);
         assert_eq!(out.rcode, ResponseCode::Refused);
+    }
+
+    /// Every name with its node, round-robin positions aside.
+    fn contents(z: &ZoneSnapshot) -> BTreeMap<String, String> {
+        z.nodes
+            .iter()
+            .map(|(n, node)| (n.to_string(), format!("{node:?}")))
+            .collect()
+    }
+
+    /// One service as a proptest draws it: namespace, name, type, and per
+    /// cluster a weight and endpoints (address octet, hostname or not).
+    fn arb_service() -> impl Strategy<Value = (ServiceKey, ServiceBackends)> {
+        let arb_cluster = (
+            0u64..3,
+            prop::collection::vec((1u8..6, any::<bool>()), 0..3),
+        );
+        (
+            prop::sample::select(vec!["app", "db"]),
+            prop::sample::select(vec!["a", "b", "c", "d"]),
+            any::<bool>(),
+            prop::collection::vec(arb_cluster, 1..3),
+        )
+            .prop_map(|(ns, name, headless, clusters)| {
+                let t = if headless {
+                    ServiceType::Headless
+                } else {
+                    ServiceType::ClusterSetIP
+                };
+                let clusters = clusters
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (w, eps))| {
+                        let eps = eps
+                            .into_iter()
+                            .map(|(o, named)| {
+                                let host = format!("h{o}");
+                                endpoint(&format!("127.0.{i}.{o}"), named.then_some(&*host))
+                            })
+                            .collect();
+                        cluster(&format!("c{i}"), w, eps)
+                    })
+                    .collect();
+                service_in(ns, name, t, clusters)
+            })
+    }
+
+    proptest! {
+        /// Publishing changes one batch at a time yields exactly the zone a
+        /// full build of the final backends yields: no name left behind by
+        /// a removed or changed service, no shared namespace node removed
+        /// while another service still uses it.
+        #[test]
+        fn incremental_updates_match_a_full_build(
+            batches in prop::collection::vec(
+                prop::collection::vec((arb_service(), any::<bool>()), 1..4),
+                1..8,
+            )
+        ) {
+            let config = DnsConfig::default();
+            let mut backends: ServiceMap<ServiceBackends> = ServiceMap::new();
+            let mut zone = ZoneSnapshot::build(&config, 1, &backends);
+            for (serial, batch) in batches.into_iter().enumerate() {
+                let before = backends.clone();
+                for ((key, b), remove) in batch {
+                    if remove {
+                        backends.remove(&key);
+                    } else {
+                        backends.insert(key, Arc::new(b));
+                    }
+                }
+                let changes = before.diff(&backends).map(|item| match item {
+                    imbl::ordmap::DiffItem::Add(k, b)
+                    | imbl::ordmap::DiffItem::Update { new: (k, b), .. } => (k, Some(b.as_ref())),
+                    imbl::ordmap::DiffItem::Remove(k, _) => (k, None),
+                });
+                zone = zone.with_changes(serial as u32 + 2, changes);
+                let full = ZoneSnapshot::build(&config, serial as u32 + 2, &backends);
+                prop_assert_eq!(contents(&zone), contents(&full));
+            }
+        }
+    }
+
+    #[test]
+    fn namespace_node_lives_while_any_service_uses_it() {
+        let config = DnsConfig::default();
+        let (a, sa) = service(
+            "api",
+            ServiceType::ClusterSetIP,
+            vec![cluster("x", 1, vec![endpoint("127.0.0.1", None)])],
+        );
+        let (b, sb) = service(
+            "web",
+            ServiceType::ClusterSetIP,
+            vec![cluster("x", 1, vec![endpoint("127.0.0.2", None)])],
+        );
+        let z = ZoneSnapshot::build(&config, 1, &ServiceMap::new());
+        let z = z.with_changes(2, [(&a, Some(&sa)), (&b, Some(&sb))]);
+        assert_eq!(
+            q(&z, "app.svc.clusterset.local.", RecordType::A).rcode,
+            ResponseCode::NoError
+        );
+        let z = z.with_changes(3, [(&a, None)]);
+        assert_eq!(
+            q(&z, "app.svc.clusterset.local.", RecordType::A).rcode,
+            ResponseCode::NoError
+        );
+        assert_eq!(
+            q(&z, "api.app.svc.clusterset.local.", RecordType::A).rcode,
+            ResponseCode::NXDomain
+        );
+        let z = z.with_changes(4, [(&b, None)]);
+        assert_eq!(
+            q(&z, "app.svc.clusterset.local.", RecordType::A).rcode,
+            ResponseCode::NXDomain
+        );
+        assert_eq!(
+            q(&z, "svc.clusterset.local.", RecordType::A).rcode,
+            ResponseCode::NXDomain
+        );
+        let soa = q(&z, "clusterset.local.", RecordType::SOA).answers;
+        assert!(
+            matches!(&soa[0].data, RData::SOA(s) if s.serial == 4),
+            "{soa:?}"
+        );
     }
 }

@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument as _};
 
-use crate::hub::storage::{SledStorage, StorageError};
+use crate::hub::storage::{SledStorage, StorageError, Syncer};
 use crate::metrics::Metrics;
 
 /// The replicated state machine the node drives. Must be deterministic:
@@ -116,6 +116,9 @@ pub enum NodeError {
     /// The raft storage failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The persister thread is gone (it stops only after a storage error).
+    #[error("the raft persister thread stopped")]
+    PersisterStopped,
     /// raft-rs refused the configuration or the stored state.
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),
@@ -194,10 +197,23 @@ type Reply = oneshot::Sender<Result<Vec<u8>, ProposeError>>;
 type ReadReply = oneshot::Sender<Result<u64, ProposeError>>;
 
 enum Mail {
-    Propose { command: Vec<u8>, reply: Reply },
-    ConfChange { change: ConfChange, reply: Reply },
-    ReadIndex { reply: ReadReply },
+    Propose {
+        command: Vec<u8>,
+        reply: Reply,
+    },
+    ConfChange {
+        change: ConfChange,
+        reply: Reply,
+    },
+    ReadIndex {
+        reply: ReadReply,
+    },
     Step(Message),
+    /// The persister made every `Ready` up to `number` durable (or failed).
+    Persisted {
+        number: u64,
+        result: Result<(), StorageError>,
+    },
 }
 
 /// A cheap, cloneable handle to a running node.
@@ -321,6 +337,16 @@ pub fn spawn<S: StateMachine>(
     }
 
     let (mailbox, inbox) = mpsc::channel(MAILBOX);
+    let (persister, jobs) = std::sync::mpsc::channel();
+    {
+        let syncer = raw.store().syncer()?;
+        let transport = transport.clone();
+        let mailbox = mailbox.downgrade();
+        std::thread::Builder::new()
+            .name(format!("raft-persist-{}", config.id))
+            .spawn(move || persist(syncer, jobs, transport, mailbox))
+            .map_err(|e| NodeError::Config(format!("cannot start the persister thread: {e}")))?;
+    }
     let (status_tx, status) = watch::channel(RaftStatus {
         id: config.id,
         ..RaftStatus::default()
@@ -344,9 +370,39 @@ pub fn spawn<S: StateMachine>(
         snapshot_now: false,
         term: 0,
         leader: 0,
+        persister,
+        persisting: 0,
+        persisted: 0,
+        persist_error: None,
     };
     let span = tracing::info_span!("raft", id = config.id);
-    let task = tokio::spawn(node.run(inbox, config.tick, shutdown).instrument(span));
+    // The node gets a thread of its own with a single-threaded runtime: its
+    // fsyncs block only that thread, with no hand-off of a shared worker
+    // (`block_in_place`) on every `Ready`, and the API's workers never wait
+    // behind it.
+    let tick = config.tick;
+    // Aborting the returned task stops the node at once, without the final
+    // flush (tests use it as a crash): a thread cannot be aborted, so the
+    // task's drop tells the node's loop.
+    let kill = CancellationToken::new();
+    let killed = kill.clone();
+    let thread = tokio::task::spawn_blocking(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(err) => {
+                error!(%err, "cannot start the raft node's runtime");
+                return;
+            }
+        };
+        runtime.block_on(node.run(inbox, tick, shutdown, killed).instrument(span));
+    });
+    let task = tokio::spawn(async move {
+        let _kill_on_abort = kill.drop_guard();
+        let _ = thread.await;
+    });
     Ok((NodeHandle { mailbox, status }, task))
 }
 
@@ -376,6 +432,58 @@ struct Node<S> {
     snapshot_now: bool,
     term: u64,
     leader: u64,
+    /// Readies to make durable, in order, on the persister thread.
+    persister: std::sync::mpsc::Sender<PersistJob>,
+    /// The last `Ready` number handed to the persister.
+    persisting: u64,
+    /// The last `Ready` number the persister reported durable.
+    persisted: u64,
+    /// A failure the persister reported; fatal at the next `on_ready`.
+    persist_error: Option<StorageError>,
+}
+
+/// One `Ready` for the persister: make it durable, then send its messages.
+struct PersistJob {
+    number: u64,
+    messages: Vec<Message>,
+}
+
+/// The persister thread: group commit. It takes every job queued so far,
+/// syncs storage once for all of them, tells the node, then sends the
+/// messages that promised durability (votes, append acknowledgements).
+/// The node goes on taking proposals and appending while a sync runs, so
+/// the next sync covers everything that arrived meanwhile.
+fn persist(
+    syncer: Syncer,
+    jobs: std::sync::mpsc::Receiver<PersistJob>,
+    transport: Arc<dyn Transport>,
+    mailbox: mpsc::WeakSender<Mail>,
+) {
+    while let Ok(first) = jobs.recv() {
+        let mut number = first.number;
+        let mut messages = first.messages;
+        while let Ok(job) = jobs.try_recv() {
+            number = job.number;
+            messages.extend(job.messages);
+        }
+        let result = syncer.sync();
+        let failed = result.is_err();
+        // The node learns first: a reply to these messages, arriving
+        // through the same mailbox, must find the ready marked durable.
+        let Some(mailbox) = mailbox.upgrade() else {
+            return;
+        };
+        if mailbox
+            .blocking_send(Mail::Persisted { number, result })
+            .is_err()
+            || failed
+        {
+            return;
+        }
+        if !messages.is_empty() {
+            transport.send(messages);
+        }
+    }
 }
 
 impl<S: StateMachine> Node<S> {
@@ -384,6 +492,7 @@ impl<S: StateMachine> Node<S> {
         mut inbox: mpsc::Receiver<Mail>,
         tick: Duration,
         shutdown: CancellationToken,
+        kill: CancellationToken,
     ) {
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -393,6 +502,10 @@ impl<S: StateMachine> Node<S> {
             }
             tokio::select! {
                 biased;
+                () = kill.cancelled() => {
+                    warn!("raft node killed");
+                    return;
+                }
                 () = shutdown.cancelled() => break Ok(()),
                 mail = inbox.recv() => {
                     let Some(mail) = mail else { break Ok(()) };
@@ -430,6 +543,13 @@ impl<S: StateMachine> Node<S> {
             }
             Mail::Propose { command, reply } => self.propose(command, reply),
             Mail::ConfChange { change, reply } => self.propose_conf_change(change, reply),
+            Mail::Persisted { number, result } => match result {
+                Ok(()) => {
+                    self.raw.on_persist_ready(number);
+                    self.persisted = number;
+                }
+                Err(err) => self.persist_error = Some(err),
+            },
             Mail::ReadIndex { reply } => {
                 let seq = self.next_context();
                 self.raw.read_index(self.context(seq));
@@ -491,6 +611,9 @@ impl<S: StateMachine> Node<S> {
 
     /// Handles every `Ready` raft has, in the order raft-rs documents.
     fn on_ready(&mut self) -> Result<(), NodeError> {
+        if let Some(err) = self.persist_error.take() {
+            return Err(err.into());
+        }
         while self.raw.has_ready() {
             let mut ready = self.raw.ready();
             if !ready.messages().is_empty() {
@@ -505,29 +628,32 @@ impl<S: StateMachine> Node<S> {
             if snapshot_installed {
                 self.install_snapshot(ready.snapshot().clone())?;
             }
-            let mut applied_any = self.apply(ready.take_committed_entries())?;
+            let applied_any = self.apply(ready.take_committed_entries())?;
 
             let store = self.raw.mut_store();
             store.append(ready.entries())?;
             if let Some(hs) = ready.hs() {
                 store.set_hard_state(hs.clone())?;
             }
-            if snapshot_installed || !ready.entries().is_empty() || ready.hs().is_some() {
-                let store = self.raw.store();
-                blocking(|| store.flush())?;
+            let number = ready.number();
+            let messages = ready.take_persisted_messages();
+            // New entries, a snapshot, or a new term or vote must be durable
+            // before the messages that promise them leave; the commit index
+            // alone need not be (raft recovers it). Readies are made durable
+            // in order, so one queued behind an unfinished sync waits too.
+            let must_sync = ready.must_sync() || self.persisting > self.persisted;
+            self.raw.advance_append_async(ready);
+            if must_sync {
+                self.persisting = number;
+                self.persister
+                    .send(PersistJob { number, messages })
+                    .map_err(|_| NodeError::PersisterStopped)?;
+            } else {
+                if !messages.is_empty() {
+                    self.transport.send(messages);
+                }
+                self.raw.on_persist_ready(number);
             }
-            if !ready.persisted_messages().is_empty() {
-                self.transport.send(ready.take_persisted_messages());
-            }
-
-            let mut light = self.raw.advance(ready);
-            if let Some(commit) = light.commit_index() {
-                self.raw.mut_store().set_commit(commit)?;
-            }
-            if !light.messages().is_empty() {
-                self.transport.send(light.take_messages());
-            }
-            applied_any |= self.apply(light.take_committed_entries())?;
             self.raw.advance_apply();
 
             if applied_any || snapshot_installed {
@@ -744,18 +870,6 @@ impl<S: StateMachine> Node<S> {
         for (_, reply) in self.pending.drain() {
             let _ = reply.send(Err(err.clone()));
         }
-    }
-}
-
-/// Runs blocking I/O (an fsync) without stalling other tasks of a
-/// multi-threaded runtime.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current() {
-        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
     }
 }
 

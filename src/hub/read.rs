@@ -163,7 +163,7 @@ fn import_view(state: &State, key: &ServiceKey) -> Value {
 /// A MultiClusterService with its status: Accepted (or why not) plus the
 /// weighted import's Ready and Conflict conditions.
 fn mcs_view(state: &State, key: &ServiceKey) -> Value {
-    let mut m = state.mcs[key].clone();
+    let mut m = crate::model::MultiClusterService::clone(&state.mcs[key]);
     let import = mcs_import_key(&m);
     let mut conditions = Vec::new();
     match state.mcs_for(&import) {

@@ -11,10 +11,11 @@ use crate::backends::{self, ServiceBackends, ServiceInputs, WeightError};
 use crate::model::manifest::{mcs_import_key, Resource};
 use crate::model::{
     validate_cluster_id, Cluster, ClusterBackendRef, ClusterId, ClusterSpec, Export,
-    MultiClusterService, ServiceImport, ServiceKey,
+    MultiClusterService, ServiceImport, ServiceKey, ServiceMap,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// A state change, as it travels through the raft log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,15 +101,15 @@ pub enum StateError {
 pub struct State {
     pub clusters: BTreeMap<ClusterId, Cluster>,
     /// Exports by service, then by cluster.
-    pub exports: BTreeMap<ServiceKey, BTreeMap<ClusterId, Export>>,
+    pub exports: ServiceMap<BTreeMap<ClusterId, Export>>,
     /// The last export revision applied per cluster.
     pub export_revisions: BTreeMap<ClusterId, u64>,
     /// ServiceImports applied by users.
-    pub imports: BTreeMap<ServiceKey, ServiceImport>,
+    pub imports: ServiceMap<ServiceImport>,
     /// MultiClusterServices by their own namespace/name.
-    pub mcs: BTreeMap<ServiceKey, MultiClusterService>,
+    pub mcs: ServiceMap<MultiClusterService>,
     /// Computed backends per ServiceImport.
-    pub backends: BTreeMap<ServiceKey, ServiceBackends>,
+    pub backends: ServiceMap<ServiceBackends>,
     /// Raft addresses of hub replicas added or removed at run time; the
     /// `--peers` flag covers the initial members.
     #[serde(default)]
@@ -141,6 +142,7 @@ impl State {
     pub fn mcs_for(&self, import: &ServiceKey) -> Option<&MultiClusterService> {
         self.mcs
             .values()
+            .map(|m| &**m)
             .filter(|m| &mcs_import_key(m) == import)
             .min_by(|a, b| {
                 (&a.metadata.creation_timestamp, &a.metadata.name)
@@ -184,7 +186,7 @@ impl State {
         let mut m = self
             .mcs
             .get(mcs)
-            .cloned()
+            .map(|m| MultiClusterService::clone(m))
             .ok_or_else(|| StateError::McsNotFound(mcs.clone()))?;
         for (cluster, weight) in weights {
             match m
@@ -305,7 +307,7 @@ impl State {
                 let mut m = self.merged_mcs(mcs, weights)?;
                 m.metadata.generation += 1;
                 touched.insert(mcs_import_key(&m));
-                self.mcs.insert(mcs.clone(), m);
+                self.mcs.insert(mcs.clone(), Arc::new(m));
                 let list: Vec<String> = weights.iter().map(|(c, w)| format!("{c}={w}")).collect();
                 out.lines.push(format!(
                     "multiclusterservice {mcs} weights set: {}",
@@ -370,7 +372,7 @@ impl State {
         for e in upserts {
             let by = self.exports.entry(e.service.clone()).or_default();
             if by.get(cluster) != Some(e) {
-                by.insert(cluster.clone(), e.clone());
+                Arc::make_mut(by).insert(cluster.clone(), e.clone());
                 touched.insert(e.service.clone());
             }
         }
@@ -385,7 +387,7 @@ impl State {
         touched: &mut BTreeSet<ServiceKey>,
     ) {
         if let Some(by) = self.exports.get_mut(key) {
-            if by.remove(cluster).is_some() {
+            if Arc::make_mut(by).remove(cluster).is_some() {
                 touched.insert(key.clone());
             }
             if by.is_empty() {
@@ -437,7 +439,7 @@ impl State {
                     prev.map(|p| p.spec == si.spec),
                     now,
                 );
-                self.imports.insert(key.clone(), si);
+                self.imports.insert(key.clone(), Arc::new(si));
                 (verb, vec![key.clone()])
             }
             AppliedObject::MultiClusterService(m) => {
@@ -454,7 +456,7 @@ impl State {
                     prev.map(|p| p.spec == m.spec),
                     now,
                 );
-                self.mcs.insert(key.clone(), m);
+                self.mcs.insert(key.clone(), Arc::new(m));
                 (verb, affected)
             }
         };
@@ -468,7 +470,7 @@ impl State {
     pub fn recompute(&mut self, key: &ServiceKey) {
         let inputs = ServiceInputs {
             service: key,
-            declared: self.imports.get(key),
+            declared: self.imports.get(key).map(|i| &**i),
             exports: self
                 .exports
                 .get(key)
@@ -487,7 +489,7 @@ impl State {
                     Some(prev) if prev.same_as(&next) => {}
                     _ => {
                         next.revision = prev_rev + 1;
-                        self.backends.insert(key.clone(), next);
+                        self.backends.insert(key.clone(), Arc::new(next));
                     }
                 }
             }

@@ -97,6 +97,11 @@ impl FromStr for ServiceKey {
     }
 }
 
+/// A table keyed by service: a persistent map with shared values, so that
+/// copying a whole table (to publish an immutable view after each change)
+/// is O(1) and a change copies only its path in the tree.
+pub type ServiceMap<V> = imbl::OrdMap<ServiceKey, std::sync::Arc<V>>;
+
 #[cfg(test)]
 mod tests {
     use super::*;

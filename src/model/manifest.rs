@@ -5,6 +5,7 @@
 use super::key::{is_dns_label, ServiceKey};
 use super::resources::*;
 use serde::Deserialize;
+use serde_json::Value;
 
 /// A resource switchyard understands.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,8 +30,14 @@ impl Resource {
 /// Why a manifest cannot be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ManifestError {
-    #[error("document {doc}: malformed YAML: {reason}")]
-    Yaml { doc: usize, reason: String },
+    #[error("document {doc}: malformed {format}: {reason}")]
+    Syntax {
+        doc: usize,
+        format: &'static str,
+        reason: String,
+    },
+    #[error("document {doc}: {reason}")]
+    Invalid { doc: usize, reason: String },
     #[error("document {doc}: missing {field}")]
     Missing { doc: usize, field: &'static str },
     #[error("document {doc}: unsupported kind {kind:?} (supported: ServiceImport, MultiClusterService, ServiceExport)")]
@@ -62,18 +69,57 @@ struct TypeMeta {
 
 /// Parses every document; fails on the first bad one (nothing is applied
 /// from a manifest with any bad document). Empty documents are skipped.
+///
+/// Text that starts with `{` is read as a stream of JSON objects (what
+/// `switchyard apply` sends, like kubectl); anything else as multi-document
+/// YAML. Both become JSON values first, so the typed decoding is the same.
 pub fn parse(text: &str) -> Result<Vec<Resource>, ManifestError> {
+    documents(text)?
+        .into_iter()
+        .map(|(doc, value)| parse_value(doc, value))
+        .collect()
+}
+
+/// Validates a manifest like [`parse`] and returns it as newline-separated
+/// compact JSON documents: the form the CLI sends to the hub, which then
+/// skips YAML parsing on its write path.
+pub fn to_json(text: &str) -> Result<String, ManifestError> {
+    let docs = documents(text)?;
+    let mut out = String::with_capacity(text.len());
+    for (doc, value) in docs {
+        out.push_str(&value.to_string());
+        out.push('\n');
+        parse_value(doc, value)?;
+    }
+    Ok(out)
+}
+
+/// The non-empty documents of a manifest, numbered from 1 in file order.
+fn documents(text: &str) -> Result<Vec<(usize, Value)>, ManifestError> {
     let mut out = Vec::new();
-    for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let doc = i + 1;
-        let value = serde_yaml::Value::deserialize(de).map_err(|e| ManifestError::Yaml {
-            doc,
-            reason: e.to_string(),
-        })?;
-        if value.is_null() {
-            continue;
+    if text.trim_start().starts_with('{') {
+        let stream = serde_json::Deserializer::from_str(text).into_iter::<Value>();
+        for (i, value) in stream.enumerate() {
+            let doc = i + 1;
+            let value = value.map_err(|e| ManifestError::Syntax {
+                doc,
+                format: "JSON",
+                reason: e.to_string(),
+            })?;
+            out.push((doc, value));
         }
-        out.push(parse_value(doc, value)?);
+    } else {
+        for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
+            let doc = i + 1;
+            let value = Value::deserialize(de).map_err(|e| ManifestError::Syntax {
+                doc,
+                format: "YAML",
+                reason: e.to_string(),
+            })?;
+            if !value.is_null() {
+                out.push((doc, value));
+            }
+        }
     }
     if out.is_empty() {
         return Err(ManifestError::Empty);
@@ -81,8 +127,14 @@ pub fn parse(text: &str) -> Result<Vec<Resource>, ManifestError> {
     Ok(out)
 }
 
-fn parse_value(doc: usize, value: serde_yaml::Value) -> Result<Resource, ManifestError> {
-    let tm: TypeMeta = serde_yaml::from_value(value.clone()).map_err(|e| ManifestError::Yaml {
+fn parse_value(doc: usize, value: Value) -> Result<Resource, ManifestError> {
+    if !value.is_object() {
+        return Err(ManifestError::Invalid {
+            doc,
+            reason: "not a mapping of fields (apiVersion, kind, metadata, spec)".into(),
+        });
+    }
+    let tm = TypeMeta::deserialize(&value).map_err(|e| ManifestError::Invalid {
         doc,
         reason: e.to_string(),
     })?;
@@ -107,16 +159,16 @@ fn parse_value(doc: usize, value: serde_yaml::Value) -> Result<Resource, Manifes
             supported: supported.join(", "),
         });
     }
-    let typed = |e: serde_yaml::Error| ManifestError::Yaml {
+    let typed = |e: serde_json::Error| ManifestError::Invalid {
         doc,
         reason: format!("{kind}: {e}"),
     };
     let res = match kind.as_str() {
-        "ServiceImport" => Resource::ServiceImport(serde_yaml::from_value(value).map_err(typed)?),
+        "ServiceImport" => Resource::ServiceImport(Deserialize::deserialize(value).map_err(typed)?),
         "MultiClusterService" => {
-            Resource::MultiClusterService(serde_yaml::from_value(value).map_err(typed)?)
+            Resource::MultiClusterService(Deserialize::deserialize(value).map_err(typed)?)
         }
-        _ => Resource::ServiceExport(serde_yaml::from_value(value).map_err(typed)?),
+        _ => Resource::ServiceExport(Deserialize::deserialize(value).map_err(typed)?),
     };
     let meta = match &res {
         Resource::ServiceImport(r) => &r.metadata,
@@ -204,6 +256,37 @@ mod tests {
             panic!()
         };
         assert_eq!(mcs_import_key(m).to_string(), "app/x");
+    }
+
+    #[test]
+    fn to_json_round_trips_every_document() {
+        let json = to_json(SEED).unwrap();
+        assert_eq!(json.lines().count(), 2);
+        assert!(json.starts_with('{'), "{json}");
+        assert_eq!(parse(&json).unwrap(), parse(SEED).unwrap());
+        let e = to_json(&SEED.replace("weight: 40", "wieght: 40")).unwrap_err();
+        assert!(e.to_string().contains("document 2"), "{e}");
+    }
+
+    #[test]
+    fn json_errors_name_the_document_and_problem() {
+        let e = parse("{\"kind\": \"ServiceImport\"}\n{\"kind\": ")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("document 2") && e.contains("malformed JSON"),
+            "{e}"
+        );
+        let e = parse("- a\n- b\n").unwrap_err().to_string();
+        assert!(
+            e.contains("document 1") && e.contains("not a mapping"),
+            "{e}"
+        );
+        let e = parse("kind: 5\n").unwrap_err().to_string();
+        assert!(
+            e.contains("document 1") && e.contains("invalid type"),
+            "{e}"
+        );
     }
 
     #[test]
