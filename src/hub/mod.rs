@@ -1,6 +1,7 @@
 //! The hub: raft node, sled storage, state machine and gRPC services.
 //!
-//! - `node`: the raft-rs `RawNode` task; `storage`: its sled log.
+//! - `node`: the raft-rs `RawNode` task; `storage`: its sled log; `wal`: the
+//!   write-ahead journal that makes each `Ready` durable with one fsync.
 //! - `state`: commands and the replicated state; `machine`: its adapter to the node.
 //! - `api`: gRPC agent and admin services; `read`: views for `get`.
 //! - `lease`: cluster leases on the leader; `app`: wiring a running hub.
@@ -15,3 +16,4 @@ pub mod read;
 pub mod replica;
 pub mod state;
 pub mod storage;
+pub mod wal;

@@ -295,7 +295,6 @@ pub fn spawn<S: StateMachine>(
             voters: config.voters.clone(),
             ..ConfState::default()
         })?;
-        storage.flush()?;
     }
     let mut applied = 0;
     if let Some(snapshot) = storage.snapshot_data()? {
@@ -339,7 +338,7 @@ pub fn spawn<S: StateMachine>(
     let (mailbox, inbox) = mpsc::channel(MAILBOX);
     let (persister, jobs) = std::sync::mpsc::channel();
     {
-        let syncer = raw.store().syncer()?;
+        let syncer = raw.store().syncer();
         let transport = transport.clone();
         let mailbox = mailbox.downgrade();
         std::thread::Builder::new()
@@ -631,10 +630,7 @@ impl<S: StateMachine> Node<S> {
             let applied_any = self.apply(ready.take_committed_entries())?;
 
             let store = self.raw.mut_store();
-            store.append(ready.entries())?;
-            if let Some(hs) = ready.hs() {
-                store.set_hard_state(hs.clone())?;
-            }
+            store.persist(ready.entries(), ready.hs())?;
             let number = ready.number();
             let messages = ready.take_persisted_messages();
             // New entries, a snapshot, or a new term or vote must be durable
