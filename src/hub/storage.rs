@@ -332,12 +332,7 @@ impl SledStorage {
         }
         self.check_append(entries)?;
         if !self.wal.has_room(entries, hard_state) {
-            let bound = entries
-                .iter()
-                .map(|e| e.data.len() as u64 + 64)
-                .sum::<u64>()
-                + 256;
-            self.checkpoint(bound)?;
+            self.checkpoint(super::wal::record_bound(entries, hard_state))?;
         }
         self.wal.append(entries, hard_state)?;
         self.write_entries(entries)?;

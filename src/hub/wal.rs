@@ -262,8 +262,8 @@ impl Wal {
     }
 }
 
-/// An upper bound on the encoded size of a record.
-fn record_bound(entries: &[Entry], hard_state: Option<&HardState>) -> u64 {
+/// An upper bound on the encoded size of a record (header included).
+pub fn record_bound(entries: &[Entry], hard_state: Option<&HardState>) -> u64 {
     let hs = hard_state.map_or(0, |hs| 4 + u64::from(hs.compute_size()));
     let ents: u64 = entries
         .iter()
