@@ -4,7 +4,7 @@
 
 use super::api::{AdminApi, AgentApi, Hub};
 use super::lease::{self, LeaseConfig, Leases};
-use super::machine::Machine;
+use super::machine::{DnsPublisher, Machine};
 use super::node::{self, NoPeers, NodeConfig};
 use super::peer::{PeerApi, PeerTransport, MAX_PEER_MESSAGE};
 use crate::dns::{self, Catalog, DnsConfig};
@@ -87,7 +87,13 @@ impl RunningHub {
 /// leader its peers elect.
 pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Result<RunningHub> {
     let metrics = Arc::new(Metrics::new());
+    let catalog = Arc::new(Catalog::new(config.dns_config.clone()));
+    let (dns_index_tx, dns_index) = tokio::sync::watch::channel(0u64);
     let (machine, view) = Machine::new(metrics.clone());
+    let machine = machine.with_dns(DnsPublisher {
+        catalog: catalog.clone(),
+        published: dns_index_tx,
+    });
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let raft_dir = config.data_dir.join("raft");
@@ -150,7 +156,6 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Re
     }
 
     let leases = Arc::new(Leases::new(config.lease));
-    let (dns_index_tx, dns_index) = tokio::sync::watch::channel(0u64);
     let (id, fault_injection) = config
         .raft
         .as_ref()
@@ -200,13 +205,6 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Re
         ));
     }
 
-    let catalog = Arc::new(Catalog::new(config.dns_config.clone()));
-    tasks.spawn(publish_dns(
-        catalog.clone(),
-        hub.clone(),
-        dns_index_tx,
-        shutdown.child_token(),
-    ));
     let (dns_addr, dns_task) =
         dns::serve(catalog, config.dns, metrics.clone(), shutdown.child_token())
             .await
@@ -302,26 +300,6 @@ async fn follow_members(
             transport.set_peers(&peers);
             last = members;
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            changed = view.changed() => if changed.is_err() { return },
-        }
-    }
-}
-
-/// Rebuilds the DNS catalog whenever the applied state changes, then
-/// announces the applied index the zone now reflects.
-async fn publish_dns(
-    catalog: Arc<Catalog>,
-    hub: Hub,
-    published: tokio::sync::watch::Sender<u64>,
-    shutdown: CancellationToken,
-) {
-    let mut view = hub.watch_state();
-    loop {
-        let state = view.borrow_and_update().clone();
-        catalog.publish(&state.backends);
-        published.send_replace(state.applied_index);
         tokio::select! {
             _ = shutdown.cancelled() => return,
             changed = view.changed() => if changed.is_err() { return },

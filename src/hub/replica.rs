@@ -132,17 +132,19 @@ impl Hub {
     /// replica applied it and its DNS serves it; returns the reply lines.
     pub async fn propose(&self, cmd: &Command) -> Result<Vec<String>, Status> {
         let bytes = serde_json::to_vec(cmd).map_err(|e| Status::internal(e.to_string()))?;
-        let reply = self.submit(bytes).await?;
+        let reply = self.submit(cmd, bytes).await?;
         self.wait_published(reply.index).await;
         Ok(reply.lines)
     }
 
-    async fn submit(&self, bytes: Vec<u8>) -> Result<Reply, Status> {
+    async fn submit(&self, cmd: &Command, bytes: Vec<u8>) -> Result<Reply, Status> {
         let deadline = Instant::now() + WRITE_DEADLINE;
         loop {
             let leader = self.status.borrow().leader;
             let attempt = if leader == self.id {
-                self.propose_local(bytes.clone()).await.map_err(classify)
+                self.propose_command(cmd, bytes.clone())
+                    .await
+                    .map_err(classify)
             } else if leader == 0 {
                 Err(Attempt::Retry(Status::unavailable(
                     "no raft leader is elected",
@@ -174,8 +176,13 @@ impl Hub {
     pub async fn propose_local(&self, bytes: Vec<u8>) -> Result<Vec<u8>, Status> {
         let cmd: Command = serde_json::from_slice(&bytes)
             .map_err(|e| Status::invalid_argument(format!("undecodable command: {e}")))?;
+        self.propose_command(&cmd, bytes).await
+    }
+
+    /// [`Self::propose_local`] for a command already decoded (`bytes` is its encoding).
+    async fn propose_command(&self, cmd: &Command, bytes: Vec<u8>) -> Result<Vec<u8>, Status> {
         self.state()
-            .validate(&cmd)
+            .validate(cmd)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         self.node.propose(bytes).await.map_err(propose_status)
     }
