@@ -98,7 +98,7 @@ impl Group {
                 &snapshot_every.to_string(),
             ])
             .args(["--enable-fault-injection", "--lease-ms", "3000"])
-            .env("RUST_LOG", "info,sled=warn,raft=warn")
+            .env("RUST_LOG", "info,sled=warn,raft=info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -169,6 +169,30 @@ impl Group {
 
 impl Drop for Group {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            for r in &self.replicas {
+                let text = std::fs::read_to_string(&r.log).unwrap_or_default();
+                // Skip backtrace frames: the panic message itself is kept.
+                let lines: Vec<&str> = text
+                    .lines()
+                    .filter(|l| {
+                        let t = l.trim_start();
+                        !(t.starts_with("at ")
+                            || t.split(':')
+                                .next()
+                                .is_some_and(|n| n.parse::<u32>().is_ok()))
+                    })
+                    .collect();
+                let tail = &lines[lines.len().saturating_sub(60)..];
+                eprintln!(
+                    "---- replica {} ({}), last {} log lines:\n{}",
+                    r.id,
+                    r.api,
+                    tail.len(),
+                    tail.join("\n")
+                );
+            }
+        }
         for r in &mut self.replicas {
             if let Some(mut c) = r.child.take() {
                 let _ = c.kill();

@@ -406,9 +406,18 @@ async fn run_hub(args: HubArgs, log_format: LogFormat) -> anyhow::Result<()> {
         "switchyard hub replica {id}: api {} dns {} raft {listen}",
         hub.api_addr, hub.dns_addr
     );
-    shutdown.cancelled().await;
-    hub.stop().await;
-    Ok(())
+    tokio::select! {
+        () = shutdown.cancelled() => {
+            hub.stop().await;
+            Ok(())
+        }
+        () = hub.raft_stopped() => {
+            hub.stop().await;
+            anyhow::bail!(
+                "replica {id}: the raft node stopped (the log above says why); exiting so that the replica is restarted"
+            )
+        }
+    }
 }
 
 fn main() {

@@ -63,9 +63,19 @@ pub struct RunningHub {
     pub metrics: Arc<Metrics>,
     tasks: JoinSet<()>,
     shutdown: CancellationToken,
+    /// Cancelled when the raft node's task ends, for whatever reason.
+    raft_stopped: CancellationToken,
 }
 
 impl RunningHub {
+    /// Resolves when the raft node stops on its own (a fatal storage error
+    /// or a bug) rather than at shutdown. A replica without its raft node
+    /// serves stale state and takes no writes: the caller should stop it
+    /// and exit non-zero so that its supervisor restarts it.
+    pub async fn raft_stopped(&self) {
+        self.raft_stopped.cancelled().await
+    }
+
     /// Stops every task: open connections get up to 2 s to finish (agent
     /// streams never do on their own), then are cut. The raft node flushes
     /// its log before it returns.
@@ -140,8 +150,13 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Re
     )
     .context("cannot start the raft node")?;
     let mut tasks = JoinSet::new();
+    let raft_stopped = CancellationToken::new();
+    let stopped = raft_stopped.clone();
     tasks.spawn(async move {
-        let _ = node_task.await;
+        if let Err(err) = node_task.await {
+            tracing::error!(%err, "the raft node's task failed");
+        }
+        stopped.cancel();
     });
 
     if single {
@@ -247,6 +262,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Re
         metrics,
         tasks,
         shutdown,
+        raft_stopped,
     })
 }
 

@@ -400,7 +400,13 @@ pub fn spawn<S: StateMachine>(
     });
     let task = tokio::spawn(async move {
         let _kill_on_abort = kill.drop_guard();
-        let _ = thread.await;
+        // A panic on the node's thread fails this task too, so that
+        // whoever awaits it learns the node is gone.
+        if let Err(err) = thread.await {
+            if err.is_panic() {
+                std::panic::resume_unwind(err.into_panic());
+            }
+        }
     });
     Ok((NodeHandle { mailbox, status }, task))
 }
@@ -544,8 +550,10 @@ impl<S: StateMachine> Node<S> {
             Mail::ConfChange { change, reply } => self.propose_conf_change(change, reply),
             Mail::Persisted { number, result } => match result {
                 Ok(()) => {
+                    // A number at or below `persisted` (a snapshot's inline
+                    // sync overtook the persister) changes nothing.
                     self.raw.on_persist_ready(number);
-                    self.persisted = number;
+                    self.persisted = self.persisted.max(number);
                 }
                 Err(err) => self.persist_error = Some(err),
             },
@@ -639,7 +647,20 @@ impl<S: StateMachine> Node<S> {
             // in order, so one queued behind an unfinished sync waits too.
             let must_sync = ready.must_sync() || self.persisting > self.persisted;
             self.raw.advance_append_async(ready);
-            if must_sync {
+            if snapshot_installed {
+                // `advance_apply` below moves raft's applied index to the
+                // snapshot, which raft-rs allows only once the snapshot is
+                // persisted: sync on this thread (rare: a replica that fell
+                // behind a compaction). The sync covers every earlier
+                // `Ready` still queued for the persister too.
+                self.raw.store().flush()?;
+                self.raw.on_persist_ready(number);
+                self.persisting = number;
+                self.persisted = number;
+                if !messages.is_empty() {
+                    self.transport.send(messages);
+                }
+            } else if must_sync {
                 self.persisting = number;
                 self.persister
                     .send(PersistJob { number, messages })
@@ -922,6 +943,7 @@ mod tests {
     use super::*;
     use crate::hub::storage::tests::{tempdir, TempDir};
     use std::sync::Mutex;
+    use std::time::Instant;
 
     /// Appends strings; commands starting with `bad` are rejected. Replies
     /// with the list's length after the append.
@@ -984,20 +1006,18 @@ mod tests {
     }
 
     fn start(config: NodeConfig) -> Running {
+        start_on(config, Arc::new(NoPeers))
+    }
+
+    fn start_on(config: NodeConfig, transport: Arc<dyn Transport>) -> Running {
         // Captured per test; shown when a test fails.
         let _ = tracing_subscriber::fmt().with_test_writer().try_init();
         let sm = Strings::default();
         let view = sm.view.clone();
         let metrics = Arc::new(Metrics::new());
         let shutdown = CancellationToken::new();
-        let (handle, task) = spawn(
-            config,
-            sm,
-            Arc::new(NoPeers),
-            metrics.clone(),
-            shutdown.clone(),
-        )
-        .unwrap();
+        let (handle, task) =
+            spawn(config, sm, transport, metrics.clone(), shutdown.clone()).unwrap();
         Running {
             handle,
             task,
@@ -1142,6 +1162,84 @@ mod tests {
             .collect();
         assert_eq!(items, expected);
         node.stop().await;
+    }
+
+    /// An in-memory network between nodes of one test.
+    #[derive(Default)]
+    struct MemNet {
+        nodes: Mutex<HashMap<u64, NodeHandle>>,
+    }
+
+    impl Transport for MemNet {
+        fn send(&self, msgs: Vec<Message>) {
+            let nodes = self.nodes.lock().unwrap();
+            for msg in msgs {
+                if let Some(node) = nodes.get(&msg.to) {
+                    node.step(msg);
+                }
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn follower_down_across_a_compaction_catches_up_by_snapshot() {
+        let net = Arc::new(MemNet::default());
+        let dirs = [tempdir(), tempdir(), tempdir()];
+        let config = |id: u64| NodeConfig {
+            id,
+            voters: vec![1, 2, 3],
+            // Elections in 250-500 ms: no leader change on a loaded machine.
+            tick: Duration::from_millis(50),
+            ..config(&dirs[id as usize - 1], 20)
+        };
+        let mut nodes: HashMap<u64, Running> = HashMap::new();
+        for id in 1..=3 {
+            let node = start_on(config(id), net.clone());
+            net.nodes.lock().unwrap().insert(id, node.handle.clone());
+            nodes.insert(id, node);
+        }
+        let leader = wait_for_leader(&nodes[&1].handle).await.leader;
+        let down = (1..=3).find(|id| *id != leader).unwrap();
+        propose(&nodes[&leader].handle, "v0").await.unwrap();
+
+        net.nodes.lock().unwrap().remove(&down);
+        nodes.remove(&down).unwrap().stop().await;
+        for i in 1..100 {
+            propose(&nodes[&leader].handle, &format!("v{i}"))
+                .await
+                .unwrap();
+        }
+        let leader_status = nodes[&leader].handle.status().borrow().clone();
+        assert!(leader_status.applied >= 100);
+
+        // Back up: the leader's log no longer has what it missed, so it
+        // must install a snapshot, then follow the log again.
+        let node = start_on(config(down), net.clone());
+        net.nodes.lock().unwrap().insert(down, node.handle.clone());
+        let expected: Vec<String> = (0..100).map(|i| format!("v{i}")).collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while node.items() != expected {
+            assert!(
+                Instant::now() < deadline,
+                "the restarted follower did not catch up: {} items",
+                node.items().len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            node.metrics.raft_snapshots.get() >= 1,
+            "installed a snapshot"
+        );
+        propose(&nodes[&leader].handle, "after").await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while node.items().last().map(String::as_str) != Some("after") {
+            assert!(Instant::now() < deadline, "the follower stopped following");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        node.stop().await;
+        for (_, node) in nodes {
+            node.stop().await;
+        }
     }
 
     #[tokio::test]

@@ -91,11 +91,17 @@ pub async fn up(
         cluster_files: files,
     });
 
-    shutdown.cancelled().await;
+    let raft_failed = tokio::select! {
+        () = shutdown.cancelled() => false,
+        () = hub.raft_stopped() => true,
+    };
     tracing::info!("stopping: agents and backends first, then the hub");
     clusters_shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     hub.stop().await;
+    if raft_failed {
+        anyhow::bail!("the hub's raft node stopped (the log above says why)");
+    }
     Ok(())
 }
 
