@@ -4,7 +4,7 @@
 
 use super::api::{AdminApi, AgentApi, Hub};
 use super::lease::{self, LeaseConfig, Leases};
-use super::machine::{DnsPublisher, Machine};
+use super::machine::Machine;
 use super::node::{self, NoPeers, NodeConfig};
 use super::peer::{PeerApi, PeerTransport, MAX_PEER_MESSAGE};
 use crate::dns::{self, Catalog, DnsConfig};
@@ -98,12 +98,8 @@ impl RunningHub {
 pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Result<RunningHub> {
     let metrics = Arc::new(Metrics::new());
     let catalog = Arc::new(Catalog::new(config.dns_config.clone()));
-    let (dns_index_tx, dns_index) = tokio::sync::watch::channel(0u64);
     let (machine, view) = Machine::new(metrics.clone());
-    let machine = machine.with_dns(DnsPublisher {
-        catalog: catalog.clone(),
-        published: dns_index_tx,
-    });
+    let machine = machine.with_dns(catalog.clone());
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let raft_dir = config.data_dir.join("raft");
@@ -182,7 +178,6 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Re
         view,
         leases.clone(),
         metrics.clone(),
-        dns_index,
         transport.clone(),
         fault_injection,
     );

@@ -24,18 +24,8 @@ pub struct Machine {
     view: watch::Sender<Arc<State>>,
     changed: bool,
     metrics: Arc<Metrics>,
-    dns: Option<DnsPublisher>,
-}
-
-/// The replica's DNS zone, brought up to date at the end of every applied
-/// batch, before the batch's proposers get their replies: an acknowledged
-/// write is already in this replica's DNS answers, with no hand-off to
-/// another task on the write path.
-pub struct DnsPublisher {
-    /// The zone DNS queries are answered from.
-    pub catalog: Arc<Catalog>,
-    /// The applied index the zone reflects, for writers to wait on.
-    pub published: watch::Sender<u64>,
+    /// The replica's DNS zone (see [`Machine::with_dns`]).
+    dns: Option<Arc<Catalog>>,
 }
 
 impl Machine {
@@ -54,11 +44,13 @@ impl Machine {
         )
     }
 
-    /// Publishes each applied batch to `dns` (see [`DnsPublisher`]).
-    pub fn with_dns(mut self, dns: DnsPublisher) -> Self {
-        dns.catalog.publish(&self.state.backends);
-        dns.published.send_replace(self.state.applied_index);
-        self.dns = Some(dns);
+    /// Publishes each applied batch to the DNS zone `catalog`, at the end
+    /// of the batch and before its proposers get their replies: an
+    /// acknowledged write is already in this replica's DNS answers, with no
+    /// hand-off to another task on the write path.
+    pub fn with_dns(mut self, catalog: Arc<Catalog>) -> Self {
+        catalog.publish(&self.state.backends);
+        self.dns = Some(catalog);
         self
     }
 }
@@ -94,13 +86,10 @@ impl StateMachine for Machine {
         if std::mem::take(&mut self.changed) {
             self.metrics.exports.set(self.state.export_count() as i64);
             self.metrics.clusters.set(self.state.clusters.len() as i64);
-            if let Some(dns) = &self.dns {
-                dns.catalog.publish(&self.state.backends);
+            if let Some(catalog) = &self.dns {
+                catalog.publish(&self.state.backends);
             }
             self.view.send_replace(Arc::new(self.state.clone()));
-            if let Some(dns) = &self.dns {
-                dns.published.send_replace(self.state.applied_index);
-            }
         }
     }
 

@@ -19,7 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot};
+use raft::eraftpb::{
+    ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType, Snapshot,
+};
 use raft::{RawNode, StateRole};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -85,6 +87,10 @@ const MAILBOX: usize = 4096;
 const MAX_BATCH: usize = 4096;
 /// Largest append message sent to a peer.
 const MAX_MSG_BYTES: u64 = 1 << 20;
+/// How long a follower waits for a proposal it passed to the leader to come
+/// back applied before it gives up (the message may have been lost); the
+/// caller may retry (commands are idempotent).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a proposal did not produce a reply.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -224,8 +230,10 @@ pub struct NodeHandle {
 }
 
 impl NodeHandle {
-    /// Proposes `command` and resolves once it is committed and applied
-    /// (and `after_batch` has run), with the state machine's reply.
+    /// Proposes `command` and resolves once it is committed and applied on
+    /// this replica (and `after_batch` has run), with the state machine's
+    /// reply. A follower passes the proposal to the leader inside raft (as
+    /// etcd does) and replies when it applies the entry itself.
     pub async fn propose(&self, command: Vec<u8>) -> Result<Vec<u8>, ProposeError> {
         let (reply, rx) = oneshot::channel();
         self.mailbox
@@ -369,6 +377,7 @@ pub fn spawn<S: StateMachine>(
         snapshot_now: false,
         term: 0,
         leader: 0,
+        leading: false,
         persister,
         persisting: 0,
         persisted: 0,
@@ -420,7 +429,7 @@ struct Node<S> {
     metrics: Arc<Metrics>,
     status: watch::Sender<RaftStatus>,
     /// Proposals of this incarnation waiting to be applied, by sequence number.
-    pending: HashMap<u64, Reply>,
+    pending: HashMap<u64, Pending>,
     /// Replies of applied proposals, sent once `after_batch` published them.
     replies: Vec<(Reply, Result<Vec<u8>, ProposeError>)>,
     /// ReadIndex requests waiting for raft to confirm an index, by sequence.
@@ -437,6 +446,8 @@ struct Node<S> {
     snapshot_now: bool,
     term: u64,
     leader: u64,
+    /// Whether this replica led at the last `observe`.
+    leading: bool,
     /// Readies to make durable, in order, on the persister thread.
     persister: std::sync::mpsc::Sender<PersistJob>,
     /// The last `Ready` number handed to the persister.
@@ -445,6 +456,13 @@ struct Node<S> {
     persisted: u64,
     /// A failure the persister reported; fatal at the next `on_ready`.
     persist_error: Option<StorageError>,
+}
+
+/// A proposal waiting to be applied.
+struct Pending {
+    reply: Reply,
+    /// Set for a proposal passed to the leader: when to stop waiting.
+    forwarded_until: Option<tokio::time::Instant>,
 }
 
 /// One `Ready` for the persister: make it durable, then send its messages.
@@ -524,6 +542,7 @@ impl<S: StateMachine> Node<S> {
                 }
                 _ = ticker.tick() => {
                     self.raw.tick();
+                    self.expire_forwarded();
                 }
             }
         };
@@ -542,6 +561,11 @@ impl<S: StateMachine> Node<S> {
     fn handle(&mut self, mail: Mail) {
         match mail {
             Mail::Step(msg) => {
+                if msg.get_msg_type() == MessageType::MsgPropose {
+                    self.metrics
+                        .forwarded_writes
+                        .inc_by(msg.entries.len() as u64);
+                }
                 if let Err(err) = self.raw.step(msg) {
                     debug!(%err, "ignored a raft message");
                 }
@@ -586,7 +610,13 @@ impl<S: StateMachine> Node<S> {
         let seq = self.next_context();
         match self.raw.propose_conf_change(self.context(seq), change) {
             Ok(()) => {
-                self.pending.insert(seq, reply);
+                self.pending.insert(
+                    seq,
+                    Pending {
+                        reply,
+                        forwarded_until: None,
+                    },
+                );
             }
             Err(err) => {
                 let _ = reply.send(Err(ProposeError::Rejected(format!(
@@ -596,17 +626,28 @@ impl<S: StateMachine> Node<S> {
         }
     }
 
+    /// Proposes on the leader, or passes the proposal to the leader when
+    /// this replica follows one (raft-rs sends it as `MsgPropose`; the
+    /// entry keeps this replica's context, so its own apply answers).
     fn propose(&mut self, command: Vec<u8>, reply: Reply) {
         let raft = &self.raw.raft;
-        if raft.state != StateRole::Leader {
-            let leader = (raft.leader_id != 0).then_some(raft.leader_id);
-            let _ = reply.send(Err(ProposeError::NotLeader { leader }));
+        let leading = raft.state == StateRole::Leader;
+        if !leading && raft.leader_id == 0 {
+            let _ = reply.send(Err(ProposeError::NotLeader { leader: None }));
             return;
         }
         let seq = self.next_context();
         match self.raw.propose(self.context(seq), command) {
             Ok(()) => {
-                self.pending.insert(seq, reply);
+                let forwarded_until =
+                    (!leading).then(|| tokio::time::Instant::now() + FORWARD_TIMEOUT);
+                self.pending.insert(
+                    seq,
+                    Pending {
+                        reply,
+                        forwarded_until,
+                    },
+                );
                 self.metrics.raft_proposals.inc();
             }
             Err(err) => {
@@ -789,7 +830,24 @@ impl<S: StateMachine> Node<S> {
 
     fn take_pending(&mut self, context: &[u8]) -> Option<Reply> {
         let seq = self.own_seq(context)?;
-        self.pending.remove(&seq)
+        self.pending.remove(&seq).map(|p| p.reply)
+    }
+
+    /// Gives up on proposals passed to the leader that did not come back
+    /// in time (lost on the way, or dropped by a leader about to step down).
+    fn expire_forwarded(&mut self) {
+        let now = tokio::time::Instant::now();
+        let expired: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.forwarded_until.is_some_and(|t| t <= now))
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in expired {
+            if let Some(p) = self.pending.remove(&seq) {
+                let _ = p.reply.send(Err(ProposeError::Dropped));
+            }
+        }
     }
 
     /// Snapshots the state machine and compacts the log every `snapshot_every` entries.
@@ -813,7 +871,8 @@ impl<S: StateMachine> Node<S> {
         Ok(())
     }
 
-    /// Publishes status and metrics; drops pending proposals when leadership is lost.
+    /// Publishes status and metrics; drops pending proposals when the term
+    /// changes or this replica stops leading.
     fn observe(&mut self) {
         let raft = &self.raw.raft;
         let is_leader = raft.state == StateRole::Leader;
@@ -860,7 +919,11 @@ impl<S: StateMachine> Node<S> {
                 let _ = reply.send(Err(ProposeError::Dropped));
             }
         }
-        if status.term != self.term || !is_leader {
+        // A new term, or a leader stepping down, may drop what is pending;
+        // the proposers retry (commands are idempotent).
+        let stepped_down = self.leading && !is_leader;
+        self.leading = is_leader;
+        if status.term != self.term || stepped_down {
             self.term = status.term;
             self.fail_pending(ProposeError::Dropped);
         }
@@ -884,8 +947,8 @@ impl<S: StateMachine> Node<S> {
         if !self.pending.is_empty() {
             debug!(count = self.pending.len(), %err, "failing pending proposals");
         }
-        for (_, reply) in self.pending.drain() {
-            let _ = reply.send(Err(err.clone()));
+        for (_, pending) in self.pending.drain() {
+            let _ = pending.reply.send(Err(err.clone()));
         }
     }
 }
@@ -1168,16 +1231,100 @@ mod tests {
     #[derive(Default)]
     struct MemNet {
         nodes: Mutex<HashMap<u64, NodeHandle>>,
+        /// Loses every proposal a follower passes to the leader.
+        drop_proposals: std::sync::atomic::AtomicBool,
     }
 
     impl Transport for MemNet {
         fn send(&self, msgs: Vec<Message>) {
             let nodes = self.nodes.lock().unwrap();
+            let drop_proposals = self
+                .drop_proposals
+                .load(std::sync::atomic::Ordering::Relaxed);
             for msg in msgs {
+                if drop_proposals && msg.get_msg_type() == MessageType::MsgPropose {
+                    continue;
+                }
                 if let Some(node) = nodes.get(&msg.to) {
                     node.step(msg);
                 }
             }
+        }
+    }
+
+    /// Three nodes on a [`MemNet`], with elections in 250-500 ms (no leader
+    /// change on a loaded machine); returns them with the leader's ID.
+    async fn three(net: &Arc<MemNet>, dirs: &[TempDir; 3]) -> (HashMap<u64, Running>, u64) {
+        let mut nodes = HashMap::new();
+        for id in 1..=3u64 {
+            let node = start_on(
+                NodeConfig {
+                    id,
+                    voters: vec![1, 2, 3],
+                    tick: Duration::from_millis(50),
+                    ..config(&dirs[id as usize - 1], 10_000)
+                },
+                net.clone(),
+            );
+            net.nodes.lock().unwrap().insert(id, node.handle.clone());
+            nodes.insert(id, node);
+        }
+        let leader = wait_for_leader(&nodes[&1].handle).await.leader;
+        // Every node knows the leader before the test proposes anywhere.
+        for node in nodes.values() {
+            let mut status = node.handle.status();
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                status.wait_for(|s| s.leader == leader),
+            )
+            .await
+            .expect("every node follows the leader")
+            .unwrap();
+        }
+        (nodes, leader)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn follower_proposal_goes_through_the_leader_and_replies_once_applied_here() {
+        let net = Arc::new(MemNet::default());
+        let dirs = [tempdir(), tempdir(), tempdir()];
+        let (nodes, leader) = three(&net, &dirs).await;
+        let follower = (1..=3).find(|id| *id != leader).unwrap();
+        assert_eq!(propose(&nodes[&follower].handle, "a").await.unwrap(), "1");
+        // The reply came after the follower applied it, not just the leader.
+        assert_eq!(nodes[&follower].items(), ["a"]);
+        assert_eq!(propose(&nodes[&leader].handle, "b").await.unwrap(), "2");
+        let err = propose(&nodes[&follower].handle, "bad x")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProposeError::Rejected(_)), "{err:?}");
+        assert_eq!(nodes[&leader].metrics.forwarded_writes.get(), 2);
+        for (_, node) in nodes {
+            node.stop().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn follower_proposal_lost_on_the_way_fails_instead_of_hanging() {
+        let net = Arc::new(MemNet::default());
+        let dirs = [tempdir(), tempdir(), tempdir()];
+        let (nodes, leader) = three(&net, &dirs).await;
+        let follower = (1..=3).find(|id| *id != leader).unwrap();
+        net.drop_proposals
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let started = Instant::now();
+        let err = propose(&nodes[&follower].handle, "lost").await.unwrap_err();
+        assert_eq!(err, ProposeError::Dropped);
+        assert!(started.elapsed() >= FORWARD_TIMEOUT);
+        assert!(nodes[&leader].items().is_empty());
+        net.drop_proposals
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            propose(&nodes[&follower].handle, "kept").await.unwrap(),
+            "1"
+        );
+        for (_, node) in nodes {
+            node.stop().await;
         }
     }
 

@@ -1,6 +1,7 @@
 //! Replica-to-replica networking: the raft transport (one gRPC stream per
 //! peer, reconnecting with backoff) and the peer service that receives raft
-//! messages, forwarded writes, lease renewals and status requests.
+//! messages, forwarded membership changes, lease renewals and status
+//! requests.
 //!
 //! A test-only fault hook ([`PeerTransport::isolate`]) drops raft traffic to
 //! and from chosen replicas, to rehearse partitions without touching the
@@ -258,22 +259,20 @@ impl PeerService for PeerApi {
         &self,
         req: Request<proto::ForwardRequest>,
     ) -> Result<Response<proto::ForwardReply>, Status> {
-        let r = req.into_inner();
-        self.hub.metrics().forwarded_writes.inc();
-        if let Some(change) = r.member_change {
-            let line = self
-                .hub
-                .change_member_local(change.id, &change.address)
-                .await?;
-            let reply = super::machine::Reply {
-                index: 0,
-                lines: vec![line],
-            };
-            let bytes = serde_json::to_vec(&reply).map_err(|e| Status::internal(e.to_string()))?;
-            return Ok(Response::new(proto::ForwardReply { reply: bytes }));
-        }
-        let reply = self.hub.propose_local(r.command).await?;
-        Ok(Response::new(proto::ForwardReply { reply }))
+        let change = req
+            .into_inner()
+            .member_change
+            .ok_or_else(|| Status::invalid_argument("a forward request names no member change"))?;
+        let line = self
+            .hub
+            .change_member_local(change.id, &change.address)
+            .await?;
+        let reply = super::machine::Reply {
+            index: 0,
+            lines: vec![line],
+        };
+        let bytes = serde_json::to_vec(&reply).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(proto::ForwardReply { reply: bytes }))
     }
 
     async fn renew_lease(

@@ -1,12 +1,13 @@
 //! A hub replica's front end: every request handler goes through [`Hub`].
 //!
-//! Writes: on the leader a command is validated and proposed locally; on a
-//! follower it is forwarded to the leader over the peer service. While there
-//! is no leader (an election, a minority partition) writes are retried for
-//! up to [`WRITE_DEADLINE`] and then refused with an error that says so.
-//! Every command is idempotent, so retrying after a dropped proposal is
-//! safe. An acknowledged write is applied on this replica and visible in
-//! its DNS before the reply, wherever it was proposed.
+//! Writes: a command is validated against this replica's state and
+//! proposed to its raft node; on a follower, raft passes the proposal to
+//! the leader (`MsgPropose`, as etcd does) and the reply comes when this
+//! replica applies the entry. While there is no leader (an election, a
+//! minority partition) writes are retried for up to [`WRITE_DEADLINE`] and
+//! then refused with an error that says so. Every command is idempotent, so
+//! retrying after a dropped proposal is safe. An acknowledged write is
+//! applied on this replica and visible in its DNS before the reply.
 
 use super::lease::Leases;
 use super::machine::Reply;
@@ -35,8 +36,6 @@ pub struct Hub {
     view: watch::Receiver<Arc<State>>,
     leases: Arc<Leases>,
     metrics: Arc<Metrics>,
-    /// The applied index this replica's DNS zone reflects.
-    dns_index: watch::Receiver<u64>,
     /// Peers, for forwarding; `None` for a single-voter hub.
     peers: Option<Arc<PeerTransport>>,
     fault_injection: bool,
@@ -79,7 +78,6 @@ impl Hub {
         view: watch::Receiver<Arc<State>>,
         leases: Arc<Leases>,
         metrics: Arc<Metrics>,
-        dns_index: watch::Receiver<u64>,
         peers: Option<Arc<PeerTransport>>,
         fault_injection: bool,
     ) -> Self {
@@ -91,7 +89,6 @@ impl Hub {
             view,
             leases,
             metrics,
-            dns_index,
             peers,
             fault_injection,
         }
@@ -128,30 +125,22 @@ impl Hub {
         s.leader != 0 && s.leader == s.id
     }
 
-    /// Proposes a command (locally or through the leader), waits until this
-    /// replica applied it and its DNS serves it; returns the reply lines.
+    /// Proposes a command (through the leader if this replica follows) and
+    /// returns the reply lines once this replica applied it; its DNS serves
+    /// it by then (the state machine publishes before replies go out).
     pub async fn propose(&self, cmd: &Command) -> Result<Vec<String>, Status> {
         let bytes = serde_json::to_vec(cmd).map_err(|e| Status::internal(e.to_string()))?;
         let reply = self.submit(cmd, bytes).await?;
-        self.wait_published(reply.index).await;
         Ok(reply.lines)
     }
 
     async fn submit(&self, cmd: &Command, bytes: Vec<u8>) -> Result<Reply, Status> {
         let deadline = Instant::now() + WRITE_DEADLINE;
         loop {
-            let leader = self.status.borrow().leader;
-            let attempt = if leader == self.id {
-                self.propose_command(cmd, bytes.clone())
-                    .await
-                    .map_err(classify)
-            } else if leader == 0 {
-                Err(Attempt::Retry(Status::unavailable(
-                    "no raft leader is elected",
-                )))
-            } else {
-                self.forward(leader, bytes.clone()).await
-            };
+            let attempt = self
+                .propose_command(cmd, bytes.clone())
+                .await
+                .map_err(classify);
             let raw = match attempt {
                 Ok(raw) => raw,
                 Err(Attempt::Fail(status)) => return Err(status),
@@ -171,15 +160,9 @@ impl Hub {
         }
     }
 
-    /// Validates and proposes on this replica, which must lead. Used for
-    /// this replica's own writes and for writes forwarded by followers.
-    pub async fn propose_local(&self, bytes: Vec<u8>) -> Result<Vec<u8>, Status> {
-        let cmd: Command = serde_json::from_slice(&bytes)
-            .map_err(|e| Status::invalid_argument(format!("undecodable command: {e}")))?;
-        self.propose_command(&cmd, bytes).await
-    }
-
-    /// [`Self::propose_local`] for a command already decoded (`bytes` is its encoding).
+    /// Validates `cmd` against this replica's state and proposes it once
+    /// (`bytes` is its encoding); the state machine validates it again when
+    /// it applies, so a stale check here never lets a bad command through.
     async fn propose_command(&self, cmd: &Command, bytes: Vec<u8>) -> Result<Vec<u8>, Status> {
         self.state()
             .validate(cmd)
@@ -187,18 +170,10 @@ impl Hub {
         self.node.propose(bytes).await.map_err(propose_status)
     }
 
-    async fn forward(&self, leader: u64, bytes: Vec<u8>) -> Result<Vec<u8>, Attempt> {
-        let mut client = self.leader_client(leader).map_err(Attempt::Retry)?;
-        let req = proto::ForwardRequest {
-            command: bytes,
-            member_change: None,
-        };
-        let mut request = tonic::Request::new(req);
-        request.set_timeout(WRITE_DEADLINE);
-        match client.forward(request).await {
-            Ok(r) => Ok(r.into_inner().reply),
-            Err(status) => Err(classify(status)),
-        }
+    /// Proposes `cmd` once on this replica and waits for its reply.
+    async fn propose_once(&self, cmd: &Command) -> Result<Vec<u8>, Status> {
+        let bytes = serde_json::to_vec(cmd).map_err(|e| Status::internal(e.to_string()))?;
+        self.propose_command(cmd, bytes).await
     }
 
     fn leader_client(
@@ -213,21 +188,6 @@ impl Hub {
         peers.client(leader).ok_or_else(|| {
             Status::unavailable(format!("no raft address known for leader {leader}"))
         })
-    }
-
-    /// Waits (up to 2 s) until this replica's DNS reflects `index`.
-    async fn wait_published(&self, index: u64) {
-        let mut dns = self.dns_index.clone();
-        let published = dns.wait_for(|i| *i >= index);
-        if tokio::time::timeout(Duration::from_secs(2), published)
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                index,
-                "this replica did not apply and publish an acknowledged write within 2 s"
-            );
-        }
     }
 
     /// A linearizable read barrier: returns once this replica has applied
@@ -293,7 +253,6 @@ impl Hub {
                         };
                         match client
                             .forward(proto::ForwardRequest {
-                                command: vec![],
                                 member_change: Some(change),
                             })
                             .await
@@ -340,11 +299,8 @@ impl Hub {
                 .propose_conf_change(cc)
                 .await
                 .map_err(propose_status)?;
-            let cmd = Command::SetMember { id, address: None };
-            self.propose_local(
-                serde_json::to_vec(&cmd).map_err(|e| Status::internal(e.to_string()))?,
-            )
-            .await?;
+            self.propose_once(&Command::SetMember { id, address: None })
+                .await?;
             Ok(format!("replica {id} removed"))
         } else {
             if voters.contains(&id) {
@@ -352,13 +308,10 @@ impl Hub {
                     "replica {id} is already a member"
                 )));
             }
-            let cmd = Command::SetMember {
+            self.propose_once(&Command::SetMember {
                 id,
                 address: Some(address.to_string()),
-            };
-            self.propose_local(
-                serde_json::to_vec(&cmd).map_err(|e| Status::internal(e.to_string()))?,
-            )
+            })
             .await?;
             cc.set_change_type(ConfChangeType::AddNode);
             self.node
