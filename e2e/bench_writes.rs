@@ -205,6 +205,35 @@ struct Run {
     p50_ms: f64,
     p99_ms: f64,
     errors: u64,
+    /// CPU time (user + system) of all server processes per acknowledged
+    /// write: steadier than writes/s on a noisy machine.
+    cpu_us_per_write: f64,
+}
+
+/// CPU time (user + system) the group's server processes used so far, in µs.
+fn cpu_us(g: &Group) -> f64 {
+    let tick_us = 1e6 / clock_ticks_per_s();
+    g.children
+        .iter()
+        .filter_map(|c| std::fs::read_to_string(format!("/proc/{}/stat", c.id())).ok())
+        .filter_map(|stat| {
+            // Fields after the command name (which may hold spaces).
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
+        })
+        .sum::<f64>()
+        * tick_us
+}
+
+fn clock_ticks_per_s() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
 }
 
 async fn load(system: System, g: &Group, concurrency: usize, secs: f64) -> Run {
@@ -242,6 +271,10 @@ async fn load(system: System, g: &Group, concurrency: usize, secs: f64) -> Run {
             (lat, errors)
         }));
     }
+    tokio::time::sleep_until(warmup.into()).await;
+    let cpu_start = cpu_us(g);
+    tokio::time::sleep_until(end.into()).await;
+    let cpu = cpu_us(g) - cpu_start;
     let mut lat = Vec::new();
     let mut errors = 0;
     for t in tasks {
@@ -260,6 +293,7 @@ async fn load(system: System, g: &Group, concurrency: usize, secs: f64) -> Run {
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
         errors,
+        cpu_us_per_write: cpu / lat.len().max(1) as f64,
     }
 }
 
@@ -318,16 +352,16 @@ async fn writes_vs_etcd() {
                 for &(r, c) in configs.iter().filter(|(r, _)| *r == replicas) {
                     let run = load(system, &g, c, secs).await;
                     eprintln!(
-                        "round {round} {system:?} replicas={r} clients={c}: {:.0} writes/s p50 {:.2} ms p99 {:.2} ms errors {}",
-                        run.writes_per_s, run.p50_ms, run.p99_ms, run.errors
+                        "round {round} {system:?} replicas={r} clients={c}: {:.0} writes/s p50 {:.2} ms p99 {:.2} ms errors {} cpu {:.0} us/write",
+                        run.writes_per_s, run.p50_ms, run.p99_ms, run.errors, run.cpu_us_per_write
                     );
                     results.entry((r, c, system as u8)).or_default().push(run);
                 }
             }
         }
     }
-    println!("\n| replicas | clients | etcd writes/s | hub writes/s | ratio | etcd p50 ms | hub p50 ms | etcd p99 ms | hub p99 ms | p99 ratio |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("\n| replicas | clients | etcd writes/s | hub writes/s | ratio | etcd p50 ms | hub p50 ms | etcd p99 ms | hub p99 ms | p99 ratio | etcd CPU µs/write | hub CPU µs/write |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (r, c) in configs {
         let get = |s: System, f: fn(&Run) -> f64| {
             results
@@ -347,8 +381,12 @@ async fn writes_vs_etcd() {
             get(System::Etcd, |x| x.p99_ms),
             get(System::Switchyard, |x| x.p99_ms),
         );
+        let (ecpu, hcpu) = (
+            get(System::Etcd, |x| x.cpu_us_per_write),
+            get(System::Switchyard, |x| x.cpu_us_per_write),
+        );
         println!(
-            "| {r} | {c} | {ew:.0} | {hw:.0} | {:.2} | {e50:.2} | {h50:.2} | {e99:.2} | {h99:.2} | {:.2} |",
+            "| {r} | {c} | {ew:.0} | {hw:.0} | {:.2} | {e50:.2} | {h50:.2} | {e99:.2} | {h99:.2} | {:.2} | {ecpu:.0} | {hcpu:.0} |",
             hw / ew,
             h99 / e99
         );

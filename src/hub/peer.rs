@@ -27,6 +27,8 @@ use tonic::{Request, Response, Status};
 pub const MAX_PEER_MESSAGE: usize = 512 * 1024 * 1024;
 /// Raft messages queued per peer before new ones are dropped.
 const QUEUE: usize = 4096;
+/// Most raft messages sent to a peer as one stream item.
+const BATCH: usize = 256;
 
 struct Link {
     address: String,
@@ -195,7 +197,7 @@ async fn run_link(
             tracing::warn!(peer, %address, "invalid peer address");
             return;
         };
-        let (tx, rx) = mpsc::channel::<proto::RaftMessage>(QUEUE);
+        let (tx, rx) = mpsc::channel::<proto::RaftMessages>(16);
         let call = tokio::spawn(async move { client.raft(ReceiverStream::new(rx)).await });
         loop {
             tokio::select! {
@@ -205,8 +207,19 @@ async fn run_link(
                 }
                 msg = queue.recv() => {
                     let Some(msg) = msg else { call.abort(); return };
-                    let Ok(bytes) = msg.write_to_bytes() else { continue };
-                    if tx.send(proto::RaftMessage { message: bytes }).await.is_err() {
+                    // Whatever else is queued goes in the same item: one
+                    // HTTP/2 frame for a burst of appends and acknowledgements.
+                    let mut messages = Vec::new();
+                    let mut next = Some(msg);
+                    while let Some(msg) = next.take() {
+                        if let Ok(bytes) = msg.write_to_bytes() {
+                            messages.push(bytes);
+                        }
+                        if messages.len() < BATCH {
+                            next = queue.try_recv().ok();
+                        }
+                    }
+                    if tx.send(proto::RaftMessages { messages }).await.is_err() {
                         break;
                     }
                     backoff = Duration::from_millis(50);
@@ -235,22 +248,23 @@ pub struct PeerApi {
 impl PeerService for PeerApi {
     async fn raft(
         &self,
-        req: Request<tonic::Streaming<proto::RaftMessage>>,
+        req: Request<tonic::Streaming<proto::RaftMessages>>,
     ) -> Result<Response<proto::RaftAck>, Status> {
         let mut inbound = req.into_inner();
         while let Some(item) = inbound.next().await {
-            let m = item?;
-            let msg = match Message::parse_from_bytes(&m.message) {
-                Ok(msg) => msg,
-                Err(e) => {
-                    tracing::warn!(error = %e, "undecodable raft message from a peer");
+            for bytes in item?.messages {
+                let msg = match Message::parse_from_bytes(&bytes) {
+                    Ok(msg) => msg,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "undecodable raft message from a peer");
+                        continue;
+                    }
+                };
+                if self.transport.is_isolated(msg.from) {
                     continue;
                 }
-            };
-            if self.transport.is_isolated(msg.from) {
-                continue;
+                self.node.step(msg);
             }
-            self.node.step(msg);
         }
         Ok(Response::new(proto::RaftAck {}))
     }
