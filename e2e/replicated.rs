@@ -30,6 +30,8 @@ struct Replica {
     dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    /// Started with `--join`, waiting for `hub members add`.
+    join: bool,
 }
 
 struct Group {
@@ -51,6 +53,7 @@ impl Group {
                 dir: root.path().join(format!("hub{id}")),
                 log: root.path().join(format!("hub{id}.log")),
                 child: None,
+                join: false,
             })
             .collect();
         let peers = replicas
@@ -72,6 +75,11 @@ impl Group {
 
     fn spawn(&mut self, i: usize, snapshot_every: u64) {
         let r = &mut self.replicas[i];
+        let peers = if r.join {
+            format!("{},{}={}", self.peers, r.id, r.raft)
+        } else {
+            self.peers.clone()
+        };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -93,10 +101,11 @@ impl Group {
             .arg(&r.dir)
             .args([
                 "--peers",
-                &self.peers,
+                &peers,
                 "--snapshot-every",
                 &snapshot_every.to_string(),
             ])
+            .args(r.join.then_some("--join"))
             .args(["--enable-fault-injection", "--lease-ms", "3000"])
             .env("RUST_LOG", "info,sled=warn,raft=info")
             .stdout(Stdio::null())
@@ -104,6 +113,24 @@ impl Group {
             .spawn()
             .unwrap();
         r.child = Some(child);
+    }
+
+    /// Starts one more replica with `--join`; returns its index.
+    fn add_joining(&mut self, snapshot_every: u64) -> usize {
+        let id = self.replicas.iter().map(|r| r.id).max().unwrap_or(0) + 1;
+        self.replicas.push(Replica {
+            id,
+            api: format!("127.0.0.1:{}", free_port()),
+            raft: format!("127.0.0.1:{}", free_port()),
+            dns: format!("127.0.0.1:{}", free_port()),
+            dir: self.root.path().join(format!("hub{id}")),
+            log: self.root.path().join(format!("hub{id}.log")),
+            child: None,
+            join: true,
+        });
+        let i = self.replicas.len() - 1;
+        self.spawn(i, snapshot_every);
+        i
     }
 
     fn kill(&mut self, i: usize) {
@@ -457,6 +484,136 @@ async fn minority_partition_refuses_writes_and_heals_without_divergence() {
     }
     // The fault hook is refused where it was not enabled at start: covered
     // by every production replica (the flag is off by default).
+}
+
+/// Runs the `switchyard` CLI; returns (success, stdout, stderr).
+async fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(BIN)
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `switchyard status -o json` through `api`: (leader, member IDs).
+async fn members(api: &str) -> (u64, Vec<u64>) {
+    let (ok, out, err) = cli(&["status", "-o", "json", "--hub", api]).await;
+    assert!(ok, "switchyard status failed: {err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut ids: Vec<u64> = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            for field in ["address", "role", "applied"] {
+                assert!(!m[field].is_null(), "member without {field}: {m}");
+            }
+            m["id"].as_u64().unwrap()
+        })
+        .collect();
+    ids.sort_unstable();
+    (v["leader"].as_u64().unwrap_or(0), ids)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_added_and_removed_online() {
+    let mut g = Group::start(3, 40);
+    g.leader(Duration::from_secs(10)).await;
+    let apis: Vec<String> = g.replicas.iter().map(|r| r.api.clone()).collect();
+    let mut acked = Vec::new();
+    let mut seq = 0;
+    round(&mut acked, &apis, &mut seq, 60).await;
+    assert_eq!(acked.len(), 60);
+
+    // Bad requests are refused with a reason, and change nothing.
+    for (args, reason) in [
+        (vec!["add", "2", "127.0.0.1:1"], "already a member"),
+        (vec!["add", "4", "nonsense"], "not IP:PORT"),
+        (vec!["remove", "9"], "not a member"),
+    ] {
+        let mut full = vec!["hub", "members"];
+        full.extend(args);
+        full.extend(["--hub", &apis[0]]);
+        let (ok, _, err) = cli(&full).await;
+        assert!(!ok && err.contains(reason), "{full:?}: {err}");
+    }
+    assert_eq!(members(&apis[0]).await.1, [1, 2, 3]);
+
+    // A fourth replica joins through any member and catches up (by
+    // snapshot: the log was compacted long before it came).
+    let new = g.add_joining(40);
+    let (id4, raft4, api4) = (
+        g.replicas[new].id.to_string(),
+        g.replicas[new].raft.clone(),
+        g.replicas[new].api.clone(),
+    );
+    let (ok, out, err) = cli(&["hub", "members", "add", &id4, &raft4, "--hub", &apis[1]]).await;
+    assert!(ok, "members add failed: {err}");
+    assert!(out.contains("added"), "{out}");
+    let want: BTreeSet<String> = acked.iter().cloned().collect();
+    let have = imports_on(&api4).await;
+    assert!(want.is_subset(&have), "the new replica missed writes");
+    assert_eq!(members(&api4).await.1, [1, 2, 3, 4]);
+
+    // Remove the leader itself; the others elect a new one and go on.
+    let leader = g.leader(Duration::from_secs(10)).await;
+    let leader_id = g.replicas[leader].id;
+    let via = g
+        .replicas
+        .iter()
+        .find(|r| r.id != leader_id)
+        .unwrap()
+        .api
+        .clone();
+    let (ok, out, err) = cli(&[
+        "hub",
+        "members",
+        "remove",
+        &leader_id.to_string(),
+        "--hub",
+        &via,
+    ])
+    .await;
+    assert!(ok, "members remove failed: {err}");
+    assert!(out.contains("removed"), "{out}");
+    let rest: Vec<u64> = g
+        .replicas
+        .iter()
+        .map(|r| r.id)
+        .filter(|id| *id != leader_id)
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (now_leading, ids) = members(&via).await;
+        if ids == rest && now_leading != 0 && now_leading != leader_id {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "membership did not settle: leader {now_leading}, members {ids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    g.kill(leader);
+    let live: Vec<String> = g
+        .replicas
+        .iter()
+        .filter(|r| r.child.is_some())
+        .map(|r| r.api.clone())
+        .collect();
+    let before = acked.len();
+    round(&mut acked, &live, &mut seq, 20).await;
+    assert_eq!(acked.len() - before, 20, "the remaining three take writes");
+    let want: BTreeSet<String> = acked.iter().cloned().collect();
+    for api in &live {
+        let have = imports_on(api).await;
+        assert!(want.is_subset(&have), "replica {api} lost writes");
+    }
 }
 
 fn dir_bytes(path: &Path) -> u64 {

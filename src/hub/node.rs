@@ -163,6 +163,10 @@ pub struct RaftStatus {
     pub role: String,
     /// Voters of the current configuration.
     pub voters: Vec<u64>,
+    /// Learners of the current configuration (replicas catching up before
+    /// they become voters).
+    #[serde(default)]
+    pub learners: Vec<u64>,
     /// Replication progress of every member, as the leader tracks it
     /// (empty on followers).
     pub progress: Vec<PeerProgress>,
@@ -214,6 +218,9 @@ enum Mail {
     ReadIndex {
         reply: ReadReply,
     },
+    TransferLeader {
+        to: u64,
+    },
     Step(Message),
     /// The persister made every `Ready` up to `number` durable (or failed).
     Persisted {
@@ -255,9 +262,10 @@ impl NodeHandle {
     }
 
     /// A linearizable read barrier (raft ReadIndex): resolves with a commit
-    /// index once this replica has applied at least that far, so a read of
-    /// the applied state afterwards sees every write acknowledged before
-    /// the call. Followers ask the leader.
+    /// index once this replica has applied at least that far (conf changes
+    /// included) and the state machine has published it (`after_batch`), so
+    /// a read of the applied state afterwards sees every write acknowledged
+    /// before the call. Followers ask the leader.
     pub async fn read_index(&self) -> Result<u64, ProposeError> {
         let (reply, rx) = oneshot::channel();
         self.mailbox
@@ -265,6 +273,15 @@ impl NodeHandle {
             .await
             .map_err(|_| ProposeError::Stopped)?;
         rx.await.unwrap_or(Err(ProposeError::Stopped))
+    }
+
+    /// Asks this replica, if it leads, to hand leadership to `to` (once
+    /// `to` has caught up). Watch the status to see it happen.
+    pub async fn transfer_leader(&self, to: u64) -> Result<(), ProposeError> {
+        self.mailbox
+            .send(Mail::TransferLeader { to })
+            .await
+            .map_err(|_| ProposeError::Stopped)
     }
 
     /// Watches the node's [`RaftStatus`].
@@ -581,6 +598,12 @@ impl<S: StateMachine> Node<S> {
                 }
                 Err(err) => self.persist_error = Some(err),
             },
+            Mail::TransferLeader { to } => {
+                if self.raw.raft.state == StateRole::Leader {
+                    info!(to, "transferring raft leadership");
+                    self.raw.transfer_leader(to);
+                }
+            }
             Mail::ReadIndex { reply } => {
                 let seq = self.next_context();
                 self.raw.read_index(self.context(seq));
@@ -879,6 +902,8 @@ impl<S: StateMachine> Node<S> {
         let conf = raft.prs().conf();
         let mut voters: Vec<u64> = conf.voters().ids().iter().collect();
         voters.sort_unstable();
+        let mut learners: Vec<u64> = conf.learners().iter().copied().collect();
+        learners.sort_unstable();
         let mut progress: Vec<PeerProgress> = if is_leader {
             raft.prs()
                 .iter()
@@ -900,6 +925,7 @@ impl<S: StateMachine> Node<S> {
             applied: self.applied,
             role: format!("{:?}", raft.state),
             voters,
+            learners,
             progress,
         };
         if status.leader != self.leader {

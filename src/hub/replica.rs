@@ -26,6 +26,9 @@ use tonic::Status;
 
 /// How long a write may wait for a leader before it is refused.
 pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+/// How long `hub members add` waits for a new replica to catch up before it
+/// promotes it from learner to voter.
+const CATCH_UP_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Everything a request handler needs. Cheap to clone.
 #[derive(Clone)]
@@ -191,20 +194,14 @@ impl Hub {
     }
 
     /// A linearizable read barrier: returns once this replica has applied
-    /// every write acknowledged before the call (raft ReadIndex).
+    /// every write acknowledged before the call (raft ReadIndex). The node
+    /// answers only after it applied through the confirmed index and
+    /// published the state, so [`Self::state`] then reflects it.
     pub async fn read_barrier(&self) -> Result<(), Status> {
-        let index = tokio::time::timeout(Duration::from_secs(3), self.node.read_index())
+        tokio::time::timeout(Duration::from_secs(3), self.node.read_index())
             .await
             .map_err(|_| Status::unavailable("no raft leader confirmed the read within 3 s; is a majority of hub replicas up?"))?
             .map_err(propose_status)?;
-        let mut view = self.view.clone();
-        tokio::time::timeout(
-            Duration::from_secs(3),
-            view.wait_for(|s| s.applied_index >= index),
-        )
-        .await
-        .map_err(|_| Status::unavailable("this replica did not catch up within 3 s"))?
-        .map_err(|_| Status::unavailable("the hub replica is shutting down"))?;
         Ok(())
     }
 
@@ -274,52 +271,116 @@ impl Hub {
         }
     }
 
-    /// The leader's half of a membership change: record the address, then
-    /// change the raft configuration (or the reverse for a removal).
+    /// The leader's half of a membership change. Every step is idempotent,
+    /// so a change cut short (a leader change, a lost reply) finishes when
+    /// the same command runs again.
     pub async fn change_member_local(&self, id: u64, address: &str) -> Result<String, Status> {
         if id == 0 {
             return Err(Status::invalid_argument("replica ID 0 is reserved"));
         }
-        let voters = self.raft_status().voters;
-        let mut cc = ConfChange {
-            node_id: id,
-            ..Default::default()
-        };
         if address.is_empty() {
-            if !voters.contains(&id) {
-                return Err(Status::invalid_argument(format!(
-                    "replica {id} is not a member (members: {voters:?})"
-                )));
-            }
-            if voters.len() == 1 {
-                return Err(Status::invalid_argument("cannot remove the last replica"));
-            }
-            cc.set_change_type(ConfChangeType::RemoveNode);
-            self.node
-                .propose_conf_change(cc)
-                .await
-                .map_err(propose_status)?;
-            self.propose_once(&Command::SetMember { id, address: None })
-                .await?;
-            Ok(format!("replica {id} removed"))
+            self.remove_member(id).await
         } else {
-            if voters.contains(&id) {
-                return Err(Status::invalid_argument(format!(
-                    "replica {id} is already a member"
-                )));
+            self.add_member(id, address).await
+        }
+    }
+
+    /// Adds a replica the safe way: record its address (so every replica
+    /// can reach it), add it as a learner, wait until it has caught up with
+    /// the log, then promote it to voter. A voter that cannot keep up would
+    /// otherwise count towards the quorum from the start.
+    async fn add_member(&self, id: u64, address: &str) -> Result<String, Status> {
+        let status = self.raft_status();
+        let known = self.state().members.get(&id).cloned();
+        if status.voters.contains(&id) {
+            if known.as_deref() == Some(address) {
+                return Ok(format!("replica {id} is already a member at {address}"));
             }
+            return Err(Status::invalid_argument(format!(
+                "replica {id} is already a member (members: {:?})",
+                status.voters
+            )));
+        }
+        if known.as_deref() != Some(address) {
             self.propose_once(&Command::SetMember {
                 id,
                 address: Some(address.to_string()),
             })
             .await?;
-            cc.set_change_type(ConfChangeType::AddNode);
+        }
+        if !status.learners.contains(&id) {
+            self.conf_change(id, ConfChangeType::AddLearnerNode).await?;
+        }
+        let target = self.raft_status().commit;
+        let mut watch = self.status.clone();
+        let caught_up = tokio::time::timeout(
+            CATCH_UP_DEADLINE,
+            watch.wait_for(|s| s.progress.iter().any(|p| p.id == id && p.matched >= target)),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        if !caught_up {
+            return Err(Status::failed_precondition(format!(
+                "replica {id} joined as a learner but has not caught up within {CATCH_UP_DEADLINE:?} (is it running with --join, reachable at {address}?); run the same command again to promote it once it has"
+            )));
+        }
+        self.conf_change(id, ConfChangeType::AddNode).await?;
+        Ok(format!("replica {id} added at {address}"))
+    }
+
+    /// Removes a replica: out of the raft configuration, then out of the
+    /// member list. The leader does not remove itself: it hands
+    /// leadership to the most up-to-date voter and the caller retries there.
+    async fn remove_member(&self, id: u64) -> Result<String, Status> {
+        let status = self.raft_status();
+        let voter = status.voters.contains(&id);
+        if !voter && !status.learners.contains(&id) {
+            if self.state().members.contains_key(&id) {
+                // A removal cut short after the configuration change.
+                self.propose_once(&Command::SetMember { id, address: None })
+                    .await?;
+                return Ok(format!("replica {id} removed"));
+            }
+            return Err(Status::invalid_argument(format!(
+                "replica {id} is not a member (members: {:?})",
+                status.voters
+            )));
+        }
+        if voter && status.voters.len() == 1 {
+            return Err(Status::invalid_argument("cannot remove the last replica"));
+        }
+        if id == self.id {
+            let to = status
+                .progress
+                .iter()
+                .filter(|p| p.id != id && status.voters.contains(&p.id))
+                .max_by_key(|p| p.matched)
+                .map(|p| p.id)
+                .ok_or_else(|| Status::unavailable("no other voter to hand leadership to"))?;
             self.node
-                .propose_conf_change(cc)
+                .transfer_leader(to)
                 .await
                 .map_err(propose_status)?;
-            Ok(format!("replica {id} added at {address}"))
+            return Err(Status::unavailable(format!(
+                "replica {id} leads: leadership moves to replica {to} before it is removed"
+            )));
         }
+        self.conf_change(id, ConfChangeType::RemoveNode).await?;
+        self.propose_once(&Command::SetMember { id, address: None })
+            .await?;
+        Ok(format!("replica {id} removed"))
+    }
+
+    async fn conf_change(&self, id: u64, kind: ConfChangeType) -> Result<(), Status> {
+        let mut cc = ConfChange {
+            node_id: id,
+            ..Default::default()
+        };
+        cc.set_change_type(kind);
+        self.node
+            .propose_conf_change(cc)
+            .await
+            .map_err(propose_status)
     }
 
     /// Test-only fault hook; refused unless enabled at start.
@@ -336,7 +397,8 @@ impl Hub {
     }
 
     /// The replica set as `switchyard status` shows it: leader, term, and
-    /// every member with its address, role, match and applied index.
+    /// every member (voters, then learners) with its address, role, match
+    /// and applied index.
     pub async fn cluster_status(&self) -> Value {
         let own = self.raft_status();
         let leader_status = if own.leader == self.id || own.leader == 0 {
@@ -344,12 +406,11 @@ impl Hub {
         } else {
             self.remote_status(own.leader).await
         };
-        let voters = leader_status
-            .as_ref()
-            .map(|s| s.voters.clone())
-            .unwrap_or_else(|| own.voters.clone());
+        let config = leader_status.as_ref().unwrap_or(&own);
+        let learners = config.learners.clone();
+        let ids: Vec<u64> = config.voters.iter().chain(&learners).copied().collect();
         let mut members = Vec::new();
-        for id in voters {
+        for id in ids {
             let s = if id == self.id {
                 Some(own.clone())
             } else {
@@ -366,7 +427,11 @@ impl Hub {
             members.push(json!({
                 "id": id,
                 "address": address,
-                "role": s.as_ref().map(|s| s.role.clone()).unwrap_or_else(|| "Unreachable".into()),
+                "role": match &s {
+                    None => "Unreachable".to_string(),
+                    Some(_) if learners.contains(&id) => "Learner".to_string(),
+                    Some(s) => s.role.clone(),
+                },
                 "match": matched,
                 "applied": s.as_ref().map(|s| s.applied),
                 "term": s.as_ref().map(|s| s.term),
