@@ -1,27 +1,28 @@
-//! Raft log storage on sled: entries, hard state, conf state and the latest
-//! snapshot of one raft replica, behind raft-rs's [`raft::Storage`] trait.
+//! Raft log storage of one replica, behind raft-rs's [`raft::Storage`]
+//! trait: the log in memory, made durable by the write-ahead journal
+//! ([`super::wal`]); the latest snapshot and the configuration in sled.
 //!
-//! Layout: the `entries` tree maps a big-endian `u64` index to an encoded
-//! [`Entry`]; the `meta` tree holds the [`HardState`], the [`ConfState`] and
-//! the truncated state (index and term of the last entry dropped from the
-//! log); the `snapshot` tree holds the latest [`Snapshot`] (metadata and
-//! data) on its own, so that frequent hard-state writes never rewrite it.
-//! Writes that touch several trees run in one sled transaction, so a crash
-//! never leaves them half-applied.
+//! This is etcd's layout (an in-memory log, a WAL, snapshots beside them):
+//! appending an entry costs one journal record and no tree update, and
+//! compaction only drops entries from memory and releases journal segments
+//! that a snapshot covers.
 //!
-//! Durability: new entries and hard states (every `Ready`) go to sled and to
-//! the write-ahead journal ([`super::wal`]); a [`Syncer`] makes them durable
-//! with one `fdatasync` of the journal, and opening the storage replays the
-//! journal into sled. The rare writes that bypass the journal (configuration,
-//! snapshots, compaction) are bracketed by checkpoints: sled is flushed and
-//! the journal emptied before them, and sled is flushed again after them, so
-//! a replayed journal never holds a record older than one of them.
+//! sled holds, in the `snapshot` tree, the latest [`Snapshot`] (metadata
+//! and data), and in the `meta` tree the [`ConfState`], the hard state as of
+//! the last installed snapshot, and the first journal segment to read (set
+//! when a snapshot from the leader replaces the whole log, so the records it
+//! superseded are never replayed). Writes that touch both trees run in one
+//! sled transaction and are flushed (and `fdatasync`ed) before the call
+//! returns.
 //!
-//! Small metadata (hard state, conf state, log bounds) is cached in memory;
-//! entries are read from sled on demand.
+//! Opening the storage loads the snapshot metadata, replays the journal
+//! (entries after the snapshot, the latest hard state) and starts a new
+//! journal segment.
 
+use std::collections::VecDeque;
 use std::path::Path;
 
+use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -32,7 +33,7 @@ use super::wal::{Record, Wal, WalError, WalSyncer};
 const HARD_STATE: &[u8] = b"hard_state";
 const CONF_STATE: &[u8] = b"conf_state";
 const SNAPSHOT: &[u8] = b"snapshot";
-const TRUNCATED: &[u8] = b"truncated";
+const FIRST_SEGMENT: &[u8] = b"first_wal_segment";
 
 /// What can go wrong reading or writing the raft log.
 #[derive(Debug, thiserror::Error)]
@@ -126,26 +127,26 @@ impl From<TransactionError<StorageError>> for StorageError {
     }
 }
 
-/// [`raft::Storage`] on a sled database. Mutating methods take `&mut self`:
-/// the raft node task owns the storage (inside its `RawNode`).
+/// [`raft::Storage`] of one replica (see the module docs). Mutating methods
+/// take `&mut self`: the raft node task owns the storage (inside its
+/// `RawNode`).
 pub struct SledStorage {
     db: sled::Db,
-    /// sled's log file, for `fdatasync` at checkpoints (sled itself only
-    /// calls `sync_file_range` on Linux, which leaves the device cache
-    /// unflushed).
+    /// sled's log file, for `fdatasync` (sled itself only calls
+    /// `sync_file_range` on Linux, which leaves the device cache unflushed).
     log: std::fs::File,
     log_path: std::path::PathBuf,
     wal: Wal,
-    entries: Tree,
     meta: Tree,
     snapshots: Tree,
     hard_state: HardState,
     conf_state: ConfState,
     snapshot_meta: SnapshotMetadata,
-    /// Index and term of the last entry dropped from the log (0, 0 if none).
+    /// Index and term of the entry just before `entries` (the compaction
+    /// point; the snapshot's index and term after a restart).
     truncated: (u64, u64),
-    /// Index of the last entry (`truncated.0` when the log is empty).
-    last_index: u64,
+    /// The log: entries `truncated.0 + 1 ..= last_index()`.
+    entries: VecDeque<Entry>,
 }
 
 /// Makes every write to a [`SledStorage`] so far durable, from another
@@ -180,7 +181,7 @@ fn open_db(path: &Path) -> Result<sled::Db, StorageError> {
 
 impl SledStorage {
     /// Opens (or creates) the storage in the directory `path` (sled's files,
-    /// and the journal in `path/wal`), replaying the journal into sled.
+    /// and the journal in `path/wal`), replaying the journal.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StorageError> {
         let db = open_db(path.as_ref())?;
         let log_path = path.as_ref().join("db");
@@ -188,8 +189,6 @@ impl SledStorage {
             path: log_path.clone(),
             source,
         })?;
-        let (wal, records) = Wal::open(&path.as_ref().join("wal"))?;
-        let entries = db.open_tree("entries")?;
         let meta = db.open_tree("meta")?;
         let snapshots = db.open_tree("snapshot")?;
         let hard_state: HardState = read_meta(&meta, HARD_STATE)?.unwrap_or_default();
@@ -197,39 +196,34 @@ impl SledStorage {
         let snapshot_meta = read_meta::<Snapshot>(&snapshots, SNAPSHOT)?
             .map(|mut s| s.take_metadata())
             .unwrap_or_default();
-        let truncated = match meta.get(TRUNCATED)? {
-            None => (0, 0),
-            Some(v) if v.len() == 16 => (decode_u64(&v[..8])?, decode_u64(&v[8..])?),
-            Some(_) => return Err(corrupt("truncated state has the wrong length")),
+        let first_segment = match meta.get(FIRST_SEGMENT)? {
+            None => 0,
+            Some(v) => decode_u64(&v)?,
         };
-        let last_index = match entries.last()? {
-            Some((key, _)) => decode_u64(&key)?.max(truncated.0),
-            None => truncated.0,
-        };
+        let (wal, records) = Wal::open(&path.as_ref().join("wal"), first_segment)?;
         let mut storage = Self {
             db,
             log,
             log_path,
             wal,
-            entries,
             meta,
             snapshots,
             hard_state,
             conf_state,
+            truncated: (snapshot_meta.index, snapshot_meta.term),
             snapshot_meta,
-            truncated,
-            last_index,
+            entries: VecDeque::new(),
         };
         let replayed = records.len();
         for record in records {
             storage.replay(record)?;
         }
         storage.check_consistency()?;
-        storage.checkpoint(0)?;
+        storage.wal.start(&storage.hard_state)?;
         if replayed > 0 {
             tracing::info!(
                 records = replayed,
-                last_index = storage.last_index,
+                last_index = storage.last(),
                 commit = storage.hard_state.commit,
                 "replayed the raft journal"
             );
@@ -237,33 +231,22 @@ impl SledStorage {
         Ok(storage)
     }
 
-    /// Applies one journal record to sled, as [`Self::persist`] did before
-    /// the crash. Entries a later snapshot or compaction already covers
-    /// are skipped (the checkpoints make that case rare: a crash between a
-    /// checkpoint's flush and its journal reset).
+    /// Applies one journal record to the in-memory log, as
+    /// [`Self::persist`] did before the restart. Entries the snapshot
+    /// covers are skipped.
     fn replay(&mut self, record: Record) -> Result<(), StorageError> {
         let entries: Vec<Entry> = record
             .entries
             .into_iter()
             .filter(|e| e.index > self.truncated.0)
             .collect();
-        if entries
-            .first()
-            .is_some_and(|e| e.index <= self.last_index + 1)
-        {
-            self.write_entries(&entries)?;
+        if !entries.is_empty() {
+            self.check_append(&entries)?;
+            self.append_in_memory(entries);
         }
         if let Some(hs) = record.hard_state {
-            self.write_hard_state(hs)?;
+            self.hard_state = hs;
         }
-        Ok(())
-    }
-
-    /// Makes everything in sled durable (flush, then `fdatasync` of its
-    /// log) and empties the journal, whose records sled now holds.
-    fn checkpoint(&mut self, min_room: u64) -> Result<(), StorageError> {
-        self.flush_sled()?;
-        self.wal.reset(min_room)?;
         Ok(())
     }
 
@@ -277,23 +260,16 @@ impl SledStorage {
 
     /// Refuses a storage whose state raft-rs would panic on.
     fn check_consistency(&mut self) -> Result<(), StorageError> {
-        if self.snapshot_meta.index > self.last_index {
-            return Err(corrupt(format!(
-                "snapshot index {} is past the last log index {}",
-                self.snapshot_meta.index, self.last_index
-            )));
-        }
-        if self.hard_state.commit > self.last_index {
+        if self.hard_state.commit > self.last() {
             return Err(corrupt(format!(
                 "commit index {} is past the last log index {}",
-                self.hard_state.commit, self.last_index
+                self.hard_state.commit,
+                self.last()
             )));
         }
         // A snapshot is only taken of applied, hence committed, entries.
         if self.hard_state.commit < self.snapshot_meta.index {
-            let mut hs = self.hard_state.clone();
-            hs.commit = self.snapshot_meta.index;
-            self.write_hard_state(hs)?;
+            self.hard_state.commit = self.snapshot_meta.index;
         }
         Ok(())
     }
@@ -318,9 +294,14 @@ impl SledStorage {
         &self.snapshot_meta
     }
 
+    /// How many journal segments are on disk (for tests and metrics).
+    pub fn journal_segments(&self) -> usize {
+        self.wal.segments()
+    }
+
     /// Stores one `Ready`'s new entries and hard state: journaled (durable
-    /// at the next [`Syncer::sync`]) and written to sled. The entries follow
-    /// the log, replacing any stored suffix from `entries[0].index` on (a
+    /// at the next [`Syncer::sync`]) and added to the log. The entries
+    /// follow the log, replacing any suffix from `entries[0].index` on (a
     /// conflicting suffix from an older term).
     pub fn persist(
         &mut self,
@@ -332,12 +313,16 @@ impl SledStorage {
         }
         self.check_append(entries)?;
         if !self.wal.has_room(entries, hard_state) {
-            self.checkpoint(super::wal::record_bound(entries, hard_state))?;
+            let current = hard_state.unwrap_or(&self.hard_state).clone();
+            self.wal
+                .roll(super::wal::record_bound(entries, hard_state), &current)?;
         }
         self.wal.append(entries, hard_state)?;
-        self.write_entries(entries)?;
+        if !entries.is_empty() {
+            self.append_in_memory(entries.to_vec());
+        }
         if let Some(hs) = hard_state {
-            self.write_hard_state(hs.clone())?;
+            self.hard_state = hs.clone();
         }
         Ok(())
     }
@@ -347,52 +332,34 @@ impl SledStorage {
         self.persist(ents, None)
     }
 
+    /// The last index of the log.
+    fn last(&self) -> u64 {
+        self.truncated.0 + self.entries.len() as u64
+    }
+
     /// Refuses entries that do not follow the log.
     fn check_append(&self, ents: &[Entry]) -> Result<(), StorageError> {
         let Some(first) = ents.first().map(|e| e.index) else {
             return Ok(());
         };
         let contiguous = ents.iter().zip(first..).all(|(e, i)| e.index == i);
-        if first <= self.truncated.0 || first > self.last_index + 1 || !contiguous {
+        if first <= self.truncated.0 || first > self.last() + 1 || !contiguous {
             return Err(StorageError::NotContiguous {
                 first,
                 log_first: self.truncated.0 + 1,
-                log_last: self.last_index,
+                log_last: self.last(),
             });
         }
         Ok(())
     }
 
-    /// Writes entries to sled (not journaled).
-    fn write_entries(&mut self, ents: &[Entry]) -> Result<(), StorageError> {
-        self.check_append(ents)?;
-        let Some(first) = ents.first().map(|e| e.index) else {
-            return Ok(());
-        };
-        let last = first + ents.len() as u64 - 1;
-        if first == self.last_index + 1 {
-            // The common case: entries that extend the log. Plain inserts in
-            // index order (any prefix of them is a valid log, and the journal
-            // replays the rest); `apply_batch` would seal sled's write buffer
-            // for its batch marker and hand a write to sled's I/O threads.
-            for entry in ents {
-                self.entries
-                    .insert(entry.index.to_be_bytes(), encode(entry)?)?;
-            }
-            self.last_index = last;
-            return Ok(());
+    /// Puts checked entries in the log, dropping any suffix they replace.
+    fn append_in_memory(&mut self, ents: Vec<Entry>) {
+        if let Some(first) = ents.first() {
+            let keep = (first.index - self.truncated.0 - 1) as usize;
+            self.entries.truncate(keep);
+            self.entries.extend(ents);
         }
-        // A conflicting suffix from an older term is replaced atomically.
-        let mut batch = Batch::default();
-        for index in last + 1..=self.last_index {
-            batch.remove(&index.to_be_bytes());
-        }
-        for entry in ents {
-            batch.insert(&entry.index.to_be_bytes(), encode(entry)?);
-        }
-        self.entries.apply_batch(batch)?;
-        self.last_index = last;
-        Ok(())
     }
 
     /// Stores the hard state (term, vote, commit), journaled.
@@ -400,23 +367,17 @@ impl SledStorage {
         self.persist(&[], Some(&hs))
     }
 
-    /// Writes the hard state to sled (not journaled).
-    fn write_hard_state(&mut self, hs: HardState) -> Result<(), StorageError> {
-        self.meta.insert(HARD_STATE, encode(&hs)?)?;
-        self.hard_state = hs;
-        Ok(())
-    }
-
     /// Stores the configuration, durably before returning.
     pub fn set_conf_state(&mut self, cs: ConfState) -> Result<(), StorageError> {
-        self.checkpoint(0)?;
         self.meta.insert(CONF_STATE, encode(&cs)?)?;
         self.conf_state = cs;
         self.flush_sled()
     }
 
     /// Installs a snapshot received from the leader: it replaces the whole
-    /// log, the configuration, and moves the commit index to the snapshot.
+    /// log and the configuration, and moves the commit index to the
+    /// snapshot. The journal starts over: its records before this point
+    /// describe a log that no longer exists.
     pub fn apply_snapshot(&mut self, mut snapshot: Snapshot) -> Result<(), StorageError> {
         let meta = snapshot.get_metadata().clone();
         if meta.index <= self.truncated.0 {
@@ -430,32 +391,29 @@ impl SledStorage {
         hs.commit = hs.commit.max(meta.index);
         let cs = snapshot.mut_metadata().take_conf_state();
         snapshot.mut_metadata().set_conf_state(cs.clone());
+        let first_segment = self.wal.next_seq();
 
         let mut meta_batch = Batch::default();
         meta_batch.insert(HARD_STATE, encode(&hs)?);
         meta_batch.insert(CONF_STATE, encode(&cs)?);
-        meta_batch.insert(TRUNCATED, encode_truncated(meta.index, meta.term));
+        meta_batch.insert(FIRST_SEGMENT, &first_segment.to_be_bytes());
         let mut snapshot_batch = Batch::default();
         snapshot_batch.insert(SNAPSHOT, encode(&snapshot)?);
-        let mut entries_batch = Batch::default();
-        for key in self.entries.iter().keys() {
-            entries_batch.remove(key?);
-        }
-        self.checkpoint(0)?;
-        self.transact(&entries_batch, &meta_batch, &snapshot_batch)?;
+        self.transact(&meta_batch, &snapshot_batch)?;
         self.flush_sled()?;
+        self.wal.restart_at(first_segment, &hs)?;
 
         self.hard_state = hs;
         self.conf_state = cs;
         self.truncated = (meta.index, meta.term);
-        self.last_index = meta.index;
+        self.entries.clear();
         self.snapshot_meta = meta;
         Ok(())
     }
 
     /// Records a snapshot of the state machine taken at applied `index`
-    /// (which must be in the log). Follow with [`Self::compact`] to drop the
-    /// entries it covers.
+    /// (which must be in the log), durably. Follow with [`Self::compact`]
+    /// to drop the entries it covers.
     pub fn create_snapshot(
         &mut self,
         index: u64,
@@ -476,19 +434,15 @@ impl SledStorage {
         meta.term = term;
         meta.set_conf_state(conf_state);
         let meta = meta.clone();
-        self.checkpoint(0)?;
         self.snapshots.insert(SNAPSHOT, encode(&snapshot)?)?;
+        self.flush_sled()?;
         self.snapshot_meta = meta;
-        if self.hard_state.commit < index {
-            let mut hs = self.hard_state.clone();
-            hs.commit = index;
-            self.write_hard_state(hs)?;
-        }
-        self.flush_sled()
+        Ok(())
     }
 
     /// Drops the entries up to and including `index`, which the latest
-    /// snapshot must cover. A no-op if they are already gone.
+    /// snapshot must cover, and releases the journal segments that held
+    /// only such entries. A no-op if they are already gone.
     pub fn compact(&mut self, index: u64) -> Result<(), StorageError> {
         if index <= self.truncated.0 {
             return Ok(());
@@ -500,16 +454,11 @@ impl SledStorage {
             });
         }
         let term = self.term_of(index)?;
-        let mut entries_batch = Batch::default();
-        for index in self.truncated.0 + 1..=index {
-            entries_batch.remove(&index.to_be_bytes());
-        }
-        let mut meta_batch = Batch::default();
-        meta_batch.insert(TRUNCATED, encode_truncated(index, term));
-        self.checkpoint(0)?;
-        self.transact(&entries_batch, &meta_batch, &Batch::default())?;
+        let drop = (index - self.truncated.0) as usize;
+        self.entries.drain(..drop);
         self.truncated = (index, term);
-        self.flush_sled()
+        self.wal.release(index)?;
+        Ok(())
     }
 
     /// Makes every write so far durable (fsync). Call before acknowledging
@@ -533,16 +482,10 @@ impl SledStorage {
     }
 
     /// Applies one batch to each tree, atomically.
-    fn transact(
-        &self,
-        entries: &Batch,
-        meta: &Batch,
-        snapshots: &Batch,
-    ) -> Result<(), StorageError> {
+    fn transact(&self, meta: &Batch, snapshots: &Batch) -> Result<(), StorageError> {
         use sled::Transactional;
-        (&self.entries, &self.meta, &self.snapshots)
-            .transaction(|(e, m, s)| {
-                e.apply_batch(entries)?;
+        (&self.meta, &self.snapshots)
+            .transaction(|(m, s)| {
                 m.apply_batch(meta)?;
                 s.apply_batch(snapshots)?;
                 Ok::<_, ConflictableTransactionError<StorageError>>(())
@@ -552,21 +495,6 @@ impl SledStorage {
 
     fn first(&self) -> u64 {
         self.truncated.0 + 1
-    }
-
-    fn read_entry(&self, index: u64) -> Result<Entry, StorageError> {
-        let bytes = self
-            .entries
-            .get(index.to_be_bytes())?
-            .ok_or_else(|| corrupt(format!("entry {index} is missing")))?;
-        let entry: Entry = decode(&bytes, "entry")?;
-        if entry.index != index {
-            return Err(corrupt(format!(
-                "entry stored at {index} says {}",
-                entry.index
-            )));
-        }
-        Ok(entry)
     }
 
     fn term_of(&self, index: u64) -> Result<u64, StorageError> {
@@ -579,13 +507,13 @@ impl SledStorage {
                 first: self.first(),
             });
         }
-        if index > self.last_index {
-            return Err(StorageError::Unavailable {
+        match self.entries.get((index - self.truncated.0 - 1) as usize) {
+            Some(entry) => Ok(entry.term),
+            None => Err(StorageError::Unavailable {
                 index,
-                last: self.last_index,
-            });
+                last: self.last(),
+            }),
         }
-        Ok(self.read_entry(index)?.term)
     }
 
     fn entries_in(
@@ -600,31 +528,23 @@ impl SledStorage {
                 first: self.first(),
             });
         }
-        if high > self.last_index + 1 {
+        if high > self.last() + 1 {
             return Err(StorageError::Unavailable {
                 index: high - 1,
-                last: self.last_index,
+                last: self.last(),
             });
         }
-        let mut ents = Vec::new();
+        let from = (low - self.first()) as usize;
+        let to = (high - self.first()) as usize;
+        let mut ents = Vec::with_capacity(to - from);
         let mut size = 0u64;
-        let mut over_limit = false;
-        let range = self.entries.range(low.to_be_bytes()..high.to_be_bytes());
-        for (expected, item) in (low..).zip(range) {
-            let (key, value) = item?;
-            if decode_u64(&key)? != expected {
-                return Err(corrupt(format!("entry {expected} is missing")));
-            }
-            ents.push(decode::<Entry>(&value, "entry")?);
-            size += value.len() as u64;
-            // Read one past the limit; limit_size trims to the exact size.
-            over_limit = max_size.is_some_and(|max| size > max);
-            if over_limit {
+        for entry in self.entries.range(from..to) {
+            size += u64::from(entry.compute_size());
+            ents.push(entry.clone());
+            // Take one past the limit; limit_size trims to the exact size.
+            if max_size.is_some_and(|max| size > max) {
                 break;
             }
-        }
-        if !over_limit && ents.len() as u64 != high - low {
-            return Err(corrupt(format!("entries {low}..{high} are incomplete")));
         }
         raft::util::limit_size(&mut ents, max_size);
         Ok(ents)
@@ -658,7 +578,7 @@ impl raft::Storage for SledStorage {
     }
 
     fn last_index(&self) -> raft::Result<u64> {
-        Ok(self.last_index)
+        Ok(self.last())
     }
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
@@ -699,16 +619,9 @@ fn decode_u64(bytes: &[u8]) -> Result<u64, StorageError> {
     Ok(u64::from_be_bytes(array))
 }
 
-fn encode_truncated(index: u64, term: u64) -> Vec<u8> {
-    let mut out = index.to_be_bytes().to_vec();
-    out.extend_from_slice(&term.to_be_bytes());
-    out
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use protobuf::Message as _;
     use raft::Storage as _;
 
     fn entry(index: u64, term: u64) -> Entry {
@@ -900,14 +813,14 @@ pub(crate) mod tests {
             entries: entries(4..=8, 1),
         })
         .unwrap();
-        assert_eq!((s.first(), s.last_index), (11, 10));
+        assert_eq!((s.first(), s.last()), (11, 10));
         // ...and a record straddling it only adds what follows it.
         s.replay(Record {
             hard_state: None,
             entries: entries(9..=12, 2),
         })
         .unwrap();
-        assert_eq!((s.first(), s.last_index), (11, 12));
+        assert_eq!((s.first(), s.last()), (11, 12));
         assert_eq!(s.term(12).unwrap(), 2);
         assert_eq!(s.hard_state(), &hs);
     }
@@ -974,16 +887,12 @@ pub(crate) mod tests {
         child.wait().unwrap();
         let (index, term) = synced.expect("the child synced entries");
 
-        let (_, records) = Wal::open(&dir.path().join("wal")).unwrap();
+        let (_, records) = Wal::open(&dir.path().join("wal"), 0).unwrap();
         assert!(!records.is_empty(), "the journal holds the latest writes");
         let s = SledStorage::open(dir.path()).unwrap();
-        assert!(
-            s.last_index >= index,
-            "last {} < synced {index}",
-            s.last_index
-        );
+        assert!(s.last() >= index, "last {} < synced {index}", s.last());
         assert!(s.hard_state().term >= term);
-        let log = s.entries(1, s.last_index + 1, None, ctx()).unwrap();
+        let log = s.entries(1, s.last() + 1, None, ctx()).unwrap();
         for (i, e) in log.iter().enumerate() {
             assert_eq!(e.index, i as u64 + 1);
             assert_eq!(e.data.as_ref(), format!("cmd-{}", e.index).as_bytes());
@@ -993,21 +902,78 @@ pub(crate) mod tests {
             "terms never go down along the log"
         );
         assert_eq!(s.term(index).unwrap(), term);
-        // The journal was emptied into sled on open.
-        let (_, records) = Wal::open(&dir.path().join("wal")).unwrap();
-        assert!(records.is_empty());
+        // Opening again (after a journal restart) gives the same log.
+        let hs = s.hard_state().clone();
+        drop(s);
+        let s = SledStorage::open(dir.path()).unwrap();
+        assert_eq!(s.entries(1, s.last() + 1, None, ctx()).unwrap(), log);
+        assert_eq!(s.hard_state(), &hs);
     }
 
     #[test]
-    fn corrupt_entry_is_an_error_not_a_panic() {
+    fn a_journal_with_a_gap_is_an_error_not_a_panic() {
         let dir = tempdir();
+        {
+            let mut s = SledStorage::open(dir.path()).unwrap();
+            s.append(&entries(1..=3, 1)).unwrap();
+            s.flush().unwrap();
+        }
+        {
+            // A record that does not follow the log (written by hand: the
+            // storage itself refuses it).
+            let (mut wal, _) = Wal::open(&dir.path().join("wal"), 0).unwrap();
+            wal.start(&HardState::default()).unwrap();
+            wal.append(&entries(7..=8, 1), None).unwrap();
+            wal.syncer().sync().unwrap();
+        }
+        match SledStorage::open(dir.path()) {
+            Err(StorageError::NotContiguous { first: 7, .. }) => {}
+            Err(other) => panic!("expected NotContiguous, got {other}"),
+            Ok(_) => panic!("a log with a gap was accepted"),
+        }
+    }
+
+    #[test]
+    fn compaction_releases_journal_segments_and_restart_replays_the_rest() {
+        let dir = tempdir();
+        let cs = ConfState {
+            voters: vec![1],
+            ..ConfState::default()
+        };
         let mut s = SledStorage::open(dir.path()).unwrap();
-        s.append(&entries(1..=3, 1)).unwrap();
-        s.entries
-            .insert(2u64.to_be_bytes(), &b"\xff\xff\xff"[..])
+        // Entries big enough that the journal rolls over every few.
+        let big = |range: std::ops::RangeInclusive<u64>| -> Vec<Entry> {
+            range
+                .map(|i| Entry {
+                    index: i,
+                    term: 1,
+                    data: vec![i as u8; (super::super::wal::SEGMENT_BYTES / 3) as usize].into(),
+                    ..Entry::default()
+                })
+                .collect()
+        };
+        for i in 1..=30 {
+            s.append(&big(i..=i)).unwrap();
+        }
+        let before = s.journal_segments();
+        assert!(before >= 8, "{before} segments");
+        s.create_snapshot(24, cs.clone(), b"state@24".to_vec())
             .unwrap();
-        assert!(s.term(2).is_err());
-        assert!(s.entries(1, 4, None, ctx()).is_err());
+        s.compact(24).unwrap();
+        let after = s.journal_segments();
+        assert!(after <= 4, "{before} segments before, {after} after");
+        s.set_hard_state(HardState {
+            term: 1,
+            commit: 30,
+            ..HardState::default()
+        })
+        .unwrap();
+        s.flush().unwrap();
+        drop(s);
+        let s = SledStorage::open(dir.path()).unwrap();
+        assert_eq!((s.first(), s.last()), (25, 30));
+        assert_eq!(s.entries(25, 31, None, ctx()).unwrap(), big(25..=30));
+        assert_eq!(s.hard_state().commit, 30);
     }
 
     /// A temporary directory removed on drop.

@@ -1,25 +1,25 @@
-//! The raft log's write-ahead journal: what makes a `Ready` durable.
+//! The raft log's write-ahead journal: where entries and hard states live
+//! durably between snapshots.
 //!
-//! sled's own `flush` costs a hand-off to its I/O thread pool (which wakes
-//! every idle pool thread) and a `sync_file_range` per call, and its log file
-//! grows as it is written, so each `fdatasync` also commits file-size
-//! metadata. The hub therefore journals each `Ready`'s new entries and hard
-//! state here, one record per `Ready` written with one `pwrite`, and makes
-//! them durable with one `fdatasync` of a preallocated segment (etcd's WAL
-//! does the same). sled still stores everything; it is flushed only at a
-//! checkpoint, after which the journal starts an empty segment.
+//! Each `Ready`'s new entries and hard state become one record, written with
+//! one `pwrite` into a preallocated segment and made durable with one
+//! `fdatasync` (etcd's WAL works the same way). The log itself is kept in
+//! memory ([`super::storage`]); the journal is what rebuilds it after a
+//! restart, so a segment is kept until a snapshot covers every entry in it.
 //!
 //! Segment layout: an 8-byte magic, the segment's sequence number (u64 LE),
 //! then records `[len u32 LE][crc32 u32 LE][payload]`. The rest of the
 //! preallocated file reads as zeros, and a zero length ends the segment. A
 //! record that is cut short or fails its checksum is a write torn by a crash
 //! before its `fdatasync` returned (nothing was acknowledged on it): reading
-//! stops there.
+//! that segment stops there. A new segment starts with a record of the
+//! current hard state, so older segments are never needed for it.
 //!
 //! Payload: a flags byte (bit 0: a hard state follows), the hard state as
 //! `[len u32][protobuf]` if present, the number of entries (u32), then each
 //! entry as `[len u32][protobuf]`.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -33,8 +33,12 @@ use tracing::{debug, warn};
 const MAGIC: &[u8; 8] = b"SYWAL\0\0\x01";
 const SEGMENT_HEADER: u64 = 16;
 const RECORD_HEADER: u64 = 8;
-/// Preallocated size of a segment (etcd's WAL uses the same).
+/// Preallocated size of a segment (etcd's WAL uses the same; tests use
+/// small ones so that they roll over often).
+#[cfg(not(test))]
 pub const SEGMENT_BYTES: u64 = 64 << 20;
+#[cfg(test)]
+pub const SEGMENT_BYTES: u64 = 64 << 10;
 const HAS_HARD_STATE: u8 = 1;
 
 /// What can go wrong with the journal.
@@ -79,14 +83,26 @@ struct Segment {
     path: PathBuf,
 }
 
+/// A segment on disk and the highest entry index written to it.
+#[derive(Debug)]
+struct Held {
+    seq: u64,
+    path: PathBuf,
+    max_index: u64,
+}
+
 /// The journal of one replica, owned by its storage.
 pub struct Wal {
     dir: PathBuf,
     current: Arc<ArcSwap<Segment>>,
+    /// Every segment on disk, oldest first; the last one is `current`
+    /// once the journal has been started.
+    held: VecDeque<Held>,
+    /// Sequence number of the newest segment.
     seq: u64,
     /// Where the next record goes in the current segment.
     offset: u64,
-    /// The current segment's preallocated size.
+    /// The current segment's preallocated size (0 until started).
     capacity: u64,
     /// Reused encoding buffer.
     buf: Vec<u8>,
@@ -101,8 +117,8 @@ pub struct WalSyncer {
 impl WalSyncer {
     /// Blocks until every record appended before the call is on the device.
     ///
-    /// A segment is only replaced after a checkpoint has made all of its
-    /// records durable in sled, so syncing the current one is enough.
+    /// The journal syncs a segment itself before it moves on to the next
+    /// one, so syncing the current one is enough.
     pub fn sync(&self) -> Result<(), WalError> {
         let segment = self.current.load_full();
         segment.file.sync_data().map_err(|source| WalError::Io {
@@ -125,10 +141,11 @@ fn segment_name(seq: u64) -> String {
 
 impl Wal {
     /// Opens the journal in `dir` (created if missing) and returns the
-    /// records of every segment found, oldest first, for the storage to
-    /// replay. Call [`Wal::reset`] once they are durable elsewhere: until
-    /// then nothing can be appended.
-    pub fn open(dir: &Path) -> Result<(Self, Vec<Record>), WalError> {
+    /// records of every segment numbered `first_seq` or later, oldest first,
+    /// for the storage to replay. Older segments were superseded (by an
+    /// installed snapshot) and are deleted. Call [`Wal::start`] before
+    /// appending.
+    pub fn open(dir: &Path, first_seq: u64) -> Result<(Self, Vec<Record>), WalError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let mut segments = Vec::new();
         for item in std::fs::read_dir(dir).map_err(io(dir))? {
@@ -145,24 +162,35 @@ impl Wal {
         }
         segments.sort();
         let mut records = Vec::new();
-        for (_, path) in &segments {
-            read_segment(path, &mut records)?;
+        let mut held = VecDeque::new();
+        for (seq, path) in segments {
+            if seq < first_seq {
+                std::fs::remove_file(&path).map_err(io(&path))?;
+                continue;
+            }
+            let from = records.len();
+            read_segment(&path, &mut records)?;
+            let max_index = records[from..]
+                .iter()
+                .filter_map(|r: &Record| r.entries.last().map(|e| e.index))
+                .max()
+                .unwrap_or(0);
+            held.push_back(Held {
+                seq,
+                path,
+                max_index,
+            });
         }
-        let seq = segments.last().map_or(0, |(seq, _)| *seq);
-        // Until `reset`, the current segment is a placeholder with no room.
-        let placeholder = match segments.last() {
-            Some((_, path)) => Segment {
-                file: File::open(path).map_err(io(path))?,
-                path: path.clone(),
-            },
-            None => Segment {
-                file: File::open(dir).map_err(io(dir))?,
-                path: dir.to_path_buf(),
-            },
+        let seq = held.back().map_or(first_seq.saturating_sub(1), |h| h.seq);
+        // Until `start`, the current segment is a placeholder with no room.
+        let placeholder = Segment {
+            file: File::open(dir).map_err(io(dir))?,
+            path: dir.to_path_buf(),
         };
         let wal = Self {
             dir: dir.to_path_buf(),
             current: Arc::new(ArcSwap::from_pointee(placeholder)),
+            held,
             seq,
             offset: 0,
             capacity: 0,
@@ -178,8 +206,13 @@ impl Wal {
         }
     }
 
+    /// The sequence number the next segment will get.
+    pub fn next_seq(&self) -> u64 {
+        self.seq + 1
+    }
+
     /// Whether a record of `entries` (plus a hard state) fits in the
-    /// current segment; if not, the storage checkpoints first.
+    /// current segment; if not, [`Wal::roll`] first.
     pub fn has_room(&self, entries: &[Entry], hard_state: Option<&HardState>) -> bool {
         self.offset + record_bound(entries, hard_state) <= self.capacity
     }
@@ -219,16 +252,80 @@ impl Wal {
             .map_err(io(&segment.path))?;
         self.offset += buf.len() as u64;
         self.buf = buf;
+        if let (Some(last), Some(held)) = (entries.last(), self.held.back_mut()) {
+            held.max_index = held.max_index.max(last.index);
+        }
         Ok(())
     }
 
-    /// Starts a new, empty segment with room for at least `min_room` bytes
-    /// of records and deletes the older ones. Only call once every record
-    /// so far is durable elsewhere (sled flushed): they are gone after this.
-    pub fn reset(&mut self, min_room: u64) -> Result<(), WalError> {
+    /// Starts appending, after the records [`Wal::open`] returned were
+    /// replayed: a new segment that begins with `hard_state` (the last
+    /// segment read may end in a torn record, so nothing is appended to it).
+    pub fn start(&mut self, hard_state: &HardState) -> Result<(), WalError> {
+        self.roll(0, hard_state)
+    }
+
+    /// Moves on to a new segment with room for at least `min_room` bytes of
+    /// records; it begins with `hard_state`. The current segment is synced
+    /// first (the persister only syncs the current one) and kept until
+    /// [`Wal::release`] finds its entries covered by a snapshot.
+    pub fn roll(&mut self, min_room: u64, hard_state: &HardState) -> Result<(), WalError> {
+        if self.capacity > 0 {
+            self.syncer().sync()?;
+        }
         let seq = self.seq + 1;
+        self.create(seq, min_room, hard_state)?;
+        Ok(())
+    }
+
+    /// Starts over at segment `seq` (a new log after an installed snapshot)
+    /// and deletes every other segment. The storage records `seq` as the
+    /// first segment to read before it calls this, so a crash in between
+    /// never replays the superseded records.
+    pub fn restart_at(&mut self, seq: u64, hard_state: &HardState) -> Result<(), WalError> {
+        self.create(seq, 0, hard_state)?;
+        while self.held.len() > 1 {
+            if let Some(old) = self.held.pop_front() {
+                std::fs::remove_file(&old.path).map_err(io(&old.path))?;
+            }
+        }
+        sync_dir(&self.dir)
+    }
+
+    /// Deletes the oldest segments whose entries all lie at or below
+    /// `index` (covered by a durable snapshot), never the current one. Only
+    /// a prefix goes: a later segment may have replaced entries of an
+    /// earlier one, so an earlier one is never dropped alone.
+    pub fn release(&mut self, index: u64) -> Result<(), WalError> {
+        let mut removed = false;
+        while self.held.len() > 1 && self.held.front().is_some_and(|h| h.max_index <= index) {
+            if let Some(old) = self.held.pop_front() {
+                std::fs::remove_file(&old.path).map_err(io(&old.path))?;
+                debug!(
+                    seq = old.seq,
+                    max_index = old.max_index,
+                    "released a raft journal segment"
+                );
+                removed = true;
+            }
+        }
+        if removed {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// How many segments are on disk.
+    pub fn segments(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Creates segment `seq`, writes its header and `hard_state`, syncs it
+    /// and makes it current.
+    fn create(&mut self, seq: u64, min_room: u64, hard_state: &HardState) -> Result<(), WalError> {
         let path = self.dir.join(segment_name(seq));
-        let capacity = SEGMENT_BYTES.max(SEGMENT_HEADER + min_room);
+        let capacity =
+            SEGMENT_BYTES.max(SEGMENT_HEADER + min_room + record_bound(&[], Some(hard_state)));
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -239,23 +336,20 @@ impl Wal {
         let mut header = MAGIC.to_vec();
         header.extend_from_slice(&seq.to_le_bytes());
         file.write_all_at(&header, 0).map_err(io(&path))?;
-        file.sync_all().map_err(io(&path))?;
-        sync_dir(&self.dir)?;
         self.current.store(Arc::new(Segment {
             file,
             path: path.clone(),
         }));
+        self.held.push_back(Held {
+            seq,
+            path: path.clone(),
+            max_index: 0,
+        });
         self.seq = seq;
         self.offset = SEGMENT_HEADER;
         self.capacity = capacity;
-        // Older segments hold only records that are durable in sled now.
-        for item in std::fs::read_dir(&self.dir).map_err(io(&self.dir))? {
-            let item = item.map_err(io(&self.dir))?;
-            let old = item.path();
-            if old != path && old.extension().is_some_and(|e| e == "wal") {
-                std::fs::remove_file(&old).map_err(io(&old))?;
-            }
-        }
+        self.append(&[], Some(hard_state))?;
+        self.current.load().file.sync_all().map_err(io(&path))?;
         sync_dir(&self.dir)?;
         debug!(seq, capacity, "started a new raft journal segment");
         Ok(())
@@ -301,7 +395,7 @@ fn sync_dir(dir: &Path) -> Result<(), WalError> {
 fn read_segment(path: &Path, out: &mut Vec<Record>) -> Result<(), WalError> {
     let data = std::fs::read(path).map_err(io(path))?;
     if data.len() < SEGMENT_HEADER as usize || &data[..8] != MAGIC {
-        // Created but never initialised (a crash inside `reset`).
+        // Created but never initialised (a crash inside segment creation).
         warn!(path = %path.display(), "ignoring a raft journal segment without a header");
         return Ok(());
     }
@@ -395,7 +489,17 @@ mod tests {
     }
 
     fn open(dir: &Path) -> (Wal, Vec<Record>) {
-        Wal::open(dir).expect("open the journal")
+        Wal::open(dir, 0).expect("open the journal")
+    }
+
+    /// The entries of `records`, record by record, without the hard-state
+    /// records each segment starts with.
+    fn entries_of(records: &[Record]) -> Vec<Vec<Entry>> {
+        records
+            .iter()
+            .filter(|r| !r.entries.is_empty())
+            .map(|r| r.entries.clone())
+            .collect()
     }
 
     #[test]
@@ -405,9 +509,10 @@ mod tests {
         assert!(records.is_empty());
         assert!(
             !wal.has_room(&[entry(1, 1, b"x")], None),
-            "no room before reset"
+            "no room before start"
         );
-        wal.reset(0).unwrap();
+        let hs0 = hard_state(2, 1, 0);
+        wal.start(&hs0).unwrap();
         let hs = hard_state(3, 2, 1);
         wal.append(&[entry(1, 3, b"a"), entry(2, 3, b"b")], Some(&hs))
             .unwrap();
@@ -419,6 +524,10 @@ mod tests {
         assert_eq!(
             records,
             vec![
+                Record {
+                    hard_state: Some(hs0),
+                    entries: vec![],
+                },
                 Record {
                     hard_state: Some(hs),
                     entries: vec![entry(1, 3, b"a"), entry(2, 3, b"b")],
@@ -436,26 +545,88 @@ mod tests {
     }
 
     #[test]
-    fn reset_forgets_older_segments() {
+    fn segments_stay_until_a_snapshot_covers_them() {
         let dir = tempdir();
         let (mut wal, _) = open(dir.path());
-        wal.reset(0).unwrap();
-        wal.append(&[entry(1, 1, b"old")], None).unwrap();
-        wal.reset(0).unwrap();
-        wal.append(&[entry(2, 1, b"new")], None).unwrap();
+        let hs = hard_state(1, 1, 0);
+        wal.start(&hs).unwrap();
+        wal.append(&[entry(1, 1, b"one")], None).unwrap();
+        wal.roll(0, &hs).unwrap();
+        wal.append(&[entry(2, 1, b"two")], None).unwrap();
+        wal.roll(0, &hs).unwrap();
+        wal.append(&[entry(3, 1, b"three")], None).unwrap();
+        assert_eq!(wal.segments(), 3);
+        // Entry 2 is not covered yet: only the first segment goes.
+        wal.release(1).unwrap();
+        assert_eq!(wal.segments(), 2);
+        // The current segment always stays.
+        wal.release(10).unwrap();
+        assert_eq!(wal.segments(), 1);
         drop(wal);
         let (_, records) = open(dir.path());
+        assert_eq!(entries_of(&records), vec![vec![entry(3, 1, b"three")]]);
+    }
+
+    #[test]
+    fn an_earlier_segment_is_never_released_before_a_later_one() {
+        let dir = tempdir();
+        let (mut wal, _) = open(dir.path());
+        let hs = hard_state(1, 1, 0);
+        wal.start(&hs).unwrap();
+        wal.append(&[entry(1, 1, b"a"), entry(2, 1, b"b")], None)
+            .unwrap();
+        wal.roll(0, &hs).unwrap();
+        // A new leader replaces entry 2; the old segment still holds it.
+        wal.append(&[entry(2, 2, b"B")], None).unwrap();
+        wal.roll(0, &hs).unwrap();
+        wal.release(1).unwrap();
+        assert_eq!(wal.segments(), 3, "the first segment still has entry 2");
+    }
+
+    #[test]
+    fn open_deletes_segments_before_the_first_to_read() {
+        let dir = tempdir();
+        let (mut wal, _) = open(dir.path());
+        let hs = hard_state(1, 1, 0);
+        wal.start(&hs).unwrap();
+        wal.append(&[entry(1, 1, b"superseded")], None).unwrap();
+        let first = wal.next_seq();
+        wal.roll(0, &hs).unwrap();
+        wal.append(&[entry(9, 2, b"after a snapshot")], None)
+            .unwrap();
+        drop(wal);
+        let (wal, records) = Wal::open(dir.path(), first).unwrap();
+        assert_eq!(
+            entries_of(&records),
+            vec![vec![entry(9, 2, b"after a snapshot")]]
+        );
+        assert_eq!(wal.segments(), 1);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn restart_at_leaves_only_the_new_segment() {
+        let dir = tempdir();
+        let (mut wal, _) = open(dir.path());
+        let hs = hard_state(1, 1, 0);
+        wal.start(&hs).unwrap();
+        wal.append(&[entry(1, 1, b"old")], None).unwrap();
+        wal.roll(0, &hs).unwrap();
+        wal.append(&[entry(2, 1, b"old too")], None).unwrap();
+        let seq = wal.next_seq();
+        wal.restart_at(seq, &hard_state(3, 1, 20)).unwrap();
+        assert_eq!(wal.segments(), 1);
+        drop(wal);
+        let (_, records) = Wal::open(dir.path(), seq).unwrap();
         assert_eq!(records.len(), 1);
-        assert_eq!(records[0].entries, vec![entry(2, 1, b"new")]);
-        let segments = std::fs::read_dir(dir.path()).unwrap().count();
-        assert_eq!(segments, 1, "only the current segment is left");
+        assert_eq!(records[0].hard_state, Some(hard_state(3, 1, 20)));
     }
 
     #[test]
     fn a_torn_record_ends_the_journal_without_error() {
         let dir = tempdir();
         let (mut wal, _) = open(dir.path());
-        wal.reset(0).unwrap();
+        wal.start(&HardState::default()).unwrap();
         wal.append(&[entry(1, 1, b"kept")], None).unwrap();
         let torn_at = wal.offset;
         wal.append(&[entry(2, 1, b"torn")], None).unwrap();
@@ -467,15 +638,14 @@ mod tests {
         file.write_all_at(&[0xff], torn_at + RECORD_HEADER + 3)
             .unwrap();
         let (_, records) = open(dir.path());
-        assert_eq!(records.len(), 1);
-        assert_eq!(records[0].entries, vec![entry(1, 1, b"kept")]);
+        assert_eq!(entries_of(&records), vec![vec![entry(1, 1, b"kept")]]);
     }
 
     #[test]
     fn a_record_cut_short_ends_the_journal() {
         let dir = tempdir();
         let (mut wal, _) = open(dir.path());
-        wal.reset(0).unwrap();
+        wal.start(&HardState::default()).unwrap();
         wal.append(&[entry(1, 1, b"kept")], None).unwrap();
         let cut_at = wal.offset;
         wal.append(&[entry(2, 1, &[7; 100])], None).unwrap();
@@ -484,29 +654,30 @@ mod tests {
         let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         file.set_len(cut_at + 20).unwrap();
         let (_, records) = open(dir.path());
-        assert_eq!(records.len(), 1);
+        assert_eq!(entries_of(&records), vec![vec![entry(1, 1, b"kept")]]);
     }
 
     #[test]
     fn a_record_larger_than_a_segment_gets_a_segment_that_fits() {
         let dir = tempdir();
         let (mut wal, _) = open(dir.path());
-        wal.reset(0).unwrap();
+        wal.start(&HardState::default()).unwrap();
         let big = vec![entry(1, 1, &vec![1; SEGMENT_BYTES as usize])];
         assert!(!wal.has_room(&big, None));
-        wal.reset(record_bound(&big, None)).unwrap();
+        wal.roll(record_bound(&big, None), &HardState::default())
+            .unwrap();
         assert!(wal.has_room(&big, None));
         wal.append(&big, None).unwrap();
         drop(wal);
         let (_, records) = open(dir.path());
-        assert_eq!(records[0].entries, big);
+        assert_eq!(entries_of(&records), vec![big]);
     }
 
     #[test]
     fn a_checksummed_record_that_does_not_decode_is_corruption() {
         let dir = tempdir();
         let (mut wal, _) = open(dir.path());
-        wal.reset(0).unwrap();
+        wal.start(&HardState::default()).unwrap();
         let path = wal.current.load().path.clone();
         let payload = [0u8, 9, 0, 0, 0]; // no hard state, 9 entries, none present
         let mut record = (payload.len() as u32).to_le_bytes().to_vec();
@@ -518,7 +689,7 @@ mod tests {
             .write_all_at(&record, SEGMENT_HEADER)
             .unwrap();
         drop(wal);
-        match Wal::open(dir.path()) {
+        match Wal::open(dir.path(), 0) {
             Err(WalError::Corrupt {
                 path: p, offset, ..
             }) => {
