@@ -537,7 +537,7 @@ impl<S: StateMachine> Node<S> {
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = loop {
-            if let Err(err) = self.on_ready() {
+            if let Err(err) = self.on_ready(inbox.is_empty()) {
                 break Err(err);
             }
             tokio::select! {
@@ -680,8 +680,9 @@ impl<S: StateMachine> Node<S> {
         }
     }
 
-    /// Handles every `Ready` raft has, in the order raft-rs documents.
-    fn on_ready(&mut self) -> Result<(), NodeError> {
+    /// Handles every `Ready` raft has, in the order raft-rs documents;
+    /// `idle` says the mailbox is empty (nothing else waits for the node).
+    fn on_ready(&mut self, idle: bool) -> Result<(), NodeError> {
         if let Some(err) = self.persist_error.take() {
             return Err(err.into());
         }
@@ -711,12 +712,16 @@ impl<S: StateMachine> Node<S> {
             // in order, so one queued behind an unfinished sync waits too.
             let must_sync = ready.must_sync() || self.persisting > self.persisted;
             self.raw.advance_append_async(ready);
-            if snapshot_installed {
-                // `advance_apply` below moves raft's applied index to the
-                // snapshot, which raft-rs allows only once the snapshot is
-                // persisted: sync on this thread (rare: a replica that fell
-                // behind a compaction). The sync covers every earlier
-                // `Ready` still queued for the persister too.
+            // Sync on this thread when the ready installs a snapshot
+            // (`advance_apply` below moves raft's applied index to it, which
+            // raft-rs allows only once it is persisted), or when nothing else
+            // waits: the hand-off to the persister and back costs two thread
+            // wake-ups, most of a lone writer's latency. With work waiting
+            // (or a sync already running), the persister syncs while the
+            // node goes on. An inline sync covers every earlier `Ready`.
+            let inline =
+                snapshot_installed || (must_sync && idle && self.persisting == self.persisted);
+            if inline {
                 self.raw.store().flush()?;
                 self.raw.on_persist_ready(number);
                 self.persisting = number;
