@@ -230,6 +230,11 @@ impl Drop for Group {
             let _ = a.kill();
             let _ = a.wait();
         }
+        // SWITCHYARD_E2E_KEEP=1 keeps the data dirs and logs for a look.
+        if std::env::var_os("SWITCHYARD_E2E_KEEP").is_some() {
+            let root = std::mem::replace(&mut self.root, tempfile::tempdir().unwrap());
+            eprintln!("kept {}", root.keep().display());
+        }
     }
 }
 

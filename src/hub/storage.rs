@@ -7,13 +7,16 @@
 //! compaction only drops entries from memory and releases journal segments
 //! that a snapshot covers.
 //!
-//! sled holds, in the `snapshot` tree, the latest [`Snapshot`] (metadata
-//! and data), and in the `meta` tree the [`ConfState`], the hard state as of
-//! the last installed snapshot, and the first journal segment to read (set
-//! when a snapshot from the leader replaces the whole log, so the records it
-//! superseded are never replayed). Writes that touch both trees run in one
-//! sled transaction and are flushed (and `fdatasync`ed) before the call
-//! returns.
+//! The latest [`Snapshot`] is a file of its own, named by its index and
+//! term (written to a temporary name, synced, renamed); sled's `meta` tree
+//! names the current one (its metadata) and holds the [`ConfState`], the
+//! hard state as of the last installed snapshot, and the first journal
+//! segment to read (set when a snapshot from the leader replaces the whole
+//! log, so the records it superseded are never replayed). Each change of
+//! `meta` is one atomic batch, flushed (and `fdatasync`ed) before the call
+//! returns; an older snapshot file is deleted only after that. sled keeps
+//! only small values: it does not reclaim the space of large ones it
+//! rewrites.
 //!
 //! Opening the storage loads the snapshot metadata, replays the journal
 //! (entries after the snapshot, the latest hard state) and starts a new
@@ -25,7 +28,6 @@ use std::path::Path;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState};
-use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Batch, Tree};
 
 use super::wal::{Record, Wal, WalError, WalSyncer};
@@ -41,8 +43,8 @@ pub enum StorageError {
     /// sled failed (I/O, or sled's own corruption checks).
     #[error("raft storage I/O failed: {0}")]
     Sled(#[from] sled::Error),
-    /// Syncing sled's log file to the device failed.
-    #[error("raft storage sync of {path} failed: {source}")]
+    /// Writing, reading or syncing a file (sled's log, a snapshot) failed.
+    #[error("raft storage I/O on {path} failed: {source}")]
     Sync {
         /// The file being synced.
         path: std::path::PathBuf,
@@ -118,15 +120,6 @@ impl From<StorageError> for raft::Error {
     }
 }
 
-impl From<TransactionError<StorageError>> for StorageError {
-    fn from(err: TransactionError<StorageError>) -> Self {
-        match err {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => StorageError::Sled(e),
-        }
-    }
-}
-
 /// [`raft::Storage`] of one replica (see the module docs). Mutating methods
 /// take `&mut self`: the raft node task owns the storage (inside its
 /// `RawNode`).
@@ -137,8 +130,9 @@ pub struct SledStorage {
     log: std::fs::File,
     log_path: std::path::PathBuf,
     wal: Wal,
+    /// The storage's directory (sled's files, snapshot files, `wal/`).
+    dir: std::path::PathBuf,
     meta: Tree,
-    snapshots: Tree,
     hard_state: HardState,
     conf_state: ConfState,
     snapshot_meta: SnapshotMetadata,
@@ -190,12 +184,9 @@ impl SledStorage {
             source,
         })?;
         let meta = db.open_tree("meta")?;
-        let snapshots = db.open_tree("snapshot")?;
         let hard_state: HardState = read_meta(&meta, HARD_STATE)?.unwrap_or_default();
         let conf_state: ConfState = read_meta(&meta, CONF_STATE)?.unwrap_or_default();
-        let snapshot_meta = read_meta::<Snapshot>(&snapshots, SNAPSHOT)?
-            .map(|mut s| s.take_metadata())
-            .unwrap_or_default();
+        let snapshot_meta: SnapshotMetadata = read_meta(&meta, SNAPSHOT)?.unwrap_or_default();
         let first_segment = match meta.get(FIRST_SEGMENT)? {
             None => 0,
             Some(v) => decode_u64(&v)?,
@@ -206,8 +197,8 @@ impl SledStorage {
             log,
             log_path,
             wal,
+            dir: path.as_ref().to_path_buf(),
             meta,
-            snapshots,
             hard_state,
             conf_state,
             truncated: (snapshot_meta.index, snapshot_meta.term),
@@ -219,6 +210,16 @@ impl SledStorage {
             storage.replay(record)?;
         }
         storage.check_consistency()?;
+        if storage.snapshot_meta.index > 0 {
+            let file = storage.snapshot_path(&storage.snapshot_meta);
+            if !file.exists() {
+                return Err(corrupt(format!(
+                    "snapshot file {} is missing",
+                    file.display()
+                )));
+            }
+        }
+        storage.remove_other_snapshots()?;
         storage.wal.start(&storage.hard_state)?;
         if replayed > 0 {
             tracing::info!(
@@ -393,13 +394,13 @@ impl SledStorage {
         snapshot.mut_metadata().set_conf_state(cs.clone());
         let first_segment = self.wal.next_seq();
 
-        let mut meta_batch = Batch::default();
-        meta_batch.insert(HARD_STATE, encode(&hs)?);
-        meta_batch.insert(CONF_STATE, encode(&cs)?);
-        meta_batch.insert(FIRST_SEGMENT, &first_segment.to_be_bytes());
-        let mut snapshot_batch = Batch::default();
-        snapshot_batch.insert(SNAPSHOT, encode(&snapshot)?);
-        self.transact(&meta_batch, &snapshot_batch)?;
+        self.write_snapshot_file(&snapshot)?;
+        let mut batch = Batch::default();
+        batch.insert(HARD_STATE, encode(&hs)?);
+        batch.insert(CONF_STATE, encode(&cs)?);
+        batch.insert(FIRST_SEGMENT, &first_segment.to_be_bytes());
+        batch.insert(SNAPSHOT, encode(snapshot.get_metadata())?);
+        self.meta.apply_batch(batch)?;
         self.flush_sled()?;
         self.wal.restart_at(first_segment, &hs)?;
 
@@ -407,8 +408,8 @@ impl SledStorage {
         self.conf_state = cs;
         self.truncated = (meta.index, meta.term);
         self.entries.clear();
-        self.snapshot_meta = meta;
-        Ok(())
+        self.snapshot_meta = snapshot.take_metadata();
+        self.remove_other_snapshots()
     }
 
     /// Records a snapshot of the state machine taken at applied `index`
@@ -434,10 +435,11 @@ impl SledStorage {
         meta.term = term;
         meta.set_conf_state(conf_state);
         let meta = meta.clone();
-        self.snapshots.insert(SNAPSHOT, encode(&snapshot)?)?;
+        self.write_snapshot_file(&snapshot)?;
+        self.meta.insert(SNAPSHOT, encode(&meta)?)?;
         self.flush_sled()?;
         self.snapshot_meta = meta;
-        Ok(())
+        self.remove_other_snapshots()
     }
 
     /// Drops the entries up to and including `index`, which the latest
@@ -478,19 +480,77 @@ impl SledStorage {
     /// The latest snapshot, metadata and data, if one was taken or installed:
     /// what a restarting node restores its state machine from.
     pub fn snapshot_data(&self) -> Result<Option<Snapshot>, StorageError> {
-        read_meta(&self.snapshots, SNAPSHOT)
+        if self.snapshot_meta.index == 0 {
+            return Ok(None);
+        }
+        let path = self.snapshot_path(&self.snapshot_meta);
+        let bytes = std::fs::read(&path).map_err(|source| StorageError::Sync {
+            path: path.clone(),
+            source,
+        })?;
+        let snapshot: Snapshot = decode(&bytes, "snapshot file")?;
+        if snapshot.get_metadata().index != self.snapshot_meta.index {
+            return Err(corrupt(format!(
+                "snapshot file {} holds index {}",
+                path.display(),
+                snapshot.get_metadata().index
+            )));
+        }
+        Ok(Some(snapshot))
     }
 
-    /// Applies one batch to each tree, atomically.
-    fn transact(&self, meta: &Batch, snapshots: &Batch) -> Result<(), StorageError> {
-        use sled::Transactional;
-        (&self.meta, &self.snapshots)
-            .transaction(|(m, s)| {
-                m.apply_batch(meta)?;
-                s.apply_batch(snapshots)?;
-                Ok::<_, ConflictableTransactionError<StorageError>>(())
-            })
-            .map_err(StorageError::from)
+    /// Where the snapshot with `meta` lives.
+    fn snapshot_path(&self, meta: &SnapshotMetadata) -> std::path::PathBuf {
+        self.dir.join(format!(
+            "snapshot-{:016x}-{:016x}.snap",
+            meta.index, meta.term
+        ))
+    }
+
+    /// Writes a snapshot file durably: a temporary name, synced, renamed,
+    /// the directory synced. `meta` names it only after this returns.
+    fn write_snapshot_file(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
+        let path = self.snapshot_path(snapshot.get_metadata());
+        let tmp = path.with_extension("tmp");
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StorageError::Sync { path, source }
+        };
+        let bytes = encode(snapshot)?;
+        {
+            use std::io::Write as _;
+            let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+            file.write_all(&bytes).map_err(io(&tmp))?;
+            file.sync_all().map_err(io(&tmp))?;
+        }
+        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.dir))
+    }
+
+    /// Deletes snapshot files other than the current one (superseded ones,
+    /// and any a crash left half-written).
+    fn remove_other_snapshots(&self) -> Result<(), StorageError> {
+        let keep = (self.snapshot_meta.index > 0).then(|| self.snapshot_path(&self.snapshot_meta));
+        let entries = std::fs::read_dir(&self.dir).map_err(|source| StorageError::Sync {
+            path: self.dir.clone(),
+            source,
+        })?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let ours = name.starts_with("snapshot-")
+                && (name.ends_with(".snap") || name.ends_with(".tmp"));
+            if ours && keep.as_deref() != Some(path.as_path()) {
+                std::fs::remove_file(&path).map_err(|source| StorageError::Sync {
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+        }
+        Ok(())
     }
 
     fn first(&self) -> u64 {
@@ -908,6 +968,70 @@ pub(crate) mod tests {
         let s = SledStorage::open(dir.path()).unwrap();
         assert_eq!(s.entries(1, s.last() + 1, None, ctx()).unwrap(), log);
         assert_eq!(s.hard_state(), &hs);
+    }
+
+    #[test]
+    fn only_the_latest_snapshot_file_stays() {
+        let dir = tempdir();
+        let cs = ConfState {
+            voters: vec![1],
+            ..ConfState::default()
+        };
+        let mut s = SledStorage::open(dir.path()).unwrap();
+        s.append(&entries(1..=40, 1)).unwrap();
+        for index in (4..=40).step_by(4) {
+            s.create_snapshot(index, cs.clone(), vec![index as u8; 100_000])
+                .unwrap();
+            s.compact(index).unwrap();
+        }
+        let snapshot_files = || {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with("snapshot-")
+                })
+                .count()
+        };
+        assert_eq!(snapshot_files(), 1);
+        drop(s);
+        // A half-written snapshot a crash left behind is cleaned up.
+        std::fs::write(
+            dir.path()
+                .join("snapshot-00000000000000ff-0000000000000001.tmp"),
+            b"x",
+        )
+        .unwrap();
+        let s = SledStorage::open(dir.path()).unwrap();
+        assert_eq!(snapshot_files(), 1);
+        let snap = s.snapshot_data().unwrap().unwrap();
+        assert_eq!(snap.get_metadata().index, 40);
+        assert_eq!(&snap.data[..], &vec![40u8; 100_000][..]);
+    }
+
+    #[test]
+    fn a_missing_snapshot_file_is_an_error_not_a_panic() {
+        let dir = tempdir();
+        {
+            let mut s = SledStorage::open(dir.path()).unwrap();
+            s.append(&entries(1..=5, 1)).unwrap();
+            s.create_snapshot(5, ConfState::default(), b"five".to_vec())
+                .unwrap();
+        }
+        for e in std::fs::read_dir(dir.path()).unwrap() {
+            let path = e.unwrap().path();
+            if path.extension().is_some_and(|x| x == "snap") {
+                std::fs::remove_file(path).unwrap();
+            }
+        }
+        match SledStorage::open(dir.path()) {
+            Err(StorageError::Corrupt { what }) => assert!(what.contains("missing"), "{what}"),
+            Err(other) => panic!("expected Corrupt, got {other}"),
+            Ok(_) => panic!("opened without its snapshot"),
+        }
     }
 
     #[test]
