@@ -393,16 +393,60 @@ async fn leader_kill_9_loses_no_acknowledged_write() {
         want.len()
     );
 
-    // Agents kept (or regained) their exports through all of it.
-    let mut c = client(&g.replicas[0].api).await.unwrap();
+    // Agents talk to the first replica of their --hub list: take it away
+    // for good. They move to another replica and keep renewing, so both
+    // clusters stay (or become again) Healthy well past a lease (3 s).
+    g.kill(0);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let states = cluster_states(&g.replicas[1].api).await;
+        let want = [
+            ("us-east-1".to_string(), ("Healthy".to_string(), 1)),
+            ("us-west-1".to_string(), ("Healthy".to_string(), 1)),
+        ];
+        if states == want {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "agents did not fail over to another replica: {states:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Each cluster's state and export count, after a consistent read.
+async fn cluster_states(api: &str) -> Vec<(String, (String, usize))> {
+    let Ok(mut c) = client(api).await else {
+        return Vec::new();
+    };
     let req = GetRequest {
         kind: "clusters".into(),
         name: String::new(),
         consistent: true,
     };
-    let v: serde_json::Value =
-        serde_json::from_str(&c.get(req).await.unwrap().into_inner().json).unwrap();
-    assert_eq!(v.as_array().unwrap().len(), 2, "{v}");
+    let Ok(reply) = c.get(req).await else {
+        return Vec::new();
+    };
+    let v: serde_json::Value = serde_json::from_str(&reply.into_inner().json).unwrap();
+    let mut out: Vec<_> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let exports = match &c["exports"] {
+                serde_json::Value::Array(a) => a.len(),
+                other => other.as_u64().unwrap_or(0) as usize,
+            };
+            (
+                c["id"].as_str().unwrap_or_default().to_string(),
+                (c["state"].as_str().unwrap_or_default().to_string(), exports),
+            )
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
