@@ -76,11 +76,25 @@ enum Command {
     },
     /// Run a file-backed cluster agent against a hub.
     Agent {
-        /// The cluster file (see docs/playground.md for its format).
+        /// A cluster file instead of the Kubernetes API (the playground's
+        /// source; see docs/playground.md for its format).
         #[arg(long)]
-        file: PathBuf,
+        file: Option<PathBuf>,
         #[arg(long, env = "SWITCHYARD_HUB", default_value = "127.0.0.1:7700")]
         hub: String,
+        /// The cluster ID; by default the ClusterProperty
+        /// cluster.clusterset.k8s.io, else the kube-system namespace UID.
+        #[arg(long, env = "SWITCHYARD_CLUSTER")]
+        cluster: Option<String>,
+        /// The cluster's region and zone (Kubernetes agent).
+        #[arg(long, env = "SWITCHYARD_REGION", default_value = "")]
+        region: String,
+        #[arg(long, env = "SWITCHYARD_ZONE", default_value = "")]
+        zone: String,
+        /// A kubeconfig file; by default $KUBECONFIG, ~/.kube/config, or the
+        /// in-cluster service account.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
     },
     /// Apply ServiceImport and MultiClusterService manifests, all or nothing.
     Apply {
@@ -318,7 +332,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("switchyard playground stopped");
             Ok(())
         }
-        Command::Agent { file, hub } => {
+        Command::Agent {
+            file: None,
+            hub,
+            cluster,
+            region,
+            zone,
+            kubeconfig,
+        } => {
+            init_logging(cli.log_format, "info");
+            let client = kube_client(kubeconfig.as_deref()).await?;
+            let config = switchyard::agent::k8s::KubeAgentConfig {
+                hub,
+                cluster,
+                region,
+                zone,
+                gateway_addresses: Vec::new(),
+            };
+            switchyard::agent::k8s::run(client, config, stop_on_signal()).await?;
+            Ok(())
+        }
+        Command::Agent {
+            file: Some(file),
+            hub,
+            ..
+        } => {
             init_logging(cli.log_format, "info");
             let shutdown = stop_on_signal();
             let (f, desired) = switchyard::agent::watch::follow(
@@ -330,7 +368,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 hub,
                 spec: f.spec(),
             };
-            switchyard::agent::run(config, desired, shutdown).await;
+            let (acked, _) = tokio::sync::watch::channel(Default::default());
+            switchyard::agent::run(config, desired, acked, shutdown).await;
             Ok(())
         }
         Command::Apply { file, hub } => cli::apply(&hub, &file).await,
@@ -364,6 +403,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             hub,
         } => cli::resolve::resolve(dns, &hub, &name, &rtype, tcp, quiet).await,
     }
+}
+
+/// A Kubernetes client from `path`, or from the usual places (kube-rs's
+/// inference: $KUBECONFIG, ~/.kube/config, the in-cluster service account).
+async fn kube_client(path: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    let config = match path {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &Default::default())
+                .await
+                .with_context(|| format!("kubeconfig {} is not usable", path.display()))?
+        }
+        None => kube::Config::infer().await.context(
+            "no Kubernetes configuration found (pass --kubeconfig, or --file for a cluster file)",
+        )?,
+    };
+    kube::Client::try_from(config).context("cannot build a Kubernetes client")
 }
 
 async fn run_hub(args: HubArgs, log_format: LogFormat) -> anyhow::Result<()> {

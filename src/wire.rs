@@ -32,16 +32,8 @@ pub fn export_to_proto(e: &Export) -> proto::Export {
         name: e.service.name.clone(),
         r#type: e.service_type.to_string(),
         session_affinity: format!("{:?}", e.session_affinity),
-        ports: e
-            .ports
-            .iter()
-            .map(|p| proto::Port {
-                name: p.name.clone(),
-                protocol: p.protocol.clone(),
-                app_protocol: p.app_protocol.clone(),
-                port: u32::from(p.port),
-            })
-            .collect(),
+        ports: e.ports.iter().map(port_to_proto).collect(),
+        endpoint_ports: e.endpoint_ports.iter().map(port_to_proto).collect(),
         endpoints: e
             .endpoints
             .iter()
@@ -57,6 +49,40 @@ pub fn export_to_proto(e: &Export) -> proto::Export {
             .collect(),
         created_unix_ms: e.created_unix_ms,
     }
+}
+
+/// Model port → wire.
+pub fn port_to_proto(p: &Port) -> proto::Port {
+    proto::Port {
+        name: p.name.clone(),
+        protocol: p.protocol.clone(),
+        app_protocol: p.app_protocol.clone(),
+        port: u32::from(p.port),
+    }
+}
+
+/// Wire ports → model, for the export `svc`; `field` names them in errors.
+fn ports_from_proto(
+    svc: &str,
+    field: &'static str,
+    ports: &[proto::Port],
+) -> Result<Vec<Port>, WireError> {
+    let mut out = Vec::with_capacity(ports.len());
+    for port in ports {
+        let number = u16::try_from(port.port)
+            .map_err(|e| field_err(svc, field, &port.port.to_string(), e))?;
+        out.push(Port {
+            name: port.name.clone(),
+            protocol: if port.protocol.is_empty() {
+                "TCP".into()
+            } else {
+                port.protocol.clone()
+            },
+            app_protocol: port.app_protocol.clone(),
+            port: number,
+        });
+    }
+    Ok(out)
 }
 
 fn non_empty(s: &str) -> Option<String> {
@@ -92,21 +118,8 @@ pub fn export_from_proto(cluster: &ClusterId, p: &proto::Export) -> Result<Expor
             ))
         }
     };
-    let mut ports = Vec::with_capacity(p.ports.len());
-    for port in &p.ports {
-        let number = u16::try_from(port.port)
-            .map_err(|e| field_err(&svc, "port", &port.port.to_string(), e))?;
-        ports.push(Port {
-            name: port.name.clone(),
-            protocol: if port.protocol.is_empty() {
-                "TCP".into()
-            } else {
-                port.protocol.clone()
-            },
-            app_protocol: port.app_protocol.clone(),
-            port: number,
-        });
-    }
+    let ports = ports_from_proto(&svc, "port", &p.ports)?;
+    let endpoint_ports = ports_from_proto(&svc, "endpoint port", &p.endpoint_ports)?;
     let mut endpoints = Vec::with_capacity(p.endpoints.len());
     for ep in &p.endpoints {
         endpoints.push(Endpoint {
@@ -128,6 +141,7 @@ pub fn export_from_proto(cluster: &ClusterId, p: &proto::Export) -> Result<Expor
         service_type,
         session_affinity,
         ports,
+        endpoint_ports,
         endpoints,
         created_unix_ms: p.created_unix_ms,
     };
@@ -153,6 +167,12 @@ mod tests {
                 protocol: "TCP".into(),
                 app_protocol: String::new(),
                 port: 5432,
+            }],
+            endpoint_ports: vec![Port {
+                name: "pg".into(),
+                protocol: "TCP".into(),
+                app_protocol: String::new(),
+                port: 15432,
             }],
             endpoints: vec![Endpoint {
                 address: "127.0.1.21".parse().unwrap(),

@@ -46,6 +46,7 @@ fn start_agent(path: &Path, hub: SocketAddr) -> CancellationToken {
             spec: file.spec(),
         },
         desired,
+        tokio::sync::watch::channel(Default::default()).0,
         token.clone(),
     ));
     token

@@ -125,6 +125,7 @@ impl ClusterFile {
                 service_type: s.service_type,
                 session_affinity: s.session_affinity,
                 ports: s.ports.clone(),
+                endpoint_ports: Vec::new(),
                 endpoints: s.endpoints.clone(),
                 created_unix_ms: s.created_unix_ms,
             };

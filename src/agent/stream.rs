@@ -69,10 +69,12 @@ pub async fn connect(hub: &str) -> Result<Channel, SessionError> {
 }
 
 /// Runs sessions until shutdown, reconnecting with backoff (250 ms doubling
-/// to 5 s).
+/// to 5 s). `acked` gets the exports as of each revision the hub
+/// acknowledged (committed and applied).
 pub async fn run(
     config: AgentConfig,
     desired: watch::Receiver<Desired>,
+    acked: watch::Sender<Desired>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(250);
@@ -92,7 +94,7 @@ pub async fn run(
             .get(turn % hubs.len().max(1))
             .cloned()
             .unwrap_or_default();
-        match session(&one, desired.clone(), &shutdown, &mut revision).await {
+        match session(&one, desired.clone(), &acked, &shutdown, &mut revision).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(cluster = %config.spec.id, hub = %one.hub, error = %e, retry_in = ?backoff, "hub session ended");
@@ -113,6 +115,7 @@ pub async fn run(
 async fn session(
     config: &AgentConfig,
     mut desired: watch::Receiver<Desired>,
+    acked: &watch::Sender<Desired>,
     shutdown: &CancellationToken,
     revision: &mut u64,
 ) -> Result<(), SessionError> {
@@ -136,6 +139,7 @@ async fn session(
         client,
         config,
         &mut desired,
+        acked,
         shutdown,
         revision,
         reg.applied_revision,
@@ -171,6 +175,7 @@ async fn stream(
     mut client: AgentServiceClient<Channel>,
     config: &AgentConfig,
     desired: &mut watch::Receiver<Desired>,
+    acked: &watch::Sender<Desired>,
     shutdown: &CancellationToken,
     revision: &mut u64,
     hub_revision: u64,
@@ -188,6 +193,9 @@ async fn stream(
     };
     // The channel is empty and its receiver alive: this cannot fail.
     let _ = tx.send(full).await;
+    // What each revision sent so far carries, until the hub acknowledges it.
+    let mut unacked: std::collections::VecDeque<(u64, Desired)> =
+        std::collections::VecDeque::from([(*revision, sent.clone())]);
     let mut acks = client
         .stream_exports(ReceiverStream::new(rx))
         .await?
@@ -202,6 +210,7 @@ async fn stream(
                 let next = desired.borrow_and_update().clone();
                 if let Some(update) = delta(&cluster, &sent, &next, *revision + 1) {
                     *revision += 1;
+                    unacked.push_back((*revision, next.clone()));
                     tracing::info!(cluster = %cluster, revision = *revision, upserts = update.upserts.len(), deletes = update.deletes.len(), "sending export delta");
                     if tx.send(update).await.is_err() {
                         return Err(SessionError::Closed);
@@ -210,7 +219,16 @@ async fn stream(
                 sent = next;
             }
             ack = acks.message() => match ack? {
-                Some(a) => tracing::debug!(cluster = %cluster, revision = a.revision, "exports acknowledged"),
+                Some(a) => {
+                    tracing::debug!(cluster = %cluster, revision = a.revision, "exports acknowledged");
+                    let mut last = None;
+                    while unacked.front().is_some_and(|(r, _)| *r <= a.revision) {
+                        last = unacked.pop_front();
+                    }
+                    if let Some((_, exports)) = last {
+                        acked.send_replace(exports);
+                    }
+                }
                 None => return Err(SessionError::Closed),
             },
         }

@@ -84,12 +84,26 @@ pub struct Export {
     #[serde(default)]
     pub session_affinity: SessionAffinity,
     pub ports: Vec<Port>,
+    /// The ports the endpoints listen on (an EndpointSlice's ports: each
+    /// named like the service port it serves, with the target port
+    /// number). Empty: the endpoints listen on the service ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoint_ports: Vec<Port>,
     pub endpoints: Vec<Endpoint>,
     /// Creation time of the export in its cluster, unix milliseconds.
     pub created_unix_ms: i64,
 }
 
 impl Export {
+    /// The port the endpoints serve `service_port` on: the endpoint port of
+    /// the same name, else the service port itself.
+    pub fn target_port(&self, service_port: &Port) -> u16 {
+        self.endpoint_ports
+            .iter()
+            .find(|p| p.name == service_port.name && p.protocol == service_port.protocol)
+            .map_or(service_port.port, |p| p.port)
+    }
+
     /// Endpoints that may receive new traffic.
     pub fn ready_endpoints(&self) -> impl Iterator<Item = &Endpoint> {
         self.endpoints.iter().filter(|e| e.ready && !e.terminating)

@@ -35,6 +35,7 @@ pub fn export(
             app_protocol: String::new(),
             port,
         }],
+        endpoint_ports: Vec::new(),
         endpoints: addresses.into_iter().map(|a| endpoint(a, None)).collect(),
         created_unix_ms: 0,
     }

@@ -167,7 +167,8 @@ async fn start_clusters(
             hub: api.to_string(),
             spec: file.spec(),
         };
-        tasks.spawn(agent::run(config, desired, shutdown.child_token()));
+        let (acked, _) = tokio::sync::watch::channel(Default::default());
+        tasks.spawn(agent::run(config, desired, acked, shutdown.child_token()));
         tracing::info!(cluster = %id, file = %path.display(), "agent started");
     }
     Ok(())
