@@ -34,20 +34,21 @@ pub fn export_to_proto(e: &Export) -> proto::Export {
         session_affinity: format!("{:?}", e.session_affinity),
         ports: e.ports.iter().map(port_to_proto).collect(),
         endpoint_ports: e.endpoint_ports.iter().map(port_to_proto).collect(),
-        endpoints: e
-            .endpoints
-            .iter()
-            .map(|ep| proto::Endpoint {
-                address: ep.address.to_string(),
-                hostname: ep.hostname.clone().unwrap_or_default(),
-                pod: ep.pod.clone().unwrap_or_default(),
-                ready: ep.ready,
-                serving: ep.serving,
-                terminating: ep.terminating,
-                zone: ep.zone.clone().unwrap_or_default(),
-            })
-            .collect(),
+        endpoints: e.endpoints.iter().map(endpoint_to_proto).collect(),
         created_unix_ms: e.created_unix_ms,
+    }
+}
+
+/// Model endpoint → wire.
+pub fn endpoint_to_proto(ep: &Endpoint) -> proto::Endpoint {
+    proto::Endpoint {
+        address: ep.address.to_string(),
+        hostname: ep.hostname.clone().unwrap_or_default(),
+        pod: ep.pod.clone().unwrap_or_default(),
+        ready: ep.ready,
+        serving: ep.serving,
+        terminating: ep.terminating,
+        zone: ep.zone.clone().unwrap_or_default(),
     }
 }
 

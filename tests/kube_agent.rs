@@ -26,6 +26,17 @@ fn service_exports(version: &str) -> Resource {
     .with_status()
 }
 
+fn service_imports(version: &str) -> Resource {
+    Resource::new(
+        "multicluster.x-k8s.io",
+        version,
+        "serviceimports",
+        "ServiceImport",
+        true,
+    )
+    .with_status()
+}
+
 fn served() -> Vec<Resource> {
     vec![
         Resource::namespaces(),
@@ -33,16 +44,22 @@ fn served() -> Vec<Resource> {
         Resource::endpoint_slices(),
         service_exports("v1alpha1"),
         service_exports("v1beta1"),
+        service_imports("v1alpha1"),
+        service_imports("v1beta1"),
     ]
 }
 
 async fn start_hub(dir: &std::path::Path) -> RunningHub {
+    start_hub_with(dir, LeaseConfig::default()).await
+}
+
+async fn start_hub_with(dir: &std::path::Path, lease: LeaseConfig) -> RunningHub {
     let config = HubConfig {
         data_dir: dir.join("hub"),
         api: "127.0.0.1:0".parse().unwrap(),
         dns: "127.0.0.1:0".parse().unwrap(),
         dns_config: DnsConfig::default(),
-        lease: LeaseConfig::default(),
+        lease,
         raft: None,
     };
     app::start(config, CancellationToken::new()).await.unwrap()
@@ -179,7 +196,12 @@ async fn export_lifecycle_with_endpoint_churn_and_conditions() {
         "from the ServiceExport's creationTimestamp"
     );
     eventually("Valid and Ready on the ServiceExport", || {
-        conditions(&server, "v1beta1", "api") == ["Valid=True/Valid", "Ready=True/Exported"]
+        conditions(&server, "v1beta1", "api")
+            == [
+                "Valid=True/Valid",
+                "Ready=True/Exported",
+                "Conflict=False/NoConflicts",
+            ]
     })
     .await;
 
@@ -252,6 +274,7 @@ async fn cluster_id_is_the_kube_system_uid_and_old_mcs_crds_work() {
         Resource::services(),
         Resource::endpoint_slices(),
         service_exports("v1alpha1"),
+        service_imports("v1alpha1"),
     ])
     .await;
     let uid = server
@@ -278,7 +301,12 @@ async fn cluster_id_is_the_kube_system_uid_and_old_mcs_crds_work() {
     })
     .await;
     eventually("conditions on the v1alpha1 object", || {
-        conditions(&server, "v1alpha1", "api") == ["Valid=True/Valid", "Ready=True/Exported"]
+        conditions(&server, "v1alpha1", "api")
+            == [
+                "Valid=True/Valid",
+                "Ready=True/Exported",
+                "Conflict=False/NoConflicts",
+            ]
     })
     .await;
 }
@@ -330,6 +358,217 @@ async fn watches_recover_after_410_and_after_an_api_server_restart() {
         .unwrap();
     eventually_state(&hub, "changes after a restart arrive", |s| {
         ready(s, "c3", "api") == Some(vec!["10.3.0.3".into()])
+    })
+    .await;
+}
+
+/// `cluster -> [ready addresses]` of the imported slices of app/`name`.
+fn imported_slices(server: &ApiServer, name: &str) -> Vec<(String, Vec<String>)> {
+    let mut out: Vec<(String, Vec<String>)> = server
+        .list(&Resource::endpoint_slices())
+        .iter()
+        .filter(|s| s["metadata"]["labels"]["multicluster.kubernetes.io/service-name"] == name)
+        .map(|s| {
+            let cluster = s["metadata"]["labels"]["multicluster.kubernetes.io/source-cluster"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let addrs = s["endpoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["addresses"][0].as_str().unwrap().to_string())
+                .collect();
+            (cluster, addrs)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn import_clusters(server: &ApiServer, name: &str) -> Option<Vec<String>> {
+    let si = server.get(&service_imports("v1beta1"), "app", name)?;
+    Some(
+        si.pointer("/status/clusters")
+            .and_then(Value::as_array)
+            .map(|cs| {
+                cs.iter()
+                    .map(|c| c["cluster"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default(),
+    )
+}
+
+fn condition(server: &ApiServer, name: &str, type_: &str) -> Option<(String, String, String)> {
+    let obj = server.get(&service_exports("v1beta1"), "app", name)?;
+    obj.pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap().to_string(),
+                c["reason"].as_str().unwrap().to_string(),
+                c["message"].as_str().unwrap().to_string(),
+            )
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clusters_import_each_other_and_conflicts_show_on_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = start_hub_with(
+        dir.path(),
+        LeaseConfig {
+            ttl: Duration::from_millis(1500),
+            renew: Duration::from_millis(300),
+        },
+    )
+    .await;
+    let c1 = start_cluster(served()).await;
+    let c2 = start_cluster(served()).await;
+    for (server, ip) in [(&c1, "10.1.0.1"), (&c2, "10.2.0.1")] {
+        server
+            .create(&Resource::services(), service("api"))
+            .unwrap();
+        server
+            .create(
+                &Resource::endpoint_slices(),
+                slice("api-1", "api", &[(ip, true)]),
+            )
+            .unwrap();
+        server
+            .create(&service_exports("v1beta1"), export("api"))
+            .unwrap();
+    }
+    let _a1 = start_agent(&c1, &hub, Some("c1"));
+    let a2 = start_agent(&c2, &hub, Some("c2"));
+
+    // Each cluster gets a ServiceImport backed by both, and one slice per
+    // source cluster, owned by the ServiceImport.
+    for server in [&c1, &c2] {
+        eventually("imports in both clusters", || {
+            import_clusters(server, "api") == Some(vec!["c1".into(), "c2".into()])
+                && imported_slices(server, "api")
+                    == [
+                        ("c1".into(), vec!["10.1.0.1".into()]),
+                        ("c2".into(), vec!["10.2.0.1".into()]),
+                    ]
+        })
+        .await;
+        let si = server
+            .get(&service_imports("v1beta1"), "app", "api")
+            .unwrap();
+        let uid = si["metadata"]["uid"].as_str().unwrap();
+        assert_eq!(si["spec"]["type"], "ClusterSetIP");
+        assert_eq!(si["spec"]["ports"][0]["port"], 80);
+        for s in server.list(&Resource::endpoint_slices()) {
+            if s["metadata"]["labels"]["multicluster.kubernetes.io/service-name"] == "api" {
+                assert_eq!(s["metadata"]["ownerReferences"][0]["uid"], uid);
+                assert_eq!(
+                    s["ports"][0]["port"], 8080,
+                    "the source cluster's target port"
+                );
+            }
+        }
+    }
+    // No conflict yet: both say so.
+    eventually("NoConflicts on both exports", || {
+        [&c1, &c2].iter().all(|s| {
+            condition(s, "api", "Conflict").is_some_and(|c| c.0 == "False" && c.1 == "NoConflicts")
+        })
+    })
+    .await;
+
+    // c2 turns its Service headless: c1's export is older and wins the type;
+    // both exports carry the conflict, naming the dissenting cluster.
+    c2.patch(
+        &Resource::services(),
+        "app",
+        "api",
+        json!({"spec": {"clusterIP": "None"}}),
+    )
+    .unwrap();
+    eventually("TypeConflict on both exports", || {
+        [&c1, &c2].iter().all(|s| {
+            condition(s, "api", "Conflict")
+                .is_some_and(|c| c.0 == "True" && c.1 == "TypeConflict" && c.2.contains("c2"))
+        })
+    })
+    .await;
+    c2.patch(
+        &Resource::services(),
+        "app",
+        "api",
+        json!({"spec": {"clusterIP": null}}),
+    )
+    .unwrap();
+
+    // Endpoint changes in c2 reach c1's imported slice.
+    c2.replace(
+        &Resource::endpoint_slices(),
+        slice("api-1", "api", &[("10.2.0.1", true), ("10.2.0.2", true)]),
+    )
+    .unwrap();
+    eventually("c2's new endpoint imported in c1", || {
+        imported_slices(&c1, "api")
+            .contains(&("c2".into(), vec!["10.2.0.1".into(), "10.2.0.2".into()]))
+    })
+    .await;
+
+    // A deleted import comes back (the agent owns it).
+    c1.delete(&service_imports("v1beta1"), "app", "api")
+        .unwrap();
+    eventually("the import is recreated", || {
+        imported_slices(&c1, "api").len() == 2
+    })
+    .await;
+
+    // Namespace sameness: a service in a namespace c1 lacks is not imported
+    // there, and appears once the namespace does.
+    c2.create(
+        &Resource::namespaces(),
+        json!({"metadata": {"name": "other"}}),
+    )
+    .unwrap();
+    let mut other = service("db");
+    other["metadata"]["namespace"] = json!("other");
+    c2.create(&Resource::services(), other).unwrap();
+    c2.create(
+        &service_exports("v1beta1"),
+        json!({"metadata": {"name": "db", "namespace": "other"}}),
+    )
+    .unwrap();
+    eventually("db imported in c2", || {
+        c2.get(&service_imports("v1beta1"), "other", "db").is_some()
+    })
+    .await;
+    assert!(c1.get(&service_imports("v1beta1"), "other", "db").is_none());
+    c1.create(
+        &Resource::namespaces(),
+        json!({"metadata": {"name": "other"}}),
+    )
+    .unwrap();
+    eventually("db imported in c1 once the namespace exists", || {
+        c1.get(&service_imports("v1beta1"), "other", "db").is_some()
+    })
+    .await;
+
+    // c2's agent goes away: once its lease expires, c1 stops importing its
+    // endpoints; the ServiceImport stays (c1 still serves it).
+    a2.cancel();
+    eventually("c2's slice removed after its lease expired", || {
+        imported_slices(&c1, "api") == [("c1".into(), vec!["10.1.0.1".into()])]
+    })
+    .await;
+
+    // c1 withdraws its export: nothing serves app/api any more except the
+    // unreachable c2, whose export the hub still holds.
+    c1.delete(&service_exports("v1beta1"), "app", "api")
+        .unwrap();
+    eventually("c1's own slice removed", || {
+        imported_slices(&c1, "api").is_empty()
     })
     .await;
 }

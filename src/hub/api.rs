@@ -71,6 +71,20 @@ impl AgentService for AgentApi {
         }))
     }
 
+    type WatchImportsStream =
+        Pin<Box<dyn Stream<Item = Result<proto::ImportSet, Status>> + Send + 'static>>;
+
+    async fn watch_imports(
+        &self,
+        req: Request<proto::WatchImportsRequest>,
+    ) -> Result<Response<Self::WatchImportsStream>, Status> {
+        let cluster = req.into_inner().cluster;
+        validate_cluster_id(&cluster).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(send_imports(self.0.clone(), cluster, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
     type StreamExportsStream =
         Pin<Box<dyn Stream<Item = Result<proto::ExportAck, Status>> + Send + 'static>>;
 
@@ -102,6 +116,43 @@ impl AgentService for AgentApi {
             hub.metrics().agents_connected.dec();
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Streams `cluster`'s import set whenever it changes, until the agent
+/// goes away.
+async fn send_imports(
+    hub: Hub,
+    cluster: String,
+    tx: mpsc::Sender<Result<proto::ImportSet, Status>>,
+) {
+    let mut view = hub.watch_state();
+    let mut last: Option<proto::ImportSet> = None;
+    let mut last_backends = None;
+    loop {
+        let state = view.borrow_and_update().clone();
+        // Backends change whenever anything a cluster imports does (exports,
+        // weights, health, conflicts): skip the rest.
+        let unchanged = last_backends
+            .as_ref()
+            .is_some_and(|b: &crate::model::ServiceMap<_>| b.ptr_eq(&state.backends));
+        if !unchanged {
+            let set = super::imports::import_set(&state, &cluster);
+            let differs = last.as_ref().is_none_or(|l| {
+                l.services != set.services || l.export_conditions != set.export_conditions
+            });
+            if differs {
+                if tx.send(Ok(set.clone())).await.is_err() {
+                    return;
+                }
+                last = Some(set);
+            }
+            last_backends = Some(state.backends.clone());
+        }
+        tokio::select! {
+            () = tx.closed() => return,
+            changed = view.changed() => if changed.is_err() { return },
+        }
     }
 }
 

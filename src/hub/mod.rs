@@ -3,11 +3,13 @@
 //! - `node`: the raft-rs `RawNode` task; `storage`: its sled log; `wal`: the
 //!   write-ahead journal that makes each `Ready` durable with one fsync.
 //! - `state`: commands and the replicated state; `machine`: its adapter to the node.
-//! - `api`: gRPC agent and admin services; `read`: views for `get`.
+//! - `api`: gRPC agent and admin services; `read`: views for `get`;
+//!   `imports`: what a cluster imports, streamed to its agent.
 //! - `lease`: cluster leases on the leader; `app`: wiring a running hub.
 
 pub mod api;
 pub mod app;
+pub mod imports;
 pub mod lease;
 pub mod machine;
 pub mod node;

@@ -1,11 +1,13 @@
-//! The agent's Kubernetes source: kube-rs reflectors on the cluster's
+//! The agent's Kubernetes side: kube-rs reflectors on the cluster's
 //! ServiceExports, Services and EndpointSlices turn into the exports the
-//! agent streams to the hub, and the agent writes each ServiceExport's MCS
-//! conditions back (`Valid`, `Ready`).
+//! agent streams to the hub, the agent writes each ServiceExport's MCS
+//! conditions back (`Valid`, `Ready`, `Conflict`), and it writes what the
+//! cluster imports (ServiceImports and their EndpointSlices).
 //!
 //! - `resources`: the custom resources and the MCS API version served.
 //! - `cluster_id`: the cluster's ID (ClusterProperty or kube-system UID).
 //! - `exports`: the pure computation of exports and `Valid` conditions.
+//! - `imports`: the import stream from the hub and the objects it asks for.
 //! - `conditions`: merging conditions into an object's status.
 //!
 //! Everything is level-triggered: any watch event (or a periodic tick)
@@ -16,13 +18,14 @@
 pub mod cluster_id;
 pub mod conditions;
 pub mod exports;
+pub mod imports;
 pub mod resources;
 
 use super::stream::{self, AgentConfig};
 use super::watch::Desired;
 use crate::model::{ClusterSpec, Condition, ServiceKey};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::reflector::{self, store::Writer, Store};
@@ -159,6 +162,56 @@ pub async fn run(
         }
     }
 
+    // Imports: what the hub streams, written into the cluster.
+    let import_changed = Arc::new(Notify::new());
+    let import_resource = resources::service_import(version);
+    let stores = imports::Stores {
+        namespaces: reflect::<Namespace>(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            (),
+            import_changed.clone(),
+            &shutdown,
+        ),
+        imports: reflect::<DynamicObject>(
+            Api::all_with(client.clone(), &import_resource),
+            watcher::Config::default().labels(&format!(
+                "{}={}",
+                imports::OWNED_LABEL,
+                imports::OWNED_VALUE
+            )),
+            import_resource.clone(),
+            import_changed.clone(),
+            &shutdown,
+        ),
+        slices: reflect::<EndpointSlice>(
+            Api::all(client.clone()),
+            watcher::Config::default().labels(&format!(
+                "{}={}",
+                resources::MANAGED_BY_LABEL,
+                resources::MANAGER
+            )),
+            (),
+            import_changed.clone(),
+            &shutdown,
+        ),
+    };
+    let (sets_tx, mut sets) = watch::channel(None);
+    tokio::spawn(imports::follow_hub(
+        config.hub.clone(),
+        cluster.clone(),
+        sets_tx,
+        shutdown.child_token(),
+    ));
+    tokio::spawn(imports::run(
+        client.clone(),
+        version,
+        stores,
+        sets.clone(),
+        import_changed,
+        shutdown.child_token(),
+    ));
+
     let (desired_tx, desired_rx) = watch::channel(Desired::default());
     let (acked_tx, mut acked_rx) = watch::channel(Desired::default());
     let session = AgentConfig {
@@ -200,14 +253,28 @@ pub async fn run(
             differs
         });
         let acked = acked_rx.borrow_and_update().clone();
+        let conflicts = sets
+            .borrow_and_update()
+            .as_ref()
+            .map(|set| imports::export_conflicts(set))
+            .unwrap_or_default();
         for object in service_exports.state() {
-            write_export_status(&client, &export_resource, &object, &computed, &acked).await;
+            write_export_status(
+                &client,
+                &export_resource,
+                &object,
+                &computed,
+                &acked,
+                &conflicts,
+            )
+            .await;
         }
 
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             () = changed.notified() => {}
             _ = acked_rx.changed() => {}
+            _ = sets.changed() => {}
             () = tokio::time::sleep(RESYNC) => {}
         }
         tokio::time::sleep(DEBOUNCE).await;
@@ -232,11 +299,13 @@ fn export_request(object: &DynamicObject) -> Option<exports::ExportRequest> {
     })
 }
 
-/// The conditions a ServiceExport should carry.
+/// The conditions a ServiceExport should carry: `Conflict` once the hub
+/// has reported on the export.
 fn export_conditions(
     key: &ServiceKey,
     computed: &exports::Computed,
     acked: &Desired,
+    conflicts: &std::collections::BTreeMap<ServiceKey, Condition>,
 ) -> Vec<Condition> {
     let valid = computed.valid.get(key).cloned().unwrap_or_else(|| {
         Condition::new(
@@ -263,7 +332,13 @@ fn export_conditions(
             format!("not exported: {}", valid.message),
         ),
     };
-    vec![valid, ready]
+    let mut out = vec![valid, ready];
+    if computed.exports.contains_key(key) {
+        if let Some(conflict) = conflicts.get(key) {
+            out.push(conflict.clone());
+        }
+    }
+    out
 }
 
 async fn write_export_status(
@@ -272,6 +347,7 @@ async fn write_export_status(
     object: &DynamicObject,
     computed: &exports::Computed,
     acked: &Desired,
+    conflicts: &std::collections::BTreeMap<ServiceKey, Condition>,
 ) {
     let (Some(namespace), Some(name)) = (
         object.metadata.namespace.as_deref(),
@@ -283,7 +359,7 @@ async fn write_export_status(
         namespace: namespace.to_string(),
         name: name.to_string(),
     };
-    let desired = export_conditions(&key, computed, acked);
+    let desired = export_conditions(&key, computed, acked, conflicts);
     let existing: Vec<serde_json::Value> = object
         .data
         .pointer("/status/conditions")

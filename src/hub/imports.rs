@@ -1,0 +1,195 @@
+//! What one cluster imports, as the hub streams it to the cluster's agent
+//! (`WatchImports`): every service with computed backends, the ready
+//! endpoints of each cluster that receives its traffic (with that cluster's
+//! target ports), and the MCS `Conflict` condition of the cluster's own
+//! exports. Pure: a function of the applied state.
+
+use super::state::State;
+use crate::model::{Condition, ServiceKey};
+use crate::proto;
+use crate::wire::{endpoint_to_proto, port_to_proto};
+
+fn condition(key: &ServiceKey, c: &Condition) -> proto::ExportCondition {
+    proto::ExportCondition {
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+        r#type: c.type_.clone(),
+        status: c.status.clone(),
+        reason: c.reason.clone(),
+        message: c.message.clone(),
+    }
+}
+
+/// The import set of `cluster` at the state's applied index.
+pub fn import_set(state: &State, cluster: &str) -> proto::ImportSet {
+    let mut services = Vec::with_capacity(state.backends.len());
+    let mut export_conditions = Vec::new();
+    for (key, b) in state.backends.iter() {
+        let exports = state.exports.get(key);
+        let slices = b
+            .clusters
+            .iter()
+            .filter(|c| c.effective_weight > 0)
+            .map(|c| {
+                let export = exports.and_then(|by| by.get(&c.cluster));
+                proto::SourceSlice {
+                    cluster: c.cluster.clone(),
+                    ports: b
+                        .ports
+                        .iter()
+                        .map(|p| {
+                            let mut port = port_to_proto(p);
+                            port.port = u32::from(export.map_or(p.port, |e| e.target_port(p)));
+                            port
+                        })
+                        .collect(),
+                    endpoints: c.endpoints.iter().map(endpoint_to_proto).collect(),
+                }
+            })
+            .collect();
+        services.push(proto::ImportedService {
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+            r#type: b.service_type.to_string(),
+            session_affinity: format!("{:?}", b.session_affinity),
+            ports: b.ports.iter().map(port_to_proto).collect(),
+            ips: Vec::new(),
+            clusters: exports
+                .map(|by| by.keys().cloned().collect())
+                .unwrap_or_default(),
+            slices,
+            conditions: b.conditions.iter().map(|c| condition(key, c)).collect(),
+        });
+        if exports.is_some_and(|by| by.contains_key(cluster)) {
+            let conflict = b
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Conflict")
+                .cloned()
+                .unwrap_or_else(|| {
+                    Condition::new(
+                        "Conflict",
+                        false,
+                        "NoConflicts",
+                        "every cluster exports the service the same way",
+                    )
+                });
+            export_conditions.push(condition(key, &conflict));
+        }
+    }
+    proto::ImportSet {
+        version: state.applied_index,
+        services,
+        export_conditions,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::state::Command;
+    use crate::model::{fixtures, ClusterSpec};
+
+    fn register(s: &mut State, index: u64, id: &str) {
+        let spec = ClusterSpec {
+            id: id.into(),
+            ..Default::default()
+        };
+        s.apply(index, &Command::RegisterCluster { spec }).unwrap();
+    }
+
+    fn sync(s: &mut State, index: u64, export: crate::model::Export) {
+        let cmd = Command::SyncExports {
+            cluster: export.cluster.clone(),
+            revision: index,
+            full: false,
+            upserts: vec![export],
+            deletes: vec![],
+        };
+        s.apply(index, &cmd).unwrap();
+    }
+
+    #[test]
+    fn slices_carry_each_clusters_target_ports_and_conflicts_reach_both_exporters() {
+        let mut s = State::default();
+        register(&mut s, 1, "a");
+        register(&mut s, 2, "b");
+        let mut ea = fixtures::export("a", "app/api", 80, ["10.0.0.1".parse().unwrap()]);
+        ea.created_unix_ms = 1;
+        ea.endpoint_ports = vec![crate::model::Port {
+            name: "http".into(),
+            protocol: "TCP".into(),
+            app_protocol: String::new(),
+            port: 8080,
+        }];
+        let mut eb = fixtures::export("b", "app/api", 80, ["10.0.1.1".parse().unwrap()]);
+        eb.created_unix_ms = 2;
+        eb.service_type = crate::model::ServiceType::Headless;
+        sync(&mut s, 3, ea);
+        sync(&mut s, 4, eb);
+
+        let set = import_set(&s, "a");
+        assert_eq!(set.version, s.applied_index);
+        let api = &set.services[0];
+        assert_eq!((api.namespace.as_str(), api.name.as_str()), ("app", "api"));
+        assert_eq!(api.clusters, ["a", "b"]);
+        let ports: Vec<(String, u32)> = api
+            .slices
+            .iter()
+            .map(|sl| (sl.cluster.clone(), sl.ports[0].port))
+            .collect();
+        assert_eq!(ports, [("a".into(), 8080), ("b".into(), 80)]);
+        assert_eq!(api.ports[0].port, 80, "the import keeps the service port");
+
+        // The oldest (a) wins the type; both exporters see the conflict.
+        assert_eq!(api.r#type, "ClusterSetIP");
+        for cluster in ["a", "b"] {
+            let c = &import_set(&s, cluster).export_conditions[0];
+            assert_eq!(
+                (c.r#type.as_str(), c.status.as_str(), c.reason.as_str()),
+                ("Conflict", "True", "TypeConflict")
+            );
+            assert!(c.message.contains('b'), "{}", c.message);
+        }
+        // A cluster that exports nothing gets no export conditions.
+        register(&mut s, 5, "c");
+        assert!(import_set(&s, "c").export_conditions.is_empty());
+    }
+
+    #[test]
+    fn an_unreachable_cluster_has_no_slice() {
+        let mut s = State::default();
+        register(&mut s, 1, "a");
+        register(&mut s, 2, "b");
+        sync(
+            &mut s,
+            3,
+            fixtures::export("a", "app/api", 80, ["10.0.0.1".parse().unwrap()]),
+        );
+        sync(
+            &mut s,
+            4,
+            fixtures::export("b", "app/api", 80, ["10.0.1.1".parse().unwrap()]),
+        );
+        s.apply(
+            5,
+            &Command::SetReachable {
+                cluster: "b".into(),
+                reachable: false,
+            },
+        )
+        .unwrap();
+        let set = import_set(&s, "a");
+        let clusters: Vec<&str> = set.services[0]
+            .slices
+            .iter()
+            .map(|s| s.cluster.as_str())
+            .collect();
+        assert_eq!(clusters, ["a"]);
+        let c = &set.export_conditions[0];
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "NoConflicts")
+        );
+    }
+}
