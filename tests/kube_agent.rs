@@ -572,3 +572,93 @@ async fn two_clusters_import_each_other_and_conflicts_show_on_both() {
     })
     .await;
 }
+
+fn multi_cluster_services() -> Resource {
+    Resource::new(
+        "switchyard.io",
+        "v1alpha1",
+        "multiclusterservices",
+        "MultiClusterService",
+        true,
+    )
+    .with_status()
+}
+
+fn accepted(server: &ApiServer, name: &str) -> Option<(String, String, String)> {
+    let obj = server.get(&multi_cluster_services(), "app", name)?;
+    obj.pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Accepted")
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap().to_string(),
+                c["reason"].as_str().unwrap().to_string(),
+                c["message"].as_str().unwrap().to_string(),
+            )
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_cluster_services_are_relayed_and_get_accepted_or_why_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = start_hub(dir.path()).await;
+    let mut resources = served();
+    resources.push(multi_cluster_services());
+    let server = start_cluster(resources).await;
+    server
+        .create(&Resource::services(), service("api"))
+        .unwrap();
+    server
+        .create(
+            &Resource::endpoint_slices(),
+            slice("api-1", "api", &[("10.5.0.1", true)]),
+        )
+        .unwrap();
+    server
+        .create(&service_exports("v1beta1"), export("api"))
+        .unwrap();
+    let mcs = |name: &str, cluster: &str| {
+        json!({"metadata": {"name": name, "namespace": "app"},
+               "spec": {"serviceImport": {"name": "api"},
+                        "clusterBackends": [{"cluster": cluster, "weight": 3}]}})
+    };
+    server
+        .create(&multi_cluster_services(), mcs("weights", "c5"))
+        .unwrap();
+    server
+        .create(&multi_cluster_services(), mcs("typo", "c-five"))
+        .unwrap();
+    let _agent = start_agent(&server, &hub, Some("c5"));
+
+    eventually("Accepted on the good one, Invalid on the bad one", || {
+        accepted(&server, "weights").is_some_and(|c| c.0 == "True")
+            && accepted(&server, "typo").is_some_and(|c| c.0 == "False" && c.1 == "Invalid")
+    })
+    .await;
+    let why = accepted(&server, "typo").unwrap().2;
+    assert!(
+        why.contains("c-five"),
+        "the message names the unknown cluster: {why}"
+    );
+    let key: ServiceKey = "app/weights".parse().unwrap();
+    let state = hub.hub.state();
+    assert_eq!(
+        state.mcs[&key].metadata.annotations["switchyard.io/relayed-from"],
+        "c5"
+    );
+    let api: ServiceKey = "app/api".parse().unwrap();
+    assert_eq!(
+        state.backends[&api].multi_cluster_service.as_deref(),
+        Some("app/weights")
+    );
+
+    // Deleted in the cluster: deleted at the hub.
+    server
+        .delete(&multi_cluster_services(), "app", "weights")
+        .unwrap();
+    eventually_state(&hub, "the relayed MultiClusterService is gone", |s| {
+        !s.mcs.contains_key(&key)
+    })
+    .await;
+}

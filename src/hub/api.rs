@@ -85,6 +85,64 @@ impl AgentService for AgentApi {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    async fn relay_multi_cluster_services(
+        &self,
+        req: Request<proto::RelayRequest>,
+    ) -> Result<Response<proto::RelayReply>, Status> {
+        let r = req.into_inner();
+        validate_cluster_id(&r.cluster).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // Objects that do not parse are refused here; the rest go to the
+        // state machine, which judges each one.
+        let mut refused = Vec::new();
+        let mut objects = Vec::new();
+        for text in &r.objects {
+            match manifest::parse(text).map(|mut v| v.pop()) {
+                Ok(Some(manifest::Resource::MultiClusterService(m))) => objects.push(m),
+                Ok(other) => refused.push(proto::RelayResult {
+                    namespace: String::new(),
+                    name: String::new(),
+                    accepted: false,
+                    reason: "Invalid".into(),
+                    message: format!(
+                        "not a MultiClusterService: {}",
+                        other
+                            .map(|o| o.describe())
+                            .unwrap_or_else(|| "empty".into())
+                    ),
+                }),
+                Err(e) => refused.push(proto::RelayResult {
+                    namespace: String::new(),
+                    name: String::new(),
+                    accepted: false,
+                    reason: "Invalid".into(),
+                    message: e.to_string(),
+                }),
+            }
+        }
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let lines = self
+            .0
+            .propose(&Command::RelayMultiClusterServices {
+                cluster: r.cluster,
+                objects,
+                now,
+            })
+            .await?;
+        let mut results: Vec<proto::RelayResult> = lines
+            .iter()
+            .filter_map(|l| serde_json::from_str::<crate::hub::state::RelayResult>(l).ok())
+            .map(|r| proto::RelayResult {
+                namespace: r.namespace,
+                name: r.name,
+                accepted: r.accepted,
+                reason: r.reason,
+                message: r.message,
+            })
+            .collect();
+        results.extend(refused);
+        Ok(Response::new(proto::RelayReply { results }))
+    }
+
     type StreamExportsStream =
         Pin<Box<dyn Stream<Item = Result<proto::ExportAck, Status>> + Send + 'static>>;
 

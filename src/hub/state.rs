@@ -49,6 +49,30 @@ pub enum Command {
     /// Records (or forgets, with `None`) a hub replica's raft address,
     /// before it is added to (or after it is removed from) the raft group.
     SetMember { id: u64, address: Option<String> },
+    /// Every MultiClusterService a member cluster holds, relayed by its
+    /// agent. Each is accepted or refused on its own (one
+    /// [`RelayResult`] per object in the reply lines); those the cluster
+    /// relayed before and no longer holds are deleted.
+    RelayMultiClusterServices {
+        cluster: ClusterId,
+        objects: Vec<MultiClusterService>,
+        now: String,
+    },
+}
+
+/// Annotation naming the cluster a MultiClusterService was relayed from.
+pub const RELAYED_FROM: &str = "switchyard.io/relayed-from";
+
+/// The outcome of one relayed MultiClusterService, as a JSON reply line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayResult {
+    pub namespace: String,
+    pub name: String,
+    pub accepted: bool,
+    /// `Accepted`, `Conflict` (another owner) or `Invalid`.
+    pub reason: String,
+    /// Why not, or what happened.
+    pub message: String,
 }
 
 /// An object `switchyard apply` can store in the hub.
@@ -167,6 +191,24 @@ impl State {
                 cluster, upserts, ..
             } => self.check_exports(cluster, upserts),
             Command::Apply { objects, .. } => self.validate_objects(objects),
+            Command::RelayMultiClusterServices {
+                cluster, objects, ..
+            } => {
+                if !self.clusters.contains_key(cluster) {
+                    return Err(StateError::UnknownCluster(cluster.clone()));
+                }
+                let mut seen = BTreeSet::new();
+                for m in objects {
+                    let name = format!(
+                        "multiclusterservice {}/{}",
+                        m.metadata.namespace, m.metadata.name
+                    );
+                    if !seen.insert(name.clone()) {
+                        return Err(StateError::Duplicate(name));
+                    }
+                }
+                Ok(())
+            }
             Command::SetWeights { mcs, weights } => self.merged_mcs(mcs, weights).map(|_| ()),
             Command::SetMember { id, address } => match address {
                 Some(a) if a.parse::<std::net::SocketAddr>().is_err() => Err(StateError::Invalid(
@@ -292,6 +334,13 @@ impl State {
                     let line = self.store_object(obj, now, &mut touched);
                     out.lines.push(line);
                 }
+            }
+            Command::RelayMultiClusterServices {
+                cluster,
+                objects,
+                now,
+            } => {
+                self.relay_mcs(cluster, objects, now, &mut touched, &mut out.lines);
             }
             Command::SetMember { id, address } => match address {
                 Some(a) => {
@@ -419,6 +468,84 @@ impl State {
             }
         }
         Ok(())
+    }
+
+    /// Accepts or refuses each relayed MultiClusterService and deletes
+    /// those `cluster` relayed before and no longer holds.
+    fn relay_mcs(
+        &mut self,
+        cluster: &ClusterId,
+        objects: &[MultiClusterService],
+        now: &str,
+        touched: &mut BTreeSet<ServiceKey>,
+        lines: &mut Vec<String>,
+    ) {
+        let mut results = Vec::with_capacity(objects.len());
+        let mut kept = BTreeSet::new();
+        for m in objects {
+            let key = ServiceKey {
+                namespace: m.metadata.namespace.clone(),
+                name: m.metadata.name.clone(),
+            };
+            kept.insert(key.clone());
+            let owner = self.mcs.get(&key).map(|e| {
+                e.metadata
+                    .annotations
+                    .get(RELAYED_FROM)
+                    .cloned()
+                    .unwrap_or_default()
+            });
+            let refusal = match owner {
+                Some(o) if o.is_empty() => Some(("Conflict", format!(
+                    "MultiClusterService {key} was applied on the hub (switchyard apply); delete it there to manage it from cluster {cluster}"
+                ))),
+                Some(o) if &o != cluster => Some(("Conflict", format!(
+                    "MultiClusterService {key} is managed from cluster {o}; change it there, or delete it there first"
+                ))),
+                _ => backends::validate_mcs(m, &self.clusters, |k| self.import_exists(k))
+                    .err()
+                    .map(|e| ("Invalid", e.to_string())),
+            };
+            let result = match refusal {
+                Some((reason, message)) => RelayResult {
+                    namespace: key.namespace.clone(),
+                    name: key.name.clone(),
+                    accepted: false,
+                    reason: reason.to_string(),
+                    message,
+                },
+                None => {
+                    let mut m = m.clone();
+                    m.metadata
+                        .annotations
+                        .insert(RELAYED_FROM.to_string(), cluster.clone());
+                    let line =
+                        self.store_object(&AppliedObject::MultiClusterService(m), now, touched);
+                    RelayResult {
+                        namespace: key.namespace.clone(),
+                        name: key.name.clone(),
+                        accepted: true,
+                        reason: "Accepted".to_string(),
+                        message: line,
+                    }
+                }
+            };
+            results.push(result);
+        }
+        let gone: Vec<ServiceKey> = self
+            .mcs
+            .iter()
+            .filter(|(k, m)| {
+                !kept.contains(*k) && m.metadata.annotations.get(RELAYED_FROM) == Some(cluster)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in gone {
+            if let Some(m) = self.mcs.remove(&key) {
+                touched.insert(mcs_import_key(&m));
+            }
+        }
+        lines.extend(results.iter().filter_map(|r| serde_json::to_string(r).ok()));
     }
 
     fn store_object(
@@ -588,6 +715,112 @@ mod tests {
             s.apply(2, &cmd).unwrap();
         }
         s
+    }
+
+    fn relayed(weights: &str, name: &str) -> MultiClusterService {
+        let text = format!(
+            "apiVersion: switchyard.io/v1alpha1\nkind: MultiClusterService\nmetadata: {{name: {name}, namespace: app}}\nspec: {{serviceImport: {{name: api-v1-multi}}, clusterBackends: [{weights}]}}\n"
+        );
+        match manifest::parse(&text).unwrap().remove(0) {
+            manifest::Resource::MultiClusterService(m) => m,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn relay(s: &mut State, cluster: &str, objects: Vec<MultiClusterService>) -> Vec<RelayResult> {
+        let cmd = Command::RelayMultiClusterServices {
+            cluster: cluster.into(),
+            objects,
+            now: "2026-11-23T00:00:00Z".into(),
+        };
+        s.validate(&cmd).unwrap();
+        s.apply(20, &cmd)
+            .unwrap()
+            .lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn relayed_mcs_are_accepted_one_by_one_owned_by_their_cluster_and_deleted_with_it() {
+        let mut s = playground();
+        let key: ServiceKey = "app/api-v1-multi".parse().unwrap();
+        let results = relay(
+            &mut s,
+            "us-west-1",
+            vec![
+                relayed(
+                    "{cluster: us-west-1, weight: 3}, {cluster: us-east-1, weight: 1}",
+                    "w",
+                ),
+                relayed("{cluster: mars-1, weight: 1}", "bad"),
+            ],
+        );
+        assert!(results[0].accepted, "{results:?}");
+        assert!(!results[1].accepted);
+        assert!(
+            results[1].message.contains("mars-1"),
+            "{}",
+            results[1].message
+        );
+        let m = &s.mcs[&"app/w".parse::<ServiceKey>().unwrap()];
+        assert_eq!(m.metadata.annotations[RELAYED_FROM], "us-west-1");
+        assert!(
+            (s.backends[&key].clusters[2].share - 0.75).abs() < 1e-9,
+            "{:?}",
+            s.backends[&key].clusters
+        );
+
+        // Another cluster cannot take it over.
+        let other = relay(
+            &mut s,
+            "us-east-1",
+            vec![relayed("{cluster: us-east-1, weight: 1}", "w")],
+        );
+        assert!(!other[0].accepted);
+        assert!(
+            other[0].message.contains("managed from cluster us-west-1"),
+            "{}",
+            other[0].message
+        );
+
+        // One applied with switchyard apply is not the cluster's either.
+        apply_manifest(&mut s, SEED).unwrap();
+        let hub = relay(
+            &mut s,
+            "us-west-1",
+            vec![relayed("{cluster: us-west-1, weight: 1}", "api-v1-global")],
+        );
+        assert!(!hub[0].accepted);
+        assert!(
+            hub[0].message.contains("switchyard apply"),
+            "{}",
+            hub[0].message
+        );
+
+        // The cluster no longer holds it: gone from the hub, weights with it.
+        relay(&mut s, "us-west-1", vec![]);
+        assert!(!s.mcs.contains_key(&"app/w".parse::<ServiceKey>().unwrap()));
+        assert!(
+            s.mcs
+                .contains_key(&"app/api-v1-global".parse::<ServiceKey>().unwrap()),
+            "the hub's own stays"
+        );
+    }
+
+    #[test]
+    fn relay_from_an_unregistered_cluster_is_refused() {
+        let s = playground();
+        let cmd = Command::RelayMultiClusterServices {
+            cluster: "nobody".into(),
+            objects: vec![],
+            now: String::new(),
+        };
+        assert_eq!(
+            s.validate(&cmd),
+            Err(StateError::UnknownCluster("nobody".into()))
+        );
     }
 
     fn apply_manifest(s: &mut State, text: &str) -> Result<Outcome, StateError> {

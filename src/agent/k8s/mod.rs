@@ -8,6 +8,7 @@
 //! - `cluster_id`: the cluster's ID (ClusterProperty or kube-system UID).
 //! - `exports`: the pure computation of exports and `Valid` conditions.
 //! - `imports`: the import stream from the hub and the objects it asks for.
+//! - `relay`: MultiClusterServices relayed to the hub, `Accepted` written back.
 //! - `conditions`: merging conditions into an object's status.
 //!
 //! Everything is level-triggered: any watch event (or a periodic tick)
@@ -19,6 +20,7 @@ pub mod cluster_id;
 pub mod conditions;
 pub mod exports;
 pub mod imports;
+pub mod relay;
 pub mod resources;
 
 use super::stream::{self, AgentConfig};
@@ -211,6 +213,28 @@ pub async fn run(
         import_changed,
         shutdown.child_token(),
     ));
+
+    // MultiClusterServices: relayed to the hub, when the cluster has the API.
+    let mcs_resource = resources::multi_cluster_service();
+    if relay::served(&client, &mcs_resource).await {
+        let mcs_changed = Arc::new(Notify::new());
+        let store = reflect::<DynamicObject>(
+            Api::all_with(client.clone(), &mcs_resource),
+            watcher::Config::default(),
+            mcs_resource.clone(),
+            mcs_changed.clone(),
+            &shutdown,
+        );
+        tokio::spawn(relay::run(
+            client.clone(),
+            mcs_resource,
+            cluster.clone(),
+            config.hub.clone(),
+            store,
+            mcs_changed,
+            shutdown.child_token(),
+        ));
+    }
 
     let (desired_tx, desired_rx) = watch::channel(Desired::default());
     let (acked_tx, mut acked_rx) = watch::channel(Desired::default());
