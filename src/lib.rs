@@ -6,6 +6,7 @@
 //! - [`backends`]: the pure weighted backend computation.
 //! - [`hub`]: the raft-replicated state machine on sled, and its gRPC APIs.
 //! - [`dns`]: the ClusterSet DNS authority on hickory-server.
+//! - [`identity`]: the ClusterSet CA, certificates, bootstrap tokens, TLS.
 //! - [`agent`]: a cluster's agent: sources (file) and the export stream.
 //! - [`playground`]: `switchyard up`, a whole ClusterSet in one process.
 //! - [`cli`]: client subcommands (apply, get, weights, resolve).
@@ -17,6 +18,7 @@ pub mod backends;
 pub mod cli;
 pub mod dns;
 pub mod hub;
+pub mod identity;
 pub mod metrics;
 pub mod model;
 pub mod playground;

@@ -1,0 +1,111 @@
+//! ClusterSet identities: the ClusterSet CA, the certificates it issues to
+//! hub replicas, cluster agents and administrators, one-time bootstrap
+//! tokens, and reading the identity a TLS peer presents.
+//!
+//! An identity lives in a certificate's URI subject alternative name, in the
+//! SPIFFE form `spiffe://switchyard/cluster/<id>` (a cluster's agent and
+//! gateway), `spiffe://switchyard/admin` (an administrator) and
+//! `spiffe://switchyard/hub` (a hub replica's server certificate).
+//!
+//! - `ca`: creating or loading the CA, issuing and signing certificates.
+//! - `token`: bootstrap tokens (format, hashing).
+//! - `tls`: the TLS settings of the hub's server and of its clients.
+
+pub mod ca;
+pub mod tls;
+pub mod token;
+
+pub use ca::{Ca, CaError, Issued};
+
+use std::fmt;
+
+/// The URI prefix of every identity.
+pub const TRUST_DOMAIN: &str = "spiffe://switchyard/";
+
+/// Who a certificate speaks for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Identity {
+    /// A member cluster (its agent; later its gateway).
+    Cluster(String),
+    /// An administrator: may call the admin API.
+    Admin,
+    /// A hub replica.
+    Hub,
+}
+
+impl Identity {
+    /// The identity's URI.
+    pub fn uri(&self) -> String {
+        match self {
+            Identity::Cluster(id) => format!("{TRUST_DOMAIN}cluster/{id}"),
+            Identity::Admin => format!("{TRUST_DOMAIN}admin"),
+            Identity::Hub => format!("{TRUST_DOMAIN}hub"),
+        }
+    }
+
+    /// Reads an identity URI; `None` for anything else.
+    pub fn from_uri(uri: &str) -> Option<Self> {
+        let rest = uri.strip_prefix(TRUST_DOMAIN)?;
+        match rest {
+            "admin" => Some(Identity::Admin),
+            "hub" => Some(Identity::Hub),
+            _ => {
+                let id = rest.strip_prefix("cluster/")?;
+                crate::model::validate_cluster_id(id).ok()?;
+                Some(Identity::Cluster(id.to_string()))
+            }
+        }
+    }
+
+    /// The identity a DER certificate carries (its first identity URI).
+    pub fn of_certificate(der: &[u8]) -> Option<Self> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let san = cert.subject_alternative_name().ok()??;
+        san.value.general_names.iter().find_map(|name| match name {
+            x509_parser::extensions::GeneralName::URI(uri) => Identity::from_uri(uri),
+            _ => None,
+        })
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Identity::Cluster(id) => write!(f, "cluster {id}"),
+            Identity::Admin => f.write_str("admin"),
+            Identity::Hub => f.write_str("hub"),
+        }
+    }
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// SHA-256 of `data`, in hex.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_uris_round_trip_and_strangers_are_none() {
+        for id in [
+            Identity::Cluster("us-east-1".into()),
+            Identity::Admin,
+            Identity::Hub,
+        ] {
+            assert_eq!(Identity::from_uri(&id.uri()), Some(id));
+        }
+        assert_eq!(Identity::from_uri("spiffe://other/admin"), None);
+        assert_eq!(
+            Identity::from_uri("spiffe://switchyard/cluster/Not_Valid"),
+            None
+        );
+        assert_eq!(Identity::from_uri("spiffe://switchyard/something"), None);
+    }
+}
