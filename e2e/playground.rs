@@ -98,6 +98,11 @@ impl Playground {
         let out = Command::new(BIN)
             .args(args)
             .env("SWITCHYARD_HUB", self.api.to_string())
+            // The playground runs over TLS with credentials it made itself.
+            .env(
+                "SWITCHYARD_CREDENTIALS",
+                self.dir.path().join("data/hub/admin"),
+            )
             .output()
             .unwrap();
         (

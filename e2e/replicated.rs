@@ -106,7 +106,14 @@ impl Group {
                 &snapshot_every.to_string(),
             ])
             .args(r.join.then_some("--join"))
-            .args(["--enable-fault-injection", "--lease-ms", "3000"])
+            // Raft is what these tests are about: plain HTTP/2 (e2e/security.rs
+            // covers TLS and joining).
+            .args([
+                "--enable-fault-injection",
+                "--lease-ms",
+                "3000",
+                "--insecure",
+            ])
             .env("RUST_LOG", "info,sled=warn,raft=info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -158,7 +165,7 @@ impl Group {
         )
         .unwrap();
         let child = Command::new(BIN)
-            .args(["agent", "--file"])
+            .args(["agent", "--insecure", "--file"])
             .arg(&file)
             .args(["--hub", &self.hubs()])
             .stdout(Stdio::null())

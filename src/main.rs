@@ -5,6 +5,8 @@ use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use switchyard::agent::credentials::{self, CredentialStore};
+use switchyard::agent::stream::HubAuth;
 use switchyard::cli::{self, Format};
 use switchyard::dns::DnsConfig;
 use switchyard::hub::lease::LeaseConfig;
@@ -24,6 +26,11 @@ struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Admin credentials for the hub API (a directory with ca.pem, cert.pem
+    /// and key.pem, as the hub writes to DATA_DIR/admin); by default the
+    /// playground's, .switchyard/hub/admin, when present.
+    #[arg(long, global = true, env = "SWITCHYARD_CREDENTIALS")]
+    credentials: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -55,6 +62,9 @@ enum Command {
         /// Print the clusterset description in use and exit.
         #[arg(long)]
         print_config: bool,
+        /// Serve the hub API without TLS or authentication.
+        #[arg(long)]
+        insecure: bool,
         #[command(flatten)]
         serve: ServeArgs,
     },
@@ -95,6 +105,13 @@ enum Command {
         /// in-cluster service account.
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
+        #[command(flatten)]
+        auth: AgentAuthArgs,
+    },
+    /// Bootstrap tokens for agents.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
     },
     /// Apply ServiceImport and MultiClusterService manifests, all or nothing.
     Apply {
@@ -215,6 +232,63 @@ struct HubArgs {
     /// Tests only: allow the fault hook that drops raft traffic.
     #[arg(long, hide = true)]
     enable_fault_injection: bool,
+    /// Serve the API without TLS or authentication (benchmarks, trusted
+    /// networks only).
+    #[arg(long)]
+    insecure: bool,
+    /// Names clients reach this replica by, for its certificate (IPs or DNS
+    /// names, comma-separated); 127.0.0.1, localhost and the --api address
+    /// are always in it.
+    #[arg(long, value_delimiter = ',')]
+    tls_san: Vec<String>,
+    /// Load the ClusterSet CA from these PEM files instead of generating one
+    /// (used only when the hub has no CA yet).
+    #[arg(long, requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+    #[arg(long, requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
+    /// Lifetime of agent certificates (renewed at two thirds of it).
+    #[arg(long, default_value = "24h")]
+    agent_cert_ttl: humantime::Duration,
+}
+
+/// How an agent authenticates to the hub.
+#[derive(clap::Args)]
+struct AgentAuthArgs {
+    /// The ClusterSet CA certificate (PEM) the hub's certificate must chain
+    /// to (`switchyard install` puts it in the agent's ConfigMap).
+    #[arg(long, env = "SWITCHYARD_CA")]
+    ca: Option<PathBuf>,
+    /// A one-time bootstrap token (`switchyard token create`), needed only
+    /// when no stored certificate is usable.
+    #[arg(long, env = "SWITCHYARD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Keep the agent's certificate in this directory (default for --file:
+    /// .switchyard-agent/CLUSTER).
+    #[arg(long)]
+    identity_dir: Option<PathBuf>,
+    /// Keep the agent's certificate in this Secret, in the namespace of
+    /// $POD_NAMESPACE (Kubernetes agent without --identity-dir).
+    #[arg(long, default_value = "switchyard-agent-identity")]
+    identity_secret: String,
+    /// Talk to a hub started with --insecure: no TLS, no certificate.
+    #[arg(long)]
+    insecure: bool,
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Create a one-time token with which a cluster's agent joins.
+    Create {
+        /// The cluster ID the agent's certificate will carry.
+        #[arg(long)]
+        cluster: String,
+        /// How long the token may be used, e.g. 1h, 30m (at most 7 days).
+        #[arg(long, default_value = "1h")]
+        ttl: humantime::Duration,
+        #[arg(long, env = "SWITCHYARD_HUB", default_value = "127.0.0.1:7700")]
+        hub: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -296,11 +370,14 @@ fn stop_on_signal() -> CancellationToken {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let credentials = cli.credentials.clone();
+    let target = |hub: &str| cli::HubTarget::new(hub, credentials.as_deref());
     match cli.command {
         Command::Up {
             data_dir,
             dns,
             api,
+            insecure,
             config,
             print_config,
             serve,
@@ -320,6 +397,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 config,
                 lease: serve.lease()?,
                 dns_config: serve.dns(),
+                insecure,
             };
             let zone = serve.zone;
             let shutdown = stop_on_signal();
@@ -339,22 +417,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             region,
             zone,
             kubeconfig,
+            auth,
         } => {
             init_logging(cli.log_format, "info");
             let client = kube_client(kubeconfig.as_deref()).await?;
+            let shutdown = stop_on_signal();
+            let store = match &auth.identity_dir {
+                Some(dir) => CredentialStore::Dir(dir.clone()),
+                None => {
+                    let namespace = std::env::var("POD_NAMESPACE")
+                        .unwrap_or_else(|_| client.default_namespace().to_string());
+                    CredentialStore::Secret {
+                        api: Box::new(kube::Api::namespaced(client.clone(), &namespace)),
+                        name: auth.identity_secret.clone(),
+                    }
+                }
+            };
             let config = switchyard::agent::k8s::KubeAgentConfig {
+                auth: agent_auth(&auth, &hub, store, &shutdown).await?,
                 hub,
                 cluster,
                 region,
                 zone,
                 gateway_addresses: Vec::new(),
             };
-            switchyard::agent::k8s::run(client, config, stop_on_signal()).await?;
+            switchyard::agent::k8s::run(client, config, shutdown).await?;
             Ok(())
         }
         Command::Agent {
             file: Some(file),
             hub,
+            auth,
             ..
         } => {
             init_logging(cli.log_format, "info");
@@ -364,7 +457,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Duration::from_millis(200),
                 shutdown.child_token(),
             )?;
+            let dir = auth
+                .identity_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(".switchyard-agent").join(&f.cluster));
             let config = switchyard::agent::AgentConfig {
+                auth: agent_auth(&auth, &hub, CredentialStore::Dir(dir), &shutdown).await?,
                 hub,
                 spec: f.spec(),
             };
@@ -372,28 +470,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             switchyard::agent::run(config, desired, acked, shutdown).await;
             Ok(())
         }
-        Command::Apply { file, hub } => cli::apply(&hub, &file).await,
+        Command::Apply { file, hub } => cli::apply(&target(&hub)?, &file).await,
         Command::Get {
             kind,
             name,
             output,
             consistent,
             hub,
-        } => cli::get(&hub, &kind, name.as_deref(), output, consistent).await,
-        Command::Status { output, hub } => cli::status(&hub, output).await,
+        } => cli::get(&target(&hub)?, &kind, name.as_deref(), output, consistent).await,
+        Command::Status { output, hub } => cli::status(&target(&hub)?, output).await,
         Command::Hub {
             action: Some(HubAction::Members { change }),
             ..
         } => match change {
             MemberChange::Add { id, address, hub } => {
-                cli::change_member(&hub, id, Some(&address)).await
+                cli::change_member(&target(&hub)?, id, Some(&address)).await
             }
-            MemberChange::Remove { id, hub } => cli::change_member(&hub, id, None).await,
+            MemberChange::Remove { id, hub } => cli::change_member(&target(&hub)?, id, None).await,
         },
         Command::Hub { action: None, run } => run_hub(*run, cli.log_format).await,
+        Command::Token {
+            action: TokenAction::Create { cluster, ttl, hub },
+        } => cli::create_token(&target(&hub)?, &cluster, *ttl).await,
         Command::Weights {
             action: WeightsAction::Set { mcs, weights, hub },
-        } => cli::set_weights(&hub, &mcs, &weights).await,
+        } => cli::set_weights(&target(&hub)?, &mcs, &weights).await,
         Command::Resolve {
             name,
             rtype,
@@ -401,7 +502,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tcp,
             quiet,
             hub,
-        } => cli::resolve::resolve(dns, &hub, &name, &rtype, tcp, quiet).await,
+        } => cli::resolve::resolve(dns, &target(&hub)?, &name, &rtype, tcp, quiet).await,
     }
 }
 
@@ -421,6 +522,33 @@ async fn kube_client(path: Option<&std::path::Path>) -> anyhow::Result<kube::Cli
         )?,
     };
     kube::Client::try_from(config).context("cannot build a Kubernetes client")
+}
+
+/// The agent's way to authenticate: its stored certificate or a join with
+/// its token, then renewals in the background.
+async fn agent_auth(
+    args: &AgentAuthArgs,
+    hub: &str,
+    store: CredentialStore,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<HubAuth> {
+    if args.insecure {
+        return Ok(HubAuth::Insecure);
+    }
+    let ca = args.ca.as_ref().ok_or_else(|| {
+        anyhow::anyhow!("--ca is required: the ClusterSet CA certificate (PEM) to trust the hub by (`switchyard install` provides it); or --insecure for a hub without TLS")
+    })?;
+    let ca_pem = std::fs::read_to_string(ca)
+        .with_context(|| format!("cannot read --ca {}", ca.display()))?;
+    let credentials = credentials::obtain(hub, &ca_pem, args.token.as_deref(), &store).await?;
+    let (tx, rx) = tokio::sync::watch::channel(credentials);
+    tokio::spawn(credentials::keep_renewed(
+        hub.to_string(),
+        store,
+        tx,
+        shutdown.child_token(),
+    ));
+    Ok(HubAuth::Tls(rx))
 }
 
 async fn run_hub(args: HubArgs, log_format: LogFormat) -> anyhow::Result<()> {
@@ -455,6 +583,11 @@ async fn run_hub(args: HubArgs, log_format: LogFormat) -> anyhow::Result<()> {
             join: args.join,
             snapshot_every: args.snapshot_every,
             fault_injection: args.enable_fault_injection,
+        }),
+        tls: (!args.insecure).then(|| switchyard::hub::app::HubTls {
+            sans: args.tls_san.clone(),
+            ca_files: args.ca_cert.clone().zip(args.ca_key.clone()),
+            agent_cert_ttl: *args.agent_cert_ttl,
         }),
     };
     let shutdown = stop_on_signal();

@@ -32,6 +32,7 @@ async fn start_hub(dir: &Path, api: SocketAddr, lease: LeaseConfig) -> RunningHu
         dns_config: DnsConfig::default(),
         lease,
         raft: None,
+        tls: None,
     };
     app::start(config, CancellationToken::new()).await.unwrap()
 }
@@ -44,6 +45,7 @@ fn start_agent(path: &Path, hub: SocketAddr) -> CancellationToken {
         AgentConfig {
             hub: hub.to_string(),
             spec: file.spec(),
+            auth: Default::default(),
         },
         desired,
         tokio::sync::watch::channel(Default::default()).0,

@@ -61,6 +61,7 @@ async fn start_hub_with(dir: &std::path::Path, lease: LeaseConfig) -> RunningHub
         dns_config: DnsConfig::default(),
         lease,
         raft: None,
+        tls: None,
     };
     app::start(config, CancellationToken::new()).await.unwrap()
 }

@@ -2,11 +2,13 @@
 //! Kubernetes API, or a YAML file in the playground) and streams them to
 //! the hub.
 //!
+//! - `credentials`: joining with a token, storing and renewing the certificate.
 //! - `k8s`: the Kubernetes source (kube-rs reflectors, MCS conditions).
 //! - `source`: the cluster file format and its parsing.
 //! - `watch`: polls the file and publishes the desired exports on change.
 //! - `stream`: registration, lease renewal and the export stream.
 
+pub mod credentials;
 pub mod k8s;
 pub mod source;
 pub mod stream;

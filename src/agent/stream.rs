@@ -4,6 +4,7 @@
 //! one starts after a backoff.
 
 use super::watch::Desired;
+use crate::identity::tls::ClientCredentials;
 use crate::model::{ClusterSpec, Export, ServiceKey};
 use crate::proto::{self, agent_service_client::AgentServiceClient};
 use crate::wire::export_to_proto;
@@ -12,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// How an agent reaches its hub.
 #[derive(Debug, Clone)]
@@ -22,6 +23,28 @@ pub struct AgentConfig {
     pub hub: String,
     /// What the agent registers.
     pub spec: ClusterSpec,
+    /// How it authenticates.
+    pub auth: HubAuth,
+}
+
+/// How an agent authenticates to the hub: not at all (a hub started with
+/// `--insecure`), or with its cluster's certificate, which renewals
+/// replace in place (new connections use the latest).
+#[derive(Debug, Clone, Default)]
+pub enum HubAuth {
+    #[default]
+    Insecure,
+    Tls(watch::Receiver<ClientCredentials>),
+}
+
+impl HubAuth {
+    /// The credentials to connect with now.
+    pub fn current(&self) -> Option<ClientCredentials> {
+        match self {
+            HubAuth::Insecure => None,
+            HubAuth::Tls(rx) => Some(rx.borrow().clone()),
+        }
+    }
 }
 
 /// Why a session with the hub ended.
@@ -40,25 +63,15 @@ pub enum SessionError {
     Closed,
 }
 
-/// Normalizes `host:port` into a URL tonic accepts.
-pub fn hub_url(hub: &str) -> String {
-    if hub.starts_with("http://") || hub.starts_with("https://") {
-        hub.to_string()
-    } else {
-        format!("http://{hub}")
-    }
-}
-
-/// Connects to a hub's API.
-pub async fn connect(hub: &str) -> Result<Channel, SessionError> {
-    let url = hub_url(hub);
-    let endpoint = Endpoint::from_shared(url.clone())
-        .map_err(|source| SessionError::Connect {
-            hub: hub.to_string(),
-            source,
-        })?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true);
+/// Connects to a hub's API, with TLS when `auth` has credentials.
+pub async fn connect(hub: &str, auth: &HubAuth) -> Result<Channel, SessionError> {
+    let endpoint =
+        crate::identity::tls::endpoint(hub, auth.current().as_ref()).map_err(|source| {
+            SessionError::Connect {
+                hub: hub.to_string(),
+                source,
+            }
+        })?;
     endpoint
         .connect()
         .await
@@ -119,7 +132,7 @@ async fn session(
     shutdown: &CancellationToken,
     revision: &mut u64,
 ) -> Result<(), SessionError> {
-    let channel = connect(&config.hub).await?;
+    let channel = connect(&config.hub, &config.auth).await?;
     let mut client = AgentServiceClient::new(channel);
     let spec = &config.spec;
     let reg = client

@@ -4,11 +4,10 @@
 pub mod output;
 pub mod resolve;
 
-use crate::agent::stream::hub_url;
 use crate::proto::admin_service_client::AdminServiceClient;
 use anyhow::{anyhow, Context};
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Output formats of `get`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -18,24 +17,82 @@ pub enum Format {
     Yaml,
 }
 
-/// Connects to a hub's admin API. `hub` may list several replicas
-/// separated by commas; the first that answers is used.
-pub async fn admin(hub: &str) -> anyhow::Result<AdminServiceClient<Channel>> {
+/// Where the CLI finds the hub, and the admin credentials it presents.
+#[derive(Debug, Clone)]
+pub struct HubTarget {
+    /// One address or several replicas separated by commas.
+    pub hub: String,
+    /// `None`: plain HTTP/2, for a hub started with `--insecure`.
+    pub credentials: Option<crate::identity::tls::ClientCredentials>,
+}
+
+/// Where `switchyard up` writes its admin credentials (the default).
+pub const PLAYGROUND_CREDENTIALS: &str = ".switchyard/hub/admin";
+
+impl HubTarget {
+    /// The hub at `hub` with the credentials in `dir`; without `dir`, the
+    /// playground's if they exist, else none.
+    pub fn new(hub: &str, dir: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        let credentials = match dir {
+            Some(dir) => Some(
+                crate::identity::tls::ClientCredentials::load(dir)
+                    .with_context(|| format!("--credentials {}", dir.display()))?,
+            ),
+            None => {
+                let default = std::path::Path::new(PLAYGROUND_CREDENTIALS);
+                if default.join(crate::identity::tls::CA_FILE).exists() {
+                    Some(crate::identity::tls::ClientCredentials::load(default)?)
+                } else {
+                    None
+                }
+            }
+        };
+        Ok(Self {
+            hub: hub.to_string(),
+            credentials,
+        })
+    }
+}
+
+/// Connects to a hub's admin API. The target may list several replicas;
+/// the first that answers is used.
+pub async fn admin(target: &HubTarget) -> anyhow::Result<AdminServiceClient<Channel>> {
     let mut last = None;
-    for addr in hub.split(',').map(str::trim).filter(|a| !a.is_empty()) {
-        let endpoint = Endpoint::from_shared(hub_url(addr))
+    for addr in target
+        .hub
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+    {
+        let endpoint = crate::identity::tls::endpoint(addr, target.credentials.as_ref())
             .with_context(|| format!("invalid hub address {addr:?}"))?
-            .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(15));
         match endpoint.connect().await {
             Ok(channel) => return Ok(AdminServiceClient::new(channel)),
-            Err(e) => last = Some(format!("{addr}: {e}")),
+            Err(e) => last = Some(format!("{addr}: {}", error_chain(&e))),
         }
     }
+    let hint = match &target.credentials {
+        Some(_) => "is the hub running? set --hub or SWITCHYARD_HUB",
+        None => "is the hub running, without TLS (--insecure)? otherwise pass --credentials DIR (SWITCHYARD_CREDENTIALS)",
+    };
     Err(anyhow!(
-        "cannot reach the hub at {hub}: {} (is `switchyard up` running? set --hub or SWITCHYARD_HUB)",
+        "cannot reach the hub at {}: {} ({hint})",
+        target.hub,
         last.unwrap_or_else(|| "no address given".into())
     ))
+}
+
+/// An error and its sources on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 /// A gRPC error as one line: the hub's message, not tonic's wrapping.
@@ -48,7 +105,7 @@ pub fn status_error(s: tonic::Status) -> anyhow::Error {
 }
 
 /// `switchyard apply -f FILE`: prints one line per object.
-pub async fn apply(hub: &str, file: &str) -> anyhow::Result<()> {
+pub async fn apply(hub: &HubTarget, file: &str) -> anyhow::Result<()> {
     let manifest = if file == "-" {
         std::io::read_to_string(std::io::stdin()).context("cannot read the manifest from stdin")?
     } else {
@@ -71,7 +128,7 @@ pub async fn apply(hub: &str, file: &str) -> anyhow::Result<()> {
 
 /// `switchyard get KIND [NAME]`.
 pub async fn get(
-    hub: &str,
+    hub: &HubTarget,
     kind: &str,
     name: Option<&str>,
     format: Format,
@@ -121,7 +178,7 @@ pub fn parse_weights(args: &[String]) -> anyhow::Result<std::collections::HashMa
 }
 
 /// `switchyard weights set NS/MCS CLUSTER=WEIGHT...`.
-pub async fn set_weights(hub: &str, mcs: &str, args: &[String]) -> anyhow::Result<()> {
+pub async fn set_weights(hub: &HubTarget, mcs: &str, args: &[String]) -> anyhow::Result<()> {
     let key: crate::model::ServiceKey = mcs
         .parse()
         .map_err(|e| anyhow!("MultiClusterService name: {e}"))?;
@@ -140,7 +197,7 @@ pub async fn set_weights(hub: &str, mcs: &str, args: &[String]) -> anyhow::Resul
 }
 
 /// `switchyard status`: the hub's replicas, leader and term.
-pub async fn status(hub: &str, format: Format) -> anyhow::Result<()> {
+pub async fn status(hub: &HubTarget, format: Format) -> anyhow::Result<()> {
     let mut client = admin(hub).await?;
     let reply = client
         .status(crate::proto::StatusRequest {})
@@ -182,7 +239,7 @@ pub async fn status(hub: &str, format: Format) -> anyhow::Result<()> {
 }
 
 /// `switchyard hub members add ID ADDR` / `remove ID`.
-pub async fn change_member(hub: &str, id: u64, address: Option<&str>) -> anyhow::Result<()> {
+pub async fn change_member(hub: &HubTarget, id: u64, address: Option<&str>) -> anyhow::Result<()> {
     let mut client = admin(hub).await?;
     let reply = client
         .change_member(crate::proto::MemberChangeRequest {
@@ -193,6 +250,25 @@ pub async fn change_member(hub: &str, id: u64, address: Option<&str>) -> anyhow:
         .await
         .map_err(status_error)?;
     println!("{}", reply.into_inner().result);
+    Ok(())
+}
+
+/// `switchyard token create`: prints a one-time bootstrap token.
+pub async fn create_token(hub: &HubTarget, cluster: &str, ttl: Duration) -> anyhow::Result<()> {
+    let mut client = admin(hub).await?;
+    let reply = client
+        .create_token(crate::proto::CreateTokenRequest {
+            cluster: cluster.to_string(),
+            ttl_seconds: ttl.as_secs(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    println!("{}", reply.token);
+    eprintln!(
+        "token for cluster {cluster}, valid until {} for one join",
+        reply.expires
+    );
     Ok(())
 }
 

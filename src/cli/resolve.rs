@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 /// Maps endpoint addresses to cluster IDs using the hub's exports; empty
 /// (with a warning) when the hub cannot be reached.
-async fn address_owners(hub: &str) -> HashMap<String, String> {
+async fn address_owners(hub: &super::HubTarget) -> HashMap<String, String> {
     let mut map = HashMap::new();
     let Ok(mut c) = super::admin(hub).await else {
         return map;
@@ -40,7 +40,7 @@ async fn address_owners(hub: &str) -> HashMap<String, String> {
 /// Runs the query and prints answers; `quiet` prints only the first address.
 pub async fn resolve(
     dns: SocketAddr,
-    hub: &str,
+    hub: &super::HubTarget,
     name: &str,
     rtype: &str,
     tcp: bool,

@@ -4,6 +4,8 @@
 
 use super::read;
 use super::state::{applied_objects, Command};
+use crate::identity::tls::peer_identity;
+use crate::identity::token::Token;
 use crate::model::{manifest, validate_cluster_id, ClusterSpec};
 use crate::proto::{self, admin_service_server::AdminService, agent_service_server::AgentService};
 use crate::wire::export_from_proto;
@@ -23,8 +25,10 @@ impl AgentService for AgentApi {
         &self,
         req: Request<proto::RegisterRequest>,
     ) -> Result<Response<proto::RegisterResponse>, Status> {
+        let caller = peer_identity(&req);
         let r = req.into_inner();
         validate_cluster_id(&r.cluster).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.0.authorize_cluster(caller.as_ref(), &r.cluster)?;
         let spec = ClusterSpec {
             id: r.cluster.clone(),
             region: r.region,
@@ -59,8 +63,10 @@ impl AgentService for AgentApi {
         &self,
         req: Request<proto::LeaseRequest>,
     ) -> Result<Response<proto::LeaseResponse>, Status> {
+        let caller = peer_identity(&req);
         let r = req.into_inner();
         let hub = &self.0;
+        hub.authorize_cluster(caller.as_ref(), &r.cluster)?;
         let known = hub.state().clusters.contains_key(&r.cluster);
         if known {
             hub.renew_lease(&r.cluster).await;
@@ -78,8 +84,10 @@ impl AgentService for AgentApi {
         &self,
         req: Request<proto::WatchImportsRequest>,
     ) -> Result<Response<Self::WatchImportsStream>, Status> {
+        let caller = peer_identity(&req);
         let cluster = req.into_inner().cluster;
         validate_cluster_id(&cluster).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.0.authorize_cluster(caller.as_ref(), &cluster)?;
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(send_imports(self.0.clone(), cluster, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -89,8 +97,10 @@ impl AgentService for AgentApi {
         &self,
         req: Request<proto::RelayRequest>,
     ) -> Result<Response<proto::RelayReply>, Status> {
+        let caller = peer_identity(&req);
         let r = req.into_inner();
         validate_cluster_id(&r.cluster).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.0.authorize_cluster(caller.as_ref(), &r.cluster)?;
         // Objects that do not parse are refused here; the rest go to the
         // state machine, which judges each one.
         let mut refused = Vec::new();
@@ -143,6 +153,71 @@ impl AgentService for AgentApi {
         Ok(Response::new(proto::RelayReply { results }))
     }
 
+    async fn join(
+        &self,
+        req: Request<proto::JoinRequest>,
+    ) -> Result<Response<proto::CertificateReply>, Status> {
+        let authority = self.0.authority().ok_or_else(|| {
+            Status::failed_precondition("this hub runs without TLS: agents need no token")
+        })?;
+        let r = req.into_inner();
+        let token = Token::parse(&r.token).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // Check the request before spending the token on it.
+        crate::identity::ca::check_request(&r.csr_pem)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let now_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let lines = self
+            .0
+            .propose(&Command::ConsumeToken {
+                id: token.id.clone(),
+                secret_sha256: token.secret_hash(),
+                now_unix_ms,
+            })
+            .await
+            .map_err(|s| match s.code() {
+                tonic::Code::InvalidArgument => Status::permission_denied(s.message()),
+                _ => s,
+            })?;
+        let cluster = lines
+            .first()
+            .cloned()
+            .ok_or_else(|| Status::internal("the token's cluster is missing from the reply"))?;
+        let cert_pem = authority.sign(&r.csr_pem, &cluster)?;
+        tracing::info!(%cluster, token = %token.id, "agent joined with a bootstrap token");
+        Ok(Response::new(proto::CertificateReply {
+            cert_pem,
+            ca_pem: authority.ca_pem().to_string(),
+            cluster,
+        }))
+    }
+
+    async fn renew(
+        &self,
+        req: Request<proto::RenewRequest>,
+    ) -> Result<Response<proto::CertificateReply>, Status> {
+        let authority = self
+            .0
+            .authority()
+            .ok_or_else(|| Status::failed_precondition("this hub runs without TLS"))?;
+        let cluster = match peer_identity(&req) {
+            Some(crate::identity::Identity::Cluster(id)) => id,
+            _ => {
+                return Err(Status::unauthenticated(
+                    "renewing needs the cluster's current certificate",
+                ))
+            }
+        };
+        let cert_pem = authority.sign(&req.into_inner().csr_pem, &cluster)?;
+        tracing::info!(%cluster, "agent certificate renewed");
+        Ok(Response::new(proto::CertificateReply {
+            cert_pem,
+            ca_pem: authority.ca_pem().to_string(),
+            cluster,
+        }))
+    }
+
     type StreamExportsStream =
         Pin<Box<dyn Stream<Item = Result<proto::ExportAck, Status>> + Send + 'static>>;
 
@@ -150,6 +225,7 @@ impl AgentService for AgentApi {
         &self,
         req: Request<tonic::Streaming<proto::ExportUpdate>>,
     ) -> Result<Response<Self::StreamExportsStream>, Status> {
+        let caller = peer_identity(&req);
         let mut inbound = req.into_inner();
         let hub = self.0.clone();
         let (tx, rx) = mpsc::channel(16);
@@ -165,7 +241,14 @@ impl AgentService for AgentApi {
                     }
                 };
                 cluster = update.cluster.clone();
-                let result = apply_update(&hub, update).await;
+                // Every update, not just the first: a cluster writes only its own.
+                let result = match hub.authorize_cluster(caller.as_ref(), &cluster) {
+                    Ok(()) => apply_update(&hub, update).await,
+                    Err(status) => {
+                        tracing::warn!(cluster = %cluster, caller = ?caller, "refused exports for another cluster");
+                        Err(status)
+                    }
+                };
                 let failed = result.is_err();
                 if tx.send(result).await.is_err() || failed {
                     break;
@@ -252,6 +335,7 @@ impl AdminService for AdminApi {
         &self,
         req: Request<proto::ApplyRequest>,
     ) -> Result<Response<proto::ApplyResponse>, Status> {
+        self.0.authorize_admin(peer_identity(&req).as_ref())?;
         let text = req.into_inner().manifest;
         let resources =
             manifest::parse(&text).map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -266,6 +350,7 @@ impl AdminService for AdminApi {
         &self,
         req: Request<proto::GetRequest>,
     ) -> Result<Response<proto::GetResponse>, Status> {
+        self.0.authorize_admin(peer_identity(&req).as_ref())?;
         let r = req.into_inner();
         if r.consistent {
             self.0.read_barrier().await?;
@@ -283,6 +368,7 @@ impl AdminService for AdminApi {
         &self,
         req: Request<proto::SetWeightsRequest>,
     ) -> Result<Response<proto::SetWeightsResponse>, Status> {
+        self.0.authorize_admin(peer_identity(&req).as_ref())?;
         let r = req.into_inner();
         let mcs = crate::model::ServiceKey::new(&r.namespace, &r.name)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -303,8 +389,9 @@ impl AdminService for AdminApi {
 
     async fn status(
         &self,
-        _req: Request<proto::StatusRequest>,
+        req: Request<proto::StatusRequest>,
     ) -> Result<Response<proto::StatusResponse>, Status> {
+        self.0.authorize_admin(peer_identity(&req).as_ref())?;
         let json = self.0.cluster_status().await.to_string();
         Ok(Response::new(proto::StatusResponse { json }))
     }
@@ -313,6 +400,7 @@ impl AdminService for AdminApi {
         &self,
         req: Request<proto::MemberChangeRequest>,
     ) -> Result<Response<proto::MemberChangeResponse>, Status> {
+        self.0.authorize_admin(peer_identity(&req).as_ref())?;
         let r = req.into_inner();
         let address = if r.remove {
             String::new()
@@ -335,8 +423,63 @@ impl AdminService for AdminApi {
         &self,
         req: Request<proto::FaultRequest>,
     ) -> Result<Response<proto::FaultResponse>, Status> {
+        self.0.authorize_admin(peer_identity(&req).as_ref())?;
         let peers = req.into_inner().isolate_from.into_iter().collect();
         self.0.isolate(peers)?;
         Ok(Response::new(proto::FaultResponse {}))
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<proto::CreateTokenRequest>,
+    ) -> Result<Response<proto::CreateTokenResponse>, Status> {
+        self.0.authorize_admin(peer_identity(&req).as_ref())?;
+        if self.0.authority().is_none() {
+            return Err(Status::failed_precondition(
+                "this hub runs without TLS: agents need no token",
+            ));
+        }
+        let r = req.into_inner();
+        validate_cluster_id(&r.cluster).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if r.ttl_seconds == 0 || r.ttl_seconds > 7 * 24 * 3600 {
+            return Err(Status::invalid_argument(
+                "--ttl must be between 1s and 7 days (168h)",
+            ));
+        }
+        let token = Token::generate();
+        let now = std::time::SystemTime::now();
+        let expires = now + std::time::Duration::from_secs(r.ttl_seconds);
+        let ms = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64)
+        };
+        self.0
+            .propose(&Command::CreateToken {
+                id: token.id.clone(),
+                cluster: r.cluster.clone(),
+                secret_sha256: token.secret_hash(),
+                expires_unix_ms: ms(expires),
+                now_unix_ms: ms(now),
+            })
+            .await?;
+        tracing::info!(cluster = %r.cluster, token = %token.id, "bootstrap token created");
+        Ok(Response::new(proto::CreateTokenResponse {
+            token: token.to_string(),
+            expires: humantime::format_rfc3339_seconds(expires).to_string(),
+        }))
+    }
+
+    async fn get_ca(
+        &self,
+        req: Request<proto::GetCaRequest>,
+    ) -> Result<Response<proto::GetCaResponse>, Status> {
+        self.0.authorize_admin(peer_identity(&req).as_ref())?;
+        let authority = self
+            .0
+            .authority()
+            .ok_or_else(|| Status::failed_precondition("this hub runs without TLS"))?;
+        Ok(Response::new(proto::GetCaResponse {
+            ca_pem: authority.ca_pem().to_string(),
+        }))
     }
 }

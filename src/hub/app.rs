@@ -3,11 +3,14 @@
 //! and `/healthz`.
 
 use super::api::{AdminApi, AgentApi, Hub};
+use super::authority::Authority;
 use super::lease::{self, LeaseConfig, Leases};
 use super::machine::Machine;
 use super::node::{self, NoPeers, NodeConfig};
 use super::peer::{PeerApi, PeerTransport, MAX_PEER_MESSAGE};
+use super::state::Command;
 use crate::dns::{self, Catalog, DnsConfig};
+use crate::identity::{Ca, Identity};
 use crate::metrics::Metrics;
 use crate::proto::{
     admin_service_server::AdminServiceServer, agent_service_server::AgentServiceServer,
@@ -15,7 +18,6 @@ use crate::proto::{
 };
 use anyhow::Context;
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,7 +37,39 @@ pub struct HubConfig {
     pub lease: LeaseConfig,
     /// Replication; `None` runs a single voter with no peers (the playground).
     pub raft: Option<RaftOptions>,
+    /// TLS and authentication on the API; `None` serves plain HTTP/2 and
+    /// trusts every caller (benchmarks, tests of other things).
+    pub tls: Option<HubTls>,
 }
+
+/// TLS on the hub API: the hub's certificate comes from the ClusterSet CA,
+/// agents authenticate with certificates of their cluster, administrators
+/// with admin certificates (written to `DATA_DIR/admin/`).
+#[derive(Debug, Clone)]
+pub struct HubTls {
+    /// Extra names (IP addresses or DNS names) clients reach the hub by,
+    /// for its certificate (127.0.0.1, localhost and the API address are
+    /// always in it).
+    pub sans: Vec<String>,
+    /// Load the ClusterSet CA from these PEM files (certificate, key)
+    /// instead of generating one. Used only if the hub has none yet.
+    pub ca_files: Option<(PathBuf, PathBuf)>,
+    /// Lifetime of the certificates agents get.
+    pub agent_cert_ttl: Duration,
+}
+
+impl Default for HubTls {
+    fn default() -> Self {
+        Self {
+            sans: Vec::new(),
+            ca_files: None,
+            agent_cert_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Lifetime of the hub's own server certificate and of admin credentials.
+const LONG_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// A replica's place in a replicated hub.
 #[derive(Debug, Clone)]
@@ -227,6 +261,24 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Re
         .await
         .with_context(|| format!("cannot listen on {} for the hub API", config.api))?;
     let api_addr = listener.local_addr()?;
+    let (hub, server_tls) = match &config.tls {
+        None => (hub, None),
+        Some(tls) => {
+            let ca = ensure_ca(&hub, tls, &shutdown).await?;
+            let mut hosts = tls.sans.clone();
+            hosts.extend(["127.0.0.1".to_string(), "localhost".to_string()]);
+            if !api_addr.ip().is_unspecified() {
+                hosts.push(api_addr.ip().to_string());
+            }
+            let server = ca
+                .issue(&Identity::Hub, &hosts, LONG_TTL)
+                .context("cannot issue the hub's server certificate")?;
+            write_admin_credentials(&config.data_dir.join("admin"), &ca)?;
+            let server_tls = crate::identity::tls::server_tls(ca.cert_pem(), &server);
+            let authority = Arc::new(Authority::new(ca, tls.agent_cert_ttl));
+            (hub.with_authority(authority), Some(server_tls))
+        }
+    };
     let router = tonic::service::Routes::new(AgentServiceServer::new(AgentApi(hub.clone())))
         .add_service(AdminServiceServer::new(AdminApi(hub.clone())))
         .into_axum_router()
@@ -237,13 +289,22 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Re
                 .with_state((metrics.clone(), hub.clone())),
         );
     let stop = shutdown.child_token();
+    let mut server = tonic::transport::Server::builder().accept_http1(true);
+    if let Some(tls) = server_tls {
+        server = server
+            .tls_config(tls)
+            .context("the hub's TLS settings are not usable")?;
+    }
     tasks.spawn(async move {
         // Small request/response RPCs: no Nagle delay on replies.
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+            conn.inspect(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            })
         });
-        if let Err(e) = axum::serve(listener, router)
-            .with_graceful_shutdown(stop.cancelled_owned())
+        if let Err(e) = server
+            .add_routes(tonic::service::Routes::from(router))
+            .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
             .await
         {
             tracing::error!(error = %e, "hub API server failed");
@@ -259,6 +320,94 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Re
         shutdown,
         raft_stopped,
     })
+}
+
+/// The ClusterSet CA from the replicated state. The first leader creates
+/// it (or loads it from `tls.ca_files`) if the state has none yet; every
+/// replica waits for it, since it cannot authenticate anyone without it.
+async fn ensure_ca(hub: &Hub, tls: &HubTls, shutdown: &CancellationToken) -> anyhow::Result<Ca> {
+    let wanted = match &tls.ca_files {
+        Some((cert, key)) => {
+            let read = |p: &PathBuf| {
+                std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+            };
+            let ca = Ca::from_pem(&read(cert)?, &read(key)?).context("--ca-cert/--ca-key")?;
+            Some((ca.cert_pem().to_string(), ca.key_pem().to_string()))
+        }
+        None => None,
+    };
+    let mut view = hub.watch_state();
+    let started = tokio::time::Instant::now();
+    let mut next_log = started + Duration::from_secs(5);
+    loop {
+        let record = view.borrow_and_update().ca.clone();
+        if let Some(record) = record {
+            if let Some((cert, _)) = &wanted {
+                if *cert != record.cert_pem {
+                    tracing::warn!(
+                        "--ca-cert is not the ClusterSet CA the hub already has; keeping the hub's"
+                    );
+                }
+            }
+            return Ca::from_pem(&record.cert_pem, &record.key_pem)
+                .context("the ClusterSet CA in the hub's state does not load");
+        }
+        if hub.is_leader() {
+            let (cert_pem, key_pem) = match &wanted {
+                Some(pair) => pair.clone(),
+                None => {
+                    let ca = Ca::generate("switchyard ClusterSet CA")
+                        .context("cannot create the ClusterSet CA")?;
+                    (ca.cert_pem().to_string(), ca.key_pem().to_string())
+                }
+            };
+            if let Err(status) = hub.propose(&Command::InitCa { cert_pem, key_pem }).await {
+                tracing::warn!(%status, "cannot record the ClusterSet CA yet; retrying");
+            }
+            continue;
+        }
+        if tokio::time::Instant::now() >= next_log {
+            tracing::info!(waited = ?started.elapsed(), "waiting for the ClusterSet CA (it needs a raft leader)");
+            next_log += Duration::from_secs(5);
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => anyhow::bail!("stopped while waiting for the ClusterSet CA"),
+            _ = view.changed() => {}
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+}
+
+/// Admin credentials in `dir` (CA, certificate, key), issued anew unless
+/// the ones there are from this CA and good for 30 more days.
+fn write_admin_credentials(dir: &std::path::Path, ca: &Ca) -> anyhow::Result<()> {
+    use crate::identity::tls::ClientCredentials;
+    if let Ok(existing) = ClientCredentials::load(dir) {
+        let fresh = existing.ca_pem == ca.cert_pem()
+            && existing.identity.as_ref().is_some_and(|id| {
+                crate::identity::ca::identity_of_pem(&id.cert_pem) == Some(Identity::Admin)
+                    && crate::identity::ca::not_after_unix(&id.cert_pem).is_some_and(|t| {
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs() as i64);
+                        t - now > 30 * 24 * 3600
+                    })
+            });
+        if fresh {
+            return Ok(());
+        }
+    }
+    let admin = ca
+        .issue(&Identity::Admin, &[], LONG_TTL)
+        .context("cannot issue admin credentials")?;
+    ClientCredentials {
+        ca_pem: ca.cert_pem().to_string(),
+        identity: Some(admin),
+    }
+    .save(dir)
+    .with_context(|| format!("cannot write admin credentials to {}", dir.display()))?;
+    tracing::info!(dir = %dir.display(), "wrote admin credentials");
+    Ok(())
 }
 
 type AppState = (Arc<Metrics>, Hub);

@@ -5,10 +5,12 @@
 //! - `state`: commands and the replicated state; `machine`: its adapter to the node.
 //! - `api`: gRPC agent and admin services; `read`: views for `get`;
 //!   `imports`: what a cluster imports, streamed to its agent.
-//! - `lease`: cluster leases on the leader; `app`: wiring a running hub.
+//! - `lease`: cluster leases on the leader; `app`: wiring a running hub;
+//!   `authority`: who may call what, and the certificates agents get.
 
 pub mod api;
 pub mod app;
+pub mod authority;
 pub mod imports;
 pub mod lease;
 pub mod machine;

@@ -42,6 +42,8 @@ pub struct Hub {
     /// Peers, for forwarding; `None` for a single-voter hub.
     peers: Option<Arc<PeerTransport>>,
     fault_injection: bool,
+    /// The CA and its rules when the API runs with TLS; `None`: no checks.
+    authority: Option<Arc<super::authority::Authority>>,
 }
 
 /// A write attempt's failure: worth retrying or final.
@@ -94,6 +96,41 @@ impl Hub {
             metrics,
             peers,
             fault_injection,
+            authority: None,
+        }
+    }
+
+    /// The same hub, checking callers against `authority`.
+    pub fn with_authority(mut self, authority: Arc<super::authority::Authority>) -> Self {
+        self.authority = Some(authority);
+        self
+    }
+
+    /// The CA and its rules, when the API runs with TLS.
+    pub fn authority(&self) -> Option<&super::authority::Authority> {
+        self.authority.as_deref()
+    }
+
+    /// The caller must speak for `cluster` (no check without TLS).
+    pub fn authorize_cluster(
+        &self,
+        caller: Option<&crate::identity::Identity>,
+        cluster: &str,
+    ) -> Result<(), Status> {
+        match self.authority {
+            None => Ok(()),
+            Some(_) => super::authority::Authority::check_cluster(caller, cluster),
+        }
+    }
+
+    /// The caller must be an administrator (no check without TLS).
+    pub fn authorize_admin(
+        &self,
+        caller: Option<&crate::identity::Identity>,
+    ) -> Result<(), Status> {
+        match self.authority {
+            None => Ok(()),
+            Some(_) => super::authority::Authority::check_admin(caller),
         }
     }
 

@@ -58,6 +58,49 @@ pub enum Command {
         objects: Vec<MultiClusterService>,
         now: String,
     },
+    /// The ClusterSet CA, generated (or loaded) by the first leader. The
+    /// first one applied stays: later ones change nothing.
+    InitCa { cert_pem: String, key_pem: String },
+    /// A bootstrap token for `cluster` (only its secret's SHA-256 is kept).
+    /// Expired tokens are forgotten at the same time.
+    CreateToken {
+        id: String,
+        cluster: ClusterId,
+        secret_sha256: String,
+        expires_unix_ms: i64,
+        now_unix_ms: i64,
+    },
+    /// A joining agent spends a token: it must exist, match, be unused and
+    /// unexpired at `now_unix_ms`. The reply line is the token's cluster.
+    ConsumeToken {
+        id: String,
+        secret_sha256: String,
+        now_unix_ms: i64,
+    },
+}
+
+/// The ClusterSet CA, replicated so that every hub replica can issue and
+/// verify certificates. The key is a secret: the data directory must be
+/// readable by the hub only.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaRecord {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for CaRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CaRecord { .. }")
+    }
+}
+
+/// A bootstrap token as the hub keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub cluster: ClusterId,
+    pub secret_sha256: String,
+    pub expires_unix_ms: i64,
+    pub used: bool,
 }
 
 /// Annotation naming the cluster a MultiClusterService was relayed from.
@@ -117,6 +160,8 @@ pub enum StateError {
     ExportOnHub(String),
     #[error("{0} appears twice in the manifest")]
     Duplicate(String),
+    #[error("bootstrap token {id} is {why}; create a new one with `switchyard token create --cluster <id>`")]
+    Token { id: String, why: String },
 }
 
 /// What the hub knows, replicated. Derived `backends` are part of it so
@@ -138,6 +183,12 @@ pub struct State {
     /// `--peers` flag covers the initial members.
     #[serde(default)]
     pub members: BTreeMap<u64, String>,
+    /// The ClusterSet CA, once the first leader created it.
+    #[serde(default)]
+    pub ca: Option<CaRecord>,
+    /// Bootstrap tokens by ID.
+    #[serde(default)]
+    pub tokens: BTreeMap<String, TokenRecord>,
     /// The raft index of the last applied command.
     pub applied_index: u64,
 }
@@ -210,6 +261,17 @@ impl State {
                 Ok(())
             }
             Command::SetWeights { mcs, weights } => self.merged_mcs(mcs, weights).map(|_| ()),
+            Command::InitCa { .. } => Ok(()),
+            Command::CreateToken { cluster, .. } => {
+                validate_cluster_id(cluster).map_err(|e| StateError::Invalid(e.to_string()))
+            }
+            Command::ConsumeToken {
+                id,
+                secret_sha256,
+                now_unix_ms,
+            } => self
+                .check_token(id, secret_sha256, *now_unix_ms)
+                .map(|_| ()),
             Command::SetMember { id, address } => match address {
                 Some(a) if a.parse::<std::net::SocketAddr>().is_err() => Err(StateError::Invalid(
                     format!("replica {id}: raft address {a:?} is not IP:PORT"),
@@ -342,6 +404,49 @@ impl State {
             } => {
                 self.relay_mcs(cluster, objects, now, &mut touched, &mut out.lines);
             }
+            Command::InitCa { cert_pem, key_pem } => {
+                if self.ca.is_none() {
+                    self.ca = Some(CaRecord {
+                        cert_pem: cert_pem.clone(),
+                        key_pem: key_pem.clone(),
+                    });
+                    out.lines.push("ClusterSet CA created".into());
+                } else {
+                    out.lines.push("ClusterSet CA kept (one exists)".into());
+                }
+            }
+            Command::CreateToken {
+                id,
+                cluster,
+                secret_sha256,
+                expires_unix_ms,
+                now_unix_ms,
+            } => {
+                // Forget tokens expired for an hour or more (used or not).
+                self.tokens
+                    .retain(|_, t| t.expires_unix_ms + 3_600_000 > *now_unix_ms);
+                self.tokens.insert(
+                    id.clone(),
+                    TokenRecord {
+                        cluster: cluster.clone(),
+                        secret_sha256: secret_sha256.clone(),
+                        expires_unix_ms: *expires_unix_ms,
+                        used: false,
+                    },
+                );
+                out.lines.push(format!("token {id} for cluster {cluster}"));
+            }
+            Command::ConsumeToken {
+                id,
+                secret_sha256,
+                now_unix_ms,
+            } => {
+                let cluster = self.check_token(id, secret_sha256, *now_unix_ms)?;
+                if let Some(t) = self.tokens.get_mut(id) {
+                    t.used = true;
+                }
+                out.lines.push(cluster);
+            }
             Command::SetMember { id, address } => match address {
                 Some(a) => {
                     self.members.insert(*id, a.clone());
@@ -468,6 +573,37 @@ impl State {
             }
         }
         Ok(())
+    }
+
+    /// The cluster a token is for, if it may be spent now.
+    fn check_token(
+        &self,
+        id: &str,
+        secret_sha256: &str,
+        now_unix_ms: i64,
+    ) -> Result<ClusterId, StateError> {
+        let refuse = |why: &str| StateError::Token {
+            id: id.to_string(),
+            why: why.to_string(),
+        };
+        let t = self.tokens.get(id).ok_or_else(|| refuse("unknown"))?;
+        // Constant-time comparison of the hashes: no timing hints.
+        let same = t.secret_sha256.len() == secret_sha256.len()
+            && t.secret_sha256
+                .bytes()
+                .zip(secret_sha256.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if !same {
+            return Err(refuse("not valid (wrong secret)"));
+        }
+        if t.used {
+            return Err(refuse("already used (tokens are single-use)"));
+        }
+        if now_unix_ms > t.expires_unix_ms {
+            return Err(refuse("expired"));
+        }
+        Ok(t.cluster.clone())
     }
 
     /// Accepts or refuses each relayed MultiClusterService and deletes
@@ -820,6 +956,67 @@ mod tests {
         assert_eq!(
             s.validate(&cmd),
             Err(StateError::UnknownCluster("nobody".into()))
+        );
+    }
+
+    #[test]
+    fn tokens_are_single_use_and_expire_and_the_first_ca_stays() {
+        let mut s = State::default();
+        let create = |id: &str, expires: i64| Command::CreateToken {
+            id: id.into(),
+            cluster: "c1".into(),
+            secret_sha256: "aa".repeat(32),
+            expires_unix_ms: expires,
+            now_unix_ms: 1_000,
+        };
+        let consume = |id: &str, secret: &str, now: i64| Command::ConsumeToken {
+            id: id.into(),
+            secret_sha256: secret.into(),
+            now_unix_ms: now,
+        };
+        s.apply(1, &create("t1", 10_000)).unwrap();
+        s.apply(2, &create("t2", 10_000)).unwrap();
+        let why = |r: Result<Outcome, StateError>| r.unwrap_err().to_string();
+        assert!(why(s.apply(3, &consume("nope", &"aa".repeat(32), 2_000))).contains("unknown"));
+        assert!(why(s.apply(3, &consume("t1", &"bb".repeat(32), 2_000))).contains("wrong secret"));
+        assert!(why(s.apply(3, &consume("t2", &"aa".repeat(32), 20_000))).contains("expired"));
+        let ok = s.apply(3, &consume("t1", &"aa".repeat(32), 2_000)).unwrap();
+        assert_eq!(ok.lines, ["c1"]);
+        assert!(why(s.apply(4, &consume("t1", &"aa".repeat(32), 2_001))).contains("already used"));
+        // A later token creation forgets tokens expired an hour ago.
+        s.apply(
+            5,
+            &Command::CreateToken {
+                id: "t3".into(),
+                cluster: "c2".into(),
+                secret_sha256: "cc".repeat(32),
+                expires_unix_ms: 10_000_000,
+                now_unix_ms: 10_000 + 3_600_001,
+            },
+        )
+        .unwrap();
+        assert_eq!(s.tokens.keys().collect::<Vec<_>>(), ["t3"]);
+
+        s.apply(
+            6,
+            &Command::InitCa {
+                cert_pem: "first".into(),
+                key_pem: "k1".into(),
+            },
+        )
+        .unwrap();
+        s.apply(
+            7,
+            &Command::InitCa {
+                cert_pem: "second".into(),
+                key_pem: "k2".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(s.ca.as_ref().unwrap().cert_pem, "first");
+        assert!(
+            !format!("{:?}", s.ca).contains("k1"),
+            "the key never shows in debug output"
         );
     }
 

@@ -156,6 +156,13 @@ impl Ca {
     }
 }
 
+/// Checks that a certificate request parses and its signature verifies.
+pub fn check_request(csr_pem: &str) -> Result<(), CaError> {
+    CertificateSigningRequestParams::from_pem(csr_pem)
+        .map(|_| ())
+        .map_err(|e| CaError::BadRequest(e.to_string()))
+}
+
 /// A new key and a certificate request for it, for an agent to send.
 pub fn request() -> Result<(String, String), CaError> {
     let key = KeyPair::generate()?;

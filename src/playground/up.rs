@@ -6,6 +6,8 @@ use crate::agent::{self, AgentConfig, ClusterFile};
 use crate::dns::DnsConfig;
 use crate::hub::app::{self as hub_app, HubConfig};
 use crate::hub::lease::LeaseConfig;
+use crate::identity::tls::ClientCredentials;
+use crate::identity::Identity;
 use anyhow::{bail, Context};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,6 +25,8 @@ pub struct UpOptions {
     pub config: Option<PathBuf>,
     pub lease: LeaseConfig,
     pub dns_config: DnsConfig,
+    /// Serve the API without TLS (and without authentication).
+    pub insecure: bool,
 }
 
 /// Where the playground listens, once up.
@@ -67,6 +71,7 @@ pub async fn up(
             dns_config: opts.dns_config.clone(),
             lease: opts.lease,
             raft: None,
+            tls: (!opts.insecure).then(hub_app::HubTls::default),
         },
         hub_shutdown.clone(),
     )
@@ -74,7 +79,7 @@ pub async fn up(
 
     let clusters_shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
-    let result = start_clusters(&files, hub.api_addr, &mut tasks, &clusters_shutdown).await;
+    let result = start_clusters(&files, &hub, &mut tasks, &clusters_shutdown).await;
     let result = match result {
         Ok(()) => wait_ready(&hub.hub, &files).await,
         Err(e) => Err(e),
@@ -150,9 +155,13 @@ fn write_cluster_files(
     Ok(out)
 }
 
+/// Agents' certificates in the playground: issued directly by its hub's
+/// CA (a real agent joins with a bootstrap token), for a year.
+const AGENT_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
 async fn start_clusters(
     files: &[(String, PathBuf)],
-    api: SocketAddr,
+    hub: &hub_app::RunningHub,
     tasks: &mut JoinSet<()>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
@@ -163,9 +172,24 @@ async fn start_clusters(
             shutdown.child_token(),
         )?;
         start_backends(&file, tasks, shutdown).await?;
+        let auth = match hub.hub.authority() {
+            None => agent::stream::HubAuth::Insecure,
+            Some(authority) => {
+                let identity = authority
+                    .ca()
+                    .issue(&Identity::Cluster(id.clone()), &[], AGENT_TTL)
+                    .context("cannot issue a playground agent's certificate")?;
+                let credentials = ClientCredentials {
+                    ca_pem: authority.ca_pem().to_string(),
+                    identity: Some(identity),
+                };
+                agent::stream::HubAuth::Tls(tokio::sync::watch::channel(credentials).1)
+            }
+        };
         let config = AgentConfig {
-            hub: api.to_string(),
+            hub: hub.api_addr.to_string(),
             spec: file.spec(),
+            auth,
         };
         let (acked, _) = tokio::sync::watch::channel(Default::default());
         tasks.spawn(agent::run(config, desired, acked, shutdown.child_token()));
@@ -247,18 +271,31 @@ pub fn banner(bound: &Bound, data_dir: &Path, zone: &str) -> String {
         bound.dns
     ));
     s.push_str(&format!(
-        "  data dir                            {}\n\n",
+        "  data dir                            {}\n",
         data_dir.display()
     ));
+    let credentials = data_dir.join("hub/admin");
+    let tls = credentials.join(crate::identity::tls::CA_FILE).exists();
+    if tls {
+        s.push_str(&format!(
+            "  admin credentials (TLS)             {}\n",
+            credentials.display()
+        ));
+    }
+    s.push('\n');
     s.push_str("  clusters (edit a file to change that cluster's endpoints):\n");
     for (id, path) in &bound.cluster_files {
         s.push_str(&format!("    {id:<14} {}\n", path.display()));
     }
-    let hub_flag = if bound.api.to_string() == "127.0.0.1:7700" {
+    let mut hub_flag = if bound.api.to_string() == "127.0.0.1:7700" {
         String::new()
     } else {
         format!(" --hub {}", bound.api)
     };
+    // The CLI finds the playground's credentials by itself only from here.
+    if tls && data_dir != Path::new(".switchyard") {
+        hub_flag.push_str(&format!(" --credentials {}", credentials.display()));
+    }
     let dns_flag = if bound.dns.to_string() == "127.0.0.1:5353" {
         String::new()
     } else {

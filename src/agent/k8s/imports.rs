@@ -41,6 +41,7 @@ pub type ExportConflicts = Arc<BTreeMap<ServiceKey, Condition>>;
 /// publishing every import set received.
 pub async fn follow_hub(
     hubs: String,
+    auth: super::super::stream::HubAuth,
     cluster: String,
     sets: watch::Sender<Option<Arc<proto::ImportSet>>>,
     shutdown: CancellationToken,
@@ -57,7 +58,7 @@ pub async fn follow_hub(
             .cloned()
             .unwrap_or_default();
         let session = async {
-            let channel = super::super::stream::connect(&hub).await?;
+            let channel = super::super::stream::connect(&hub, &auth).await?;
             let mut stream = AgentServiceClient::new(channel)
                 .watch_imports(proto::WatchImportsRequest {
                     cluster: cluster.clone(),

@@ -50,6 +50,8 @@ pub struct KubeAgentConfig {
     pub zone: String,
     /// East-west gateway addresses (gateway mode).
     pub gateway_addresses: Vec<String>,
+    /// How the agent authenticates to the hub.
+    pub auth: stream::HubAuth,
 }
 
 /// Why the agent cannot run.
@@ -201,6 +203,7 @@ pub async fn run(
     let (sets_tx, mut sets) = watch::channel(None);
     tokio::spawn(imports::follow_hub(
         config.hub.clone(),
+        config.auth.clone(),
         cluster.clone(),
         sets_tx,
         shutdown.child_token(),
@@ -229,7 +232,7 @@ pub async fn run(
             client.clone(),
             mcs_resource,
             cluster.clone(),
-            config.hub.clone(),
+            (config.hub.clone(), config.auth.clone()),
             store,
             mcs_changed,
             shutdown.child_token(),
@@ -246,6 +249,7 @@ pub async fn run(
             zone: config.zone.clone(),
             gateway_addresses: config.gateway_addresses.clone(),
         },
+        auth: config.auth.clone(),
     };
     tokio::spawn(stream::run(
         session,

@@ -5,6 +5,7 @@
 //! hub). The set sent is complete, so deleting an object in the cluster
 //! deletes it at the hub.
 
+use super::super::stream::HubAuth;
 use super::conditions;
 use crate::model::Condition;
 use crate::proto::{self, agent_service_client::AgentServiceClient};
@@ -52,6 +53,7 @@ pub async fn served(client: &kube::Client, resource: &ApiResource) -> bool {
 
 async fn relay_once(
     hubs: &[String],
+    auth: &HubAuth,
     turn: usize,
     request: proto::RelayRequest,
 ) -> Result<proto::RelayReply, String> {
@@ -59,7 +61,7 @@ async fn relay_once(
         .get(turn % hubs.len().max(1))
         .cloned()
         .unwrap_or_default();
-    let channel = super::super::stream::connect(&hub)
+    let channel = super::super::stream::connect(&hub, auth)
         .await
         .map_err(|e| e.to_string())?;
     AgentServiceClient::new(channel)
@@ -75,7 +77,7 @@ pub async fn run(
     client: kube::Client,
     resource: ApiResource,
     cluster: String,
-    hubs: String,
+    (hubs, auth): (String, HubAuth),
     store: Store<DynamicObject>,
     changed: Arc<Notify>,
     shutdown: CancellationToken,
@@ -107,7 +109,7 @@ pub async fn run(
                 cluster: cluster.clone(),
                 objects: forms.clone(),
             };
-            match relay_once(&hubs, turn, request).await {
+            match relay_once(&hubs, &auth, turn, request).await {
                 Ok(reply) => {
                     any_refused = reply.results.iter().any(|r| !r.accepted);
                     last_sent = Some(forms);
