@@ -108,6 +108,54 @@ enum Command {
         #[command(flatten)]
         auth: AgentAuthArgs,
     },
+    /// Print the Kubernetes manifests of a member cluster (CRDs, RBAC, the
+    /// agent with its CA and bootstrap token, the CoreDNS forward), or with
+    /// --hub-replicas those of the hub, as one stream for `kubectl apply -f -`.
+    Install {
+        /// The member cluster's ID.
+        #[arg(long, required_unless_present = "hub_replicas")]
+        cluster: Option<String>,
+        /// Where the cluster's agent reaches the hub API (HOST:PORT); also
+        /// the hub to ask for the CA and a token when not given.
+        #[arg(long, env = "SWITCHYARD_HUB", default_value = "127.0.0.1:7700")]
+        hub: String,
+        /// A bootstrap token (`switchyard token create`); one is created
+        /// on the hub (valid 1 h) when absent.
+        #[arg(long, env = "SWITCHYARD_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// The ClusterSet CA certificate (PEM); asked from the hub when absent.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// Where the cluster's CoreDNS forwards the zone (HOST:PORT); the
+        /// hub's host, port 53, by default.
+        #[arg(long)]
+        hub_dns: Option<String>,
+        /// The ClusterSet zone.
+        #[arg(long, default_value = "clusterset.local")]
+        zone: String,
+        #[arg(long, default_value = "switchyard-system")]
+        namespace: String,
+        #[arg(long, default_value_t = cli::install::default_image())]
+        image: String,
+        /// The cluster's region and zone.
+        #[arg(long, default_value = "")]
+        region: String,
+        #[arg(long = "cluster-zone", default_value = "")]
+        cluster_zone: String,
+        /// Print the hub's manifests (StatefulSet of this many replicas)
+        /// instead of a member cluster's.
+        #[arg(long, conflicts_with = "cluster")]
+        hub_replicas: Option<u32>,
+        /// Hub: Service type of the API and DNS.
+        #[arg(long, default_value = "LoadBalancer")]
+        service_type: String,
+        /// Hub: volume size of each replica.
+        #[arg(long, default_value = "4Gi")]
+        storage: String,
+        /// Hub: extra names for its certificate (the load balancer's name).
+        #[arg(long, value_delimiter = ',')]
+        tls_san: Vec<String>,
+    },
     /// Bootstrap tokens for agents.
     Token {
         #[command(subcommand)]
@@ -492,6 +540,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token {
             action: TokenAction::Create { cluster, ttl, hub },
         } => cli::create_token(&target(&hub)?, &cluster, *ttl).await,
+        Command::Install {
+            cluster,
+            hub,
+            token,
+            ca,
+            hub_dns,
+            zone,
+            namespace,
+            image,
+            region,
+            cluster_zone,
+            hub_replicas,
+            service_type,
+            storage,
+            tls_san,
+        } => {
+            let opts = cli::install::InstallOptions {
+                cluster,
+                hub_replicas,
+                hub: hub.clone(),
+                token,
+                ca,
+                hub_dns,
+                zone,
+                namespace,
+                image,
+                region,
+                zone_of_cluster: cluster_zone,
+                service_type,
+                storage,
+                tls_sans: tls_san,
+            };
+            print!("{}", cli::install::install(&opts, &target(&hub)?).await?);
+            Ok(())
+        }
         Command::Weights {
             action: WeightsAction::Set { mcs, weights, hub },
         } => cli::set_weights(&target(&hub)?, &mcs, &weights).await,
@@ -524,6 +607,13 @@ async fn kube_client(path: Option<&std::path::Path>) -> anyhow::Result<kube::Cli
     kube::Client::try_from(config).context("cannot build a Kubernetes client")
 }
 
+/// A StatefulSet pod's raft ID: its ordinal (`hub-2`) plus one.
+fn id_from_hostname() -> Option<u64> {
+    let host = std::env::var("HOSTNAME").ok()?;
+    let ordinal: u64 = host.rsplit_once('-')?.1.parse().ok()?;
+    Some(ordinal + 1)
+}
+
 /// The agent's way to authenticate: its stored certificate or a join with
 /// its token, then renewals in the background.
 async fn agent_auth(
@@ -553,15 +643,24 @@ async fn agent_auth(
 
 async fn run_hub(args: HubArgs, log_format: LogFormat) -> anyhow::Result<()> {
     init_logging(log_format, "info");
-    let id = args
-        .id
-        .ok_or_else(|| anyhow::anyhow!("--id is required (this replica's raft ID)"))?;
+    let id = match args.id {
+        Some(id) => id,
+        None => id_from_hostname().ok_or_else(|| {
+            anyhow::anyhow!("--id is required (this replica's raft ID), unless $HOSTNAME ends in a StatefulSet ordinal (hub-2 is replica 3)")
+        })?,
+    };
     let listen = args.raft.ok_or_else(|| {
         anyhow::anyhow!("--raft is required (where this replica listens for peers)")
     })?;
     let mut peers = cli::parse_peers(&args.peers)?;
     match peers.get(&id) {
-        Some(a) if a != &listen.to_string() => {
+        // An IP address must be the one listened on; a DNS name (a
+        // StatefulSet pod's) is how peers reach this replica.
+        Some(a)
+            if a.parse::<SocketAddr>().is_ok()
+                && !listen.ip().is_unspecified()
+                && a != &listen.to_string() =>
+        {
             anyhow::bail!("--peers says replica {id} is at {a}, but --raft is {listen}")
         }
         None if !args.join && !peers.is_empty() => {
@@ -569,7 +668,7 @@ async fn run_hub(args: HubArgs, log_format: LogFormat) -> anyhow::Result<()> {
         }
         _ => {}
     }
-    peers.insert(id, listen.to_string());
+    peers.entry(id).or_insert_with(|| listen.to_string());
     let config = switchyard::hub::app::HubConfig {
         lease: args.serve.lease()?,
         dns_config: args.serve.dns(),

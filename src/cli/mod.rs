@@ -1,6 +1,7 @@
 //! Client subcommands: `apply`, `get`, `weights set`, `resolve`. Each talks
 //! to a hub's admin API (or its DNS) and prints kubectl-style output.
 
+pub mod install;
 pub mod output;
 pub mod resolve;
 
@@ -278,7 +279,7 @@ pub fn parse_peers(text: &str) -> anyhow::Result<std::collections::BTreeMap<u64,
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (id, addr) = part
             .split_once('=')
-            .ok_or_else(|| anyhow!("--peers: {part:?} is not ID=IP:PORT"))?;
+            .ok_or_else(|| anyhow!("--peers: {part:?} is not ID=HOST:PORT"))?;
         let id: u64 = id
             .trim()
             .parse()
@@ -286,11 +287,9 @@ pub fn parse_peers(text: &str) -> anyhow::Result<std::collections::BTreeMap<u64,
         if id == 0 {
             return Err(anyhow!("--peers: replica ID 0 is reserved"));
         }
-        let addr: std::net::SocketAddr = addr
-            .trim()
-            .parse()
-            .map_err(|_| anyhow!("--peers: {addr:?} (replica {id}) is not IP:PORT"))?;
-        if out.insert(id, addr.to_string()).is_some() {
+        let addr =
+            crate::model::host_port(addr).map_err(|e| anyhow!("--peers: replica {id}: {e}"))?;
+        if out.insert(id, addr).is_some() {
             return Err(anyhow!("--peers: replica {id} is listed twice"));
         }
     }
@@ -308,7 +307,17 @@ mod tests {
         assert!(parse_peers("1=x")
             .unwrap_err()
             .to_string()
-            .contains("not IP:PORT"));
+            .contains("not HOST:PORT"));
+        let dns = parse_peers("1=hub-0.hub.sy.svc:7800").unwrap();
+        assert_eq!(dns[&1], "hub-0.hub.sy.svc:7800");
+        assert!(parse_peers("1=bad_name:7800")
+            .unwrap_err()
+            .to_string()
+            .contains("neither"));
+        assert!(parse_peers("1=hub:0")
+            .unwrap_err()
+            .to_string()
+            .contains("port"));
         assert!(parse_peers("a=127.0.0.1:1")
             .unwrap_err()
             .to_string()

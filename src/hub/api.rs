@@ -405,15 +405,9 @@ impl AdminService for AdminApi {
         let address = if r.remove {
             String::new()
         } else {
-            r.address
-                .parse::<std::net::SocketAddr>()
-                .map_err(|_| {
-                    Status::invalid_argument(format!(
-                        "replica {}: raft address {:?} is not IP:PORT",
-                        r.id, r.address
-                    ))
-                })?
-                .to_string()
+            crate::model::host_port(&r.address).map_err(|e| {
+                Status::invalid_argument(format!("replica {}: raft address {e}", r.id))
+            })?
         };
         let result = self.0.change_member(r.id, &address).await?;
         Ok(Response::new(proto::MemberChangeResponse { result }))

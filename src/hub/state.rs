@@ -273,9 +273,9 @@ impl State {
                 .check_token(id, secret_sha256, *now_unix_ms)
                 .map(|_| ()),
             Command::SetMember { id, address } => match address {
-                Some(a) if a.parse::<std::net::SocketAddr>().is_err() => Err(StateError::Invalid(
-                    format!("replica {id}: raft address {a:?} is not IP:PORT"),
-                )),
+                Some(a) => crate::model::host_port(a)
+                    .map(|_| ())
+                    .map_err(|e| StateError::Invalid(format!("replica {id}: raft address {e}"))),
                 _ => Ok(()),
             },
         }

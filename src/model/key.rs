@@ -46,6 +46,39 @@ pub fn validate_cluster_id(id: &str) -> Result<(), KeyError> {
     check_label("cluster ID", id)
 }
 
+/// Checks a `HOST:PORT` address (an IP address, `[IPv6]`, or a DNS name,
+/// and a port) and returns it in canonical form.
+pub fn host_port(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if let Ok(addr) = text.parse::<std::net::SocketAddr>() {
+        return Ok(addr.to_string());
+    }
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{text:?} is not HOST:PORT"))?;
+    port.parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{text:?}: port {port:?} is not a port number"))?;
+    let name_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if !name_ok {
+        return Err(format!(
+            "{text:?}: {host:?} is neither an IP address nor a DNS name"
+        ));
+    }
+    Ok(format!("{}:{port}", host.to_ascii_lowercase()))
+}
+
 /// A service's identity across the ClusterSet: the same namespace/name in
 /// every cluster is the same service (namespace sameness).
 ///

@@ -15,6 +15,6 @@ pub mod resources;
 
 pub use cluster::{Cluster, ClusterSpec, ClusterState};
 pub use export::{Endpoint, Export, Port, ServiceType, SessionAffinity};
-pub use key::{validate_cluster_id, ClusterId, KeyError, ServiceKey, ServiceMap};
+pub use key::{host_port, validate_cluster_id, ClusterId, KeyError, ServiceKey, ServiceMap};
 pub use meta::{Condition, ObjectMeta};
 pub use resources::{ClusterBackendRef, MultiClusterService, ServiceExport, ServiceImport};
