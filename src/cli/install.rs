@@ -193,7 +193,7 @@ pub async fn install(opts: &InstallOptions, target: &HubTarget) -> anyhow::Resul
 }
 
 fn hub_manifests(opts: &InstallOptions, replicas: u32) -> anyhow::Result<String> {
-    if replicas == 0 || replicas % 2 == 0 {
+    if replicas == 0 || replicas.is_multiple_of(2) {
         bail!("--hub-replicas {replicas}: use an odd number (1, 3, 5): raft needs a majority");
     }
     let peers: Vec<String> = (0..replicas)
