@@ -589,7 +589,7 @@ async fn members_are_added_and_removed_online() {
     // Bad requests are refused with a reason, and change nothing.
     for (args, reason) in [
         (vec!["add", "2", "127.0.0.1:1"], "already a member"),
-        (vec!["add", "4", "nonsense"], "not IP:PORT"),
+        (vec!["add", "4", "nonsense"], "not HOST:PORT"),
         (vec!["remove", "9"], "not a member"),
     ] {
         let mut full = vec!["hub", "members"];
