@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "proto/switchyard/v1/agent.proto",
             "proto/switchyard/v1/admin.proto",
             "proto/switchyard/v1/peer.proto",
+            "proto/switchyard/v1/gateway.proto",
         ],
         &["proto"],
     )?;

@@ -280,6 +280,7 @@ async fn imports_on(api: &str) -> BTreeSet<String> {
                 kind: "imports".into(),
                 name: String::new(),
                 consistent: true,
+                cluster: String::new(),
             };
             if let Ok(r) = c.get(req).await {
                 let v: serde_json::Value = serde_json::from_str(&r.into_inner().json).unwrap();
@@ -432,6 +433,7 @@ async fn cluster_states(api: &str) -> Vec<(String, (String, usize))> {
         kind: "clusters".into(),
         name: String::new(),
         consistent: true,
+        cluster: String::new(),
     };
     let Ok(reply) = c.get(req).await else {
         return Vec::new();

@@ -169,12 +169,16 @@ enum Command {
         #[arg(long, env = "SWITCHYARD_HUB", default_value = "127.0.0.1:7700")]
         hub: String,
     },
-    /// Show clusters, exports, imports, mcs or backends.
+    /// Show clusters, exports, imports, mcs, backends or gateways.
     Get {
-        /// clusters | exports | imports | mcs | backends
+        /// clusters | exports | imports | mcs | backends | gateways
         kind: String,
-        /// NS/NAME (or a cluster ID for clusters).
+        /// NS/NAME (or a cluster ID for clusters and gateways).
         name: Option<String>,
+        /// Imports as this cluster sees them: each port with the cluster's
+        /// gateway listener (gatewayListener).
+        #[arg(long)]
+        cluster: Option<String>,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Format,
         /// Linearizable read through the raft leader (ReadIndex) instead of
@@ -334,6 +338,9 @@ enum TokenAction {
         /// How long the token may be used, e.g. 1h, 30m (at most 7 days).
         #[arg(long, default_value = "1h")]
         ttl: humantime::Duration,
+        /// Who joins with it: the cluster's agent, or its east-west gateway.
+        #[arg(long, value_parser = ["agent", "gateway"], default_value = "agent")]
+        role: String,
         #[arg(long, env = "SWITCHYARD_HUB", default_value = "127.0.0.1:7700")]
         hub: String,
     },
@@ -522,10 +529,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Get {
             kind,
             name,
+            cluster,
             output,
             consistent,
             hub,
-        } => cli::get(&target(&hub)?, &kind, name.as_deref(), output, consistent).await,
+        } => {
+            cli::get(
+                &target(&hub)?,
+                &kind,
+                name.as_deref(),
+                cluster.as_deref(),
+                output,
+                consistent,
+            )
+            .await
+        }
         Command::Status { output, hub } => cli::status(&target(&hub)?, output).await,
         Command::Hub {
             action: Some(HubAction::Members { change }),
@@ -538,8 +556,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Hub { action: None, run } => run_hub(*run, cli.log_format).await,
         Command::Token {
-            action: TokenAction::Create { cluster, ttl, hub },
-        } => cli::create_token(&target(&hub)?, &cluster, *ttl).await,
+            action:
+                TokenAction::Create {
+                    cluster,
+                    ttl,
+                    role,
+                    hub,
+                },
+        } => cli::create_token(&target(&hub)?, &cluster, *ttl, &role).await,
         Command::Install {
             cluster,
             hub,

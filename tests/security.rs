@@ -64,6 +64,7 @@ async fn token(hub: &RunningHub, creds: &ClientCredentials, cluster: &str, ttl: 
         .create_token(CreateTokenRequest {
             cluster: cluster.into(),
             ttl_seconds: ttl,
+            role: String::new(),
         })
         .await
         .unwrap()
@@ -76,6 +77,7 @@ fn get() -> GetRequest {
         kind: "clusters".into(),
         name: String::new(),
         consistent: false,
+        cluster: String::new(),
     }
 }
 
@@ -249,6 +251,7 @@ async fn expired_unknown_and_forged_tokens_and_foreign_certificates_are_refused(
         .create_token(CreateTokenRequest {
             cluster: "c3".into(),
             ttl_seconds: 30 * 24 * 3600,
+            role: String::new(),
         })
         .await
         .unwrap_err();

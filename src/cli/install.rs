@@ -146,6 +146,7 @@ pub async fn install(opts: &InstallOptions, target: &HubTarget) -> anyhow::Resul
                 .create_token(crate::proto::CreateTokenRequest {
                     cluster: cluster.to_string(),
                     ttl_seconds: 3600,
+                    role: "agent".into(),
                 })
                 .await
                 .map_err(status_error)?

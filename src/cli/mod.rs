@@ -132,6 +132,7 @@ pub async fn get(
     hub: &HubTarget,
     kind: &str,
     name: Option<&str>,
+    cluster: Option<&str>,
     format: Format,
     consistent: bool,
 ) -> anyhow::Result<()> {
@@ -141,6 +142,7 @@ pub async fn get(
             kind: kind.to_string(),
             name: name.unwrap_or_default().to_string(),
             consistent,
+            cluster: cluster.unwrap_or_default().to_string(),
         })
         .await
         .map_err(status_error)?;
@@ -254,20 +256,27 @@ pub async fn change_member(hub: &HubTarget, id: u64, address: Option<&str>) -> a
     Ok(())
 }
 
-/// `switchyard token create`: prints a one-time bootstrap token.
-pub async fn create_token(hub: &HubTarget, cluster: &str, ttl: Duration) -> anyhow::Result<()> {
+/// `switchyard token create`: prints a one-time bootstrap token for the
+/// cluster's agent or (`role` "gateway") its gateway.
+pub async fn create_token(
+    hub: &HubTarget,
+    cluster: &str,
+    ttl: Duration,
+    role: &str,
+) -> anyhow::Result<()> {
     let mut client = admin(hub).await?;
     let reply = client
         .create_token(crate::proto::CreateTokenRequest {
             cluster: cluster.to_string(),
             ttl_seconds: ttl.as_secs(),
+            role: role.to_string(),
         })
         .await
         .map_err(status_error)?
         .into_inner();
     println!("{}", reply.token);
     eprintln!(
-        "token for cluster {cluster}, valid until {} for one join",
+        "token for the {role} of cluster {cluster}, valid until {} for one join",
         reply.expires
     );
     Ok(())

@@ -80,6 +80,31 @@ fn rows_of(v: &Value) -> Vec<&Value> {
 pub fn table(kind: &str, value: &Value) -> String {
     let items = rows_of(value);
     match kind.trim_end_matches('s') {
+        "gateway" => columns(
+            &[
+                "CLUSTER",
+                "INBOUND",
+                "LISTENERS",
+                "APPLIED",
+                "OFFERED",
+                "LAG",
+                "REJECTED",
+            ],
+            &items
+                .iter()
+                .map(|g| {
+                    vec![
+                        s(&g["cluster"]),
+                        s(&g["inbound"]),
+                        s(&g["listeners"]),
+                        s(&g["appliedVersion"]),
+                        s(&g["offeredVersion"]),
+                        format!("{}s", s(&g["lag"]["seconds"])),
+                        g["rejected"]["reason"].as_str().unwrap_or("-").to_string(),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        ),
         "cluster" => columns(
             &["CLUSTER", "REGION", "ZONE", "STATE", "EXPORTS"],
             &items

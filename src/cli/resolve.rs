@@ -19,6 +19,7 @@ async fn address_owners(hub: &super::HubTarget) -> HashMap<String, String> {
             kind: "exports".into(),
             name: String::new(),
             consistent: false,
+            cluster: String::new(),
         })
         .await
     else {

@@ -4,6 +4,7 @@
 
 use super::read;
 use super::state::{applied_objects, Command};
+use crate::hub::state::TokenRole;
 use crate::identity::tls::peer_identity;
 use crate::identity::token::Token;
 use crate::model::{manifest, validate_cluster_id, ClusterSpec};
@@ -180,16 +181,26 @@ impl AgentService for AgentApi {
                 tonic::Code::InvalidArgument => Status::permission_denied(s.message()),
                 _ => s,
             })?;
-        let cluster = lines
-            .first()
-            .cloned()
-            .ok_or_else(|| Status::internal("the token's cluster is missing from the reply"))?;
-        let cert_pem = authority.sign(&r.csr_pem, &cluster)?;
-        tracing::info!(%cluster, token = %token.id, "agent joined with a bootstrap token");
+        let (cluster, role) = match lines.as_slice() {
+            [cluster, role, ..] => (cluster.clone(), role.clone()),
+            _ => {
+                return Err(Status::internal(
+                    "the token's cluster is missing from the reply",
+                ))
+            }
+        };
+        let identity = if role == "gateway" {
+            TokenRole::Gateway.identity(&cluster)
+        } else {
+            TokenRole::Agent.identity(&cluster)
+        };
+        let cert_pem = authority.sign(&r.csr_pem, &identity)?;
+        tracing::info!(%cluster, %role, token = %token.id, "joined with a bootstrap token");
         Ok(Response::new(proto::CertificateReply {
             cert_pem,
             ca_pem: authority.ca_pem().to_string(),
             cluster,
+            role,
         }))
     }
 
@@ -201,20 +212,24 @@ impl AgentService for AgentApi {
             .0
             .authority()
             .ok_or_else(|| Status::failed_precondition("this hub runs without TLS"))?;
-        let cluster = match peer_identity(&req) {
-            Some(crate::identity::Identity::Cluster(id)) => id,
+        let identity = peer_identity(&req);
+        let (cluster, role) = match &identity {
+            Some(crate::identity::Identity::Cluster(id)) => (id.clone(), "agent"),
+            Some(crate::identity::Identity::Gateway(id)) => (id.clone(), "gateway"),
             _ => {
                 return Err(Status::unauthenticated(
-                    "renewing needs the cluster's current certificate",
+                    "renewing needs the current certificate of a cluster's agent or gateway",
                 ))
             }
         };
-        let cert_pem = authority.sign(&req.into_inner().csr_pem, &cluster)?;
-        tracing::info!(%cluster, "agent certificate renewed");
+        let identity = identity.expect("matched above");
+        let cert_pem = authority.sign(&req.into_inner().csr_pem, &identity)?;
+        tracing::info!(%cluster, role, "certificate renewed");
         Ok(Response::new(proto::CertificateReply {
             cert_pem,
             ca_pem: authority.ca_pem().to_string(),
             cluster,
+            role: role.to_string(),
         }))
     }
 
@@ -355,10 +370,11 @@ impl AdminService for AdminApi {
         if r.consistent {
             self.0.read_barrier().await?;
         }
-        let json = read::get(&self.0.state(), &r.kind, &r.name).map_err(|e| match e {
-            read::ReadError::NotFound(_) => Status::not_found(e.to_string()),
-            _ => Status::invalid_argument(e.to_string()),
-        })?;
+        let json =
+            read::get(&self.0.state(), &r.kind, &r.name, &r.cluster).map_err(|e| match e {
+                read::ReadError::NotFound(_) => Status::not_found(e.to_string()),
+                _ => Status::invalid_argument(e.to_string()),
+            })?;
         Ok(Response::new(proto::GetResponse {
             json: json.to_string(),
         }))
@@ -440,6 +456,15 @@ impl AdminService for AdminApi {
                 "--ttl must be between 1s and 7 days (168h)",
             ));
         }
+        let role = match r.role.as_str() {
+            "" | "agent" => TokenRole::Agent,
+            "gateway" => TokenRole::Gateway,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "token role {other:?}: use agent or gateway"
+                )))
+            }
+        };
         let token = Token::generate();
         let now = std::time::SystemTime::now();
         let expires = now + std::time::Duration::from_secs(r.ttl_seconds);
@@ -454,6 +479,7 @@ impl AdminService for AdminApi {
                 secret_sha256: token.secret_hash(),
                 expires_unix_ms: ms(expires),
                 now_unix_ms: ms(now),
+                role,
             })
             .await?;
         tracing::info!(cluster = %r.cluster, token = %token.id, "bootstrap token created");

@@ -14,7 +14,7 @@ use crate::identity::{Ca, Identity};
 use crate::metrics::Metrics;
 use crate::proto::{
     admin_service_server::AdminServiceServer, agent_service_server::AgentServiceServer,
-    peer_service_server::PeerServiceServer,
+    gateway_service_server::GatewayServiceServer, peer_service_server::PeerServiceServer,
 };
 use anyhow::Context;
 use axum::routing::get;
@@ -281,6 +281,9 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Re
     };
     let router = tonic::service::Routes::new(AgentServiceServer::new(AgentApi(hub.clone())))
         .add_service(AdminServiceServer::new(AdminApi(hub.clone())))
+        .add_service(GatewayServiceServer::new(super::gateway_api::GatewayApi(
+            hub.clone(),
+        )))
         .into_axum_router()
         .merge(
             axum::Router::new()

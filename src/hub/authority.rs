@@ -46,6 +46,19 @@ impl Authority {
         }
     }
 
+    /// The caller must be `cluster`'s gateway.
+    pub fn check_gateway(caller: Option<&Identity>, cluster: &str) -> Result<(), Status> {
+        match caller {
+            Some(Identity::Gateway(id)) if id == cluster => Ok(()),
+            Some(other) => Err(Status::permission_denied(format!(
+                "only the gateway of cluster {cluster} may do this; this certificate is for {other}"
+            ))),
+            None => Err(Status::unauthenticated(
+                "no client certificate of the ClusterSet: join with a gateway bootstrap token first",
+            )),
+        }
+    }
+
     /// The caller must be an administrator.
     pub fn check_admin(caller: Option<&Identity>) -> Result<(), Status> {
         match caller {
@@ -59,14 +72,10 @@ impl Authority {
         }
     }
 
-    /// A certificate for `cluster` from the agent's request.
-    pub fn sign(&self, csr_pem: &str, cluster: &str) -> Result<String, Status> {
+    /// A certificate for `identity` from the agent's (or gateway's) request.
+    pub fn sign(&self, csr_pem: &str, identity: &Identity) -> Result<String, Status> {
         self.ca
-            .sign_request(
-                csr_pem,
-                &Identity::Cluster(cluster.to_string()),
-                self.agent_cert_ttl,
-            )
+            .sign_request(csr_pem, identity, self.agent_cert_ttl)
             .map_err(|e| match e {
                 ca::CaError::BadRequest(_) => Status::invalid_argument(e.to_string()),
                 _ => Status::internal(e.to_string()),

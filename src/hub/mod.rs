@@ -4,13 +4,16 @@
 //!   write-ahead journal that makes each `Ready` durable with one fsync.
 //! - `state`: commands and the replicated state; `machine`: its adapter to the node.
 //! - `api`: gRPC agent and admin services; `read`: views for `get`;
-//!   `imports`: what a cluster imports, streamed to its agent.
+//!   `imports`: what a cluster imports, streamed to its agent; `gateways`:
+//!   what a cluster's east-west gateway routes, streamed to it.
 //! - `lease`: cluster leases on the leader; `app`: wiring a running hub;
 //!   `authority`: who may call what, and the certificates agents get.
 
 pub mod api;
 pub mod app;
 pub mod authority;
+pub mod gateway_api;
+pub mod gateways;
 pub mod imports;
 pub mod lease;
 pub mod machine;

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 /// Why a read cannot be answered.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    #[error("unknown kind {0:?}; use clusters, exports, imports, mcs or backends")]
+    #[error("unknown kind {0:?}; use clusters, exports, imports, mcs, backends or gateways")]
     UnknownKind(String),
     #[error("{0} not found")]
     NotFound(String),
@@ -19,9 +19,12 @@ pub enum ReadError {
     Key(#[from] crate::model::KeyError),
 }
 
-/// Reads `kind`, optionally one object `name` (NS/NAME, or a cluster ID).
-pub fn get(state: &State, kind: &str, name: &str) -> Result<Value, ReadError> {
+/// Reads `kind`, optionally one object `name` (NS/NAME, or a cluster ID);
+/// imports as `cluster` sees them when it is given (each port with that
+/// cluster's gateway listener, `gatewayListener`).
+pub fn get(state: &State, kind: &str, name: &str, cluster: &str) -> Result<Value, ReadError> {
     let kind = match kind {
+        "gateway" | "gateways" => "gateways",
         "cluster" | "clusters" => "clusters",
         "export" | "exports" => "exports",
         "import" | "imports" | "serviceimport" | "serviceimports" => "imports",
@@ -29,6 +32,15 @@ pub fn get(state: &State, kind: &str, name: &str) -> Result<Value, ReadError> {
         "backend" | "backends" => "backends",
         other => return Err(ReadError::UnknownKind(other.to_string())),
     };
+    if kind == "gateways" {
+        let rows: Vec<Value> = state
+            .gateways
+            .iter()
+            .filter(|(id, _)| name.is_empty() || id.as_str() == name)
+            .map(|(id, g)| gateway_row(id, g))
+            .collect();
+        return one_or_list(rows, name, || format!("gateway of cluster {name}"));
+    }
     if kind == "clusters" {
         let rows: Vec<Value> = state
             .clusters
@@ -62,7 +74,7 @@ pub fn get(state: &State, kind: &str, name: &str) -> Result<Value, ReadError> {
             .backends
             .keys()
             .filter(|k| wanted(k))
-            .map(|k| import_view(state, k))
+            .map(|k| import_view(state, k, cluster))
             .collect(),
         "mcs" => state
             .mcs
@@ -122,7 +134,28 @@ fn cluster_row(state: &State, c: &crate::model::Cluster) -> Value {
 
 /// A ServiceImport in its Kubernetes form, spec and status derived from the
 /// computed backends.
-fn import_view(state: &State, key: &ServiceKey) -> Value {
+/// A gateway: where it is, its listeners, and how far behind the
+/// configuration the hub offers it is (versions and seconds).
+fn gateway_row(cluster: &str, g: &super::state::GatewayRecord) -> Value {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    json!({
+        "cluster": cluster,
+        "inbound": g.inbound,
+        "outboundCidr": g.outbound_cidr,
+        "listeners": g.listeners.len(),
+        "offeredVersion": g.offered_version,
+        "appliedVersion": g.applied_version,
+        "lag": {
+            "versions": g.offered_version.saturating_sub(g.applied_version),
+            "seconds": g.behind_since_unix_ms.map_or(0.0, |t| (now_ms - t).max(0) as f64 / 1000.0),
+        },
+        "rejected": g.rejected.as_ref().map(|(v, why)| json!({"version": v, "reason": why})),
+    })
+}
+
+fn import_view(state: &State, key: &ServiceKey, cluster: &str) -> Value {
     let b = &state.backends[key];
     let declared = state.imports.get(key);
     let metadata = declared
@@ -157,7 +190,22 @@ fn import_view(state: &State, key: &ServiceKey) -> Value {
             conditions: b.conditions.clone(),
         },
     };
-    serde_json::to_value(si).unwrap_or(Value::Null)
+    let mut view = serde_json::to_value(si).unwrap_or(Value::Null);
+    let listener = state
+        .gateways
+        .get(cluster)
+        .and_then(|g| g.listeners.get(key));
+    if let (Some(ip), Some(ports)) = (
+        listener,
+        view.pointer_mut("/spec/ports")
+            .and_then(Value::as_array_mut),
+    ) {
+        for port in ports {
+            let number = port["port"].as_u64().unwrap_or(0);
+            port["gatewayListener"] = json!(format!("{ip}:{number}"));
+        }
+    }
+    view
 }
 
 /// A MultiClusterService with its status: Accepted (or why not) plus the

@@ -123,6 +123,18 @@ impl Hub {
         }
     }
 
+    /// The caller must be `cluster`'s gateway (no check without TLS).
+    pub fn authorize_gateway(
+        &self,
+        caller: Option<&crate::identity::Identity>,
+        cluster: &str,
+    ) -> Result<(), Status> {
+        match self.authority {
+            None => Ok(()),
+            Some(_) => super::authority::Authority::check_gateway(caller, cluster),
+        }
+    }
+
     /// The caller must be an administrator (no check without TLS).
     pub fn authorize_admin(
         &self,

@@ -69,14 +69,79 @@ pub enum Command {
         secret_sha256: String,
         expires_unix_ms: i64,
         now_unix_ms: i64,
+        #[serde(default)]
+        role: TokenRole,
     },
     /// A joining agent spends a token: it must exist, match, be unused and
-    /// unexpired at `now_unix_ms`. The reply line is the token's cluster.
+    /// unexpired at `now_unix_ms`. The reply lines are the token's cluster
+    /// and role.
     ConsumeToken {
         id: String,
         secret_sha256: String,
         now_unix_ms: i64,
     },
+    /// A cluster's east-west gateway announced itself: where other gateways
+    /// reach it, and the range its outbound listeners get addresses from.
+    RegisterGateway {
+        cluster: ClusterId,
+        inbound: String,
+        outbound_cidr: String,
+    },
+    /// Where a gateway's configuration stands: the version last offered
+    /// to it, the last it applied, and the last it refused (and why), as of
+    /// `now_unix_ms`. Recorded at most twice a second per gateway.
+    GatewayStatus {
+        cluster: ClusterId,
+        offered_version: u64,
+        applied_version: u64,
+        rejected: Option<(u64, String)>,
+        now_unix_ms: i64,
+    },
+}
+
+/// A cluster's east-west gateway as the hub keeps it. Listener addresses
+/// are allocated here, in the state machine, so that every replica agrees
+/// and an address stays with its service for as long as both exist.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayRecord {
+    pub inbound: String,
+    pub outbound_cidr: String,
+    /// The outbound listener address of each imported service.
+    pub listeners: BTreeMap<ServiceKey, std::net::Ipv4Addr>,
+    /// The last configuration version offered to the gateway.
+    #[serde(default)]
+    pub offered_version: u64,
+    /// The last configuration version the gateway applied.
+    pub applied_version: u64,
+    /// The last configuration it refused, and why.
+    pub rejected: Option<(u64, String)>,
+    /// Since when it has been behind the offered version (unix ms).
+    #[serde(default)]
+    pub behind_since_unix_ms: Option<i64>,
+}
+
+/// An IPv4 CIDR's usable addresses (network and broadcast excluded below /31).
+pub fn cidr_hosts(cidr: &str) -> Result<std::ops::RangeInclusive<u32>, String> {
+    let (ip, len) = cidr
+        .split_once('/')
+        .ok_or_else(|| format!("{cidr:?} is not an IPv4 CIDR (a.b.c.d/len)"))?;
+    let ip: std::net::Ipv4Addr = ip
+        .parse()
+        .map_err(|_| format!("{cidr:?}: {ip:?} is not an IPv4 address"))?;
+    let len: u32 = len
+        .parse()
+        .ok()
+        .filter(|l| (16..=32).contains(l))
+        .ok_or_else(|| format!("{cidr:?}: the prefix length must be 16 to 32"))?;
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    let base = u32::from(ip) & mask;
+    let last = base | !mask;
+    Ok(if len >= 31 {
+        base..=last
+    } else {
+        base + 1..=last - 1
+    })
 }
 
 /// The ClusterSet CA, replicated so that every hub replica can issue and
@@ -101,6 +166,35 @@ pub struct TokenRecord {
     pub secret_sha256: String,
     pub expires_unix_ms: i64,
     pub used: bool,
+    #[serde(default)]
+    pub role: TokenRole,
+}
+
+/// What a token makes its holder: the cluster's agent or its gateway.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TokenRole {
+    #[default]
+    Agent,
+    Gateway,
+}
+
+impl TokenRole {
+    /// The identity a certificate for this role and cluster carries.
+    pub fn identity(self, cluster: &str) -> crate::identity::Identity {
+        match self {
+            TokenRole::Agent => crate::identity::Identity::Cluster(cluster.to_string()),
+            TokenRole::Gateway => crate::identity::Identity::Gateway(cluster.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for TokenRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TokenRole::Agent => "agent",
+            TokenRole::Gateway => "gateway",
+        })
+    }
 }
 
 /// Annotation naming the cluster a MultiClusterService was relayed from.
@@ -189,6 +283,9 @@ pub struct State {
     /// Bootstrap tokens by ID.
     #[serde(default)]
     pub tokens: BTreeMap<String, TokenRecord>,
+    /// East-west gateways by cluster.
+    #[serde(default)]
+    pub gateways: BTreeMap<ClusterId, GatewayRecord>,
     /// The raft index of the last applied command.
     pub applied_index: u64,
 }
@@ -262,6 +359,27 @@ impl State {
             }
             Command::SetWeights { mcs, weights } => self.merged_mcs(mcs, weights).map(|_| ()),
             Command::InitCa { .. } => Ok(()),
+            Command::RegisterGateway {
+                cluster,
+                inbound,
+                outbound_cidr,
+            } => {
+                if !self.clusters.contains_key(cluster) {
+                    return Err(StateError::UnknownCluster(cluster.clone()));
+                }
+                crate::model::host_port(inbound).map_err(|e| {
+                    StateError::Invalid(format!("gateway of {cluster}: inbound {e}"))
+                })?;
+                cidr_hosts(outbound_cidr).map(|_| ()).map_err(|e| {
+                    StateError::Invalid(format!("gateway of {cluster}: outbound range {e}"))
+                })
+            }
+            Command::GatewayStatus { cluster, .. } => match self.gateways.contains_key(cluster) {
+                true => Ok(()),
+                false => Err(StateError::Invalid(format!(
+                    "cluster {cluster} has no gateway registered"
+                ))),
+            },
             Command::CreateToken { cluster, .. } => {
                 validate_cluster_id(cluster).map_err(|e| StateError::Invalid(e.to_string()))
             }
@@ -404,6 +522,53 @@ impl State {
             } => {
                 self.relay_mcs(cluster, objects, now, &mut touched, &mut out.lines);
             }
+            Command::RegisterGateway {
+                cluster,
+                inbound,
+                outbound_cidr,
+            } => {
+                let record =
+                    self.gateways
+                        .entry(cluster.clone())
+                        .or_insert_with(|| GatewayRecord {
+                            inbound: inbound.clone(),
+                            outbound_cidr: outbound_cidr.clone(),
+                            listeners: BTreeMap::new(),
+                            offered_version: 0,
+                            applied_version: 0,
+                            rejected: None,
+                            behind_since_unix_ms: None,
+                        });
+                if record.outbound_cidr != *outbound_cidr {
+                    record.listeners.clear();
+                }
+                record.inbound = inbound.clone();
+                record.outbound_cidr = outbound_cidr.clone();
+                out.lines.push(format!("gateway of {cluster} at {inbound}"));
+                // Other clusters route to it now: their configurations change.
+                touched.extend(self.services_of_cluster(cluster));
+            }
+            Command::GatewayStatus {
+                cluster,
+                offered_version,
+                applied_version,
+                rejected,
+                now_unix_ms,
+            } => {
+                if let Some(g) = self.gateways.get_mut(cluster) {
+                    g.offered_version = *offered_version;
+                    g.applied_version = *applied_version;
+                    g.rejected = rejected.clone();
+                    g.behind_since_unix_ms = if applied_version < offered_version {
+                        Some(g.behind_since_unix_ms.unwrap_or(*now_unix_ms))
+                    } else {
+                        None
+                    };
+                }
+                out.lines.push(format!(
+                    "gateway of {cluster} at version {applied_version} of {offered_version}"
+                ));
+            }
             Command::InitCa { cert_pem, key_pem } => {
                 if self.ca.is_none() {
                     self.ca = Some(CaRecord {
@@ -421,6 +586,7 @@ impl State {
                 secret_sha256,
                 expires_unix_ms,
                 now_unix_ms,
+                role,
             } => {
                 // Forget tokens expired for an hour or more (used or not).
                 self.tokens
@@ -432,9 +598,11 @@ impl State {
                         secret_sha256: secret_sha256.clone(),
                         expires_unix_ms: *expires_unix_ms,
                         used: false,
+                        role: *role,
                     },
                 );
-                out.lines.push(format!("token {id} for cluster {cluster}"));
+                out.lines
+                    .push(format!("token {id} for the {role} of cluster {cluster}"));
             }
             Command::ConsumeToken {
                 id,
@@ -442,10 +610,13 @@ impl State {
                 now_unix_ms,
             } => {
                 let cluster = self.check_token(id, secret_sha256, *now_unix_ms)?;
+                let mut role = TokenRole::Agent;
                 if let Some(t) = self.tokens.get_mut(id) {
                     t.used = true;
+                    role = t.role;
                 }
                 out.lines.push(cluster);
+                out.lines.push(role.to_string());
             }
             Command::SetMember { id, address } => match address {
                 Some(a) => {
@@ -469,12 +640,48 @@ impl State {
                 ));
             }
         }
+        let before = self.backends.len();
+        let mut keys_changed = false;
         for key in &touched {
+            let had = self.backends.contains_key(key);
             self.recompute(key);
+            keys_changed |= had != self.backends.contains_key(key);
+        }
+        keys_changed |= before != self.backends.len();
+        if keys_changed || matches!(cmd, Command::RegisterGateway { .. }) {
+            self.allocate_listeners();
         }
         self.applied_index = index;
         out.recomputed = touched;
         Ok(out)
+    }
+
+    /// Gives every gateway a listener address for each service with
+    /// backends (the lowest free one in its range) and frees the addresses
+    /// of services that are gone. Existing addresses never move.
+    fn allocate_listeners(&mut self) {
+        for g in self.gateways.values_mut() {
+            g.listeners.retain(|k, _| self.backends.contains_key(k));
+            let Ok(range) = cidr_hosts(&g.outbound_cidr) else {
+                continue;
+            };
+            let used: BTreeSet<u32> = g.listeners.values().map(|ip| u32::from(*ip)).collect();
+            let mut free = range.filter(|ip| !used.contains(ip));
+            for key in self.backends.keys() {
+                if g.listeners.contains_key(key) {
+                    continue;
+                }
+                match free.next() {
+                    Some(ip) => {
+                        g.listeners
+                            .insert(key.clone(), std::net::Ipv4Addr::from(ip));
+                    }
+                    // The range is full: the service has no listener here
+                    // (its configuration says so) until one is freed.
+                    None => break,
+                }
+            }
+        }
     }
 
     /// Services whose backends depend on a cluster: those it exports and
@@ -968,6 +1175,7 @@ mod tests {
             secret_sha256: "aa".repeat(32),
             expires_unix_ms: expires,
             now_unix_ms: 1_000,
+            role: TokenRole::Agent,
         };
         let consume = |id: &str, secret: &str, now: i64| Command::ConsumeToken {
             id: id.into(),
@@ -981,7 +1189,7 @@ mod tests {
         assert!(why(s.apply(3, &consume("t1", &"bb".repeat(32), 2_000))).contains("wrong secret"));
         assert!(why(s.apply(3, &consume("t2", &"aa".repeat(32), 20_000))).contains("expired"));
         let ok = s.apply(3, &consume("t1", &"aa".repeat(32), 2_000)).unwrap();
-        assert_eq!(ok.lines, ["c1"]);
+        assert_eq!(ok.lines, ["c1", "agent"]);
         assert!(why(s.apply(4, &consume("t1", &"aa".repeat(32), 2_001))).contains("already used"));
         // A later token creation forgets tokens expired an hour ago.
         s.apply(
@@ -992,10 +1200,12 @@ mod tests {
                 secret_sha256: "cc".repeat(32),
                 expires_unix_ms: 10_000_000,
                 now_unix_ms: 10_000 + 3_600_001,
+                role: TokenRole::Gateway,
             },
         )
         .unwrap();
         assert_eq!(s.tokens.keys().collect::<Vec<_>>(), ["t3"]);
+        assert_eq!(s.tokens["t3"].role, TokenRole::Gateway);
 
         s.apply(
             6,

@@ -105,6 +105,11 @@ impl Ca {
         dn.push(DnType::CommonName, identity.to_string());
         params.distinguished_name = dn;
         params.subject_alt_names = vec![SanType::URI(identity.uri().try_into()?)];
+        if matches!(identity, Identity::Gateway(_)) {
+            params
+                .subject_alt_names
+                .push(SanType::DnsName(super::GATEWAY_SERVER_NAME.try_into()?));
+        }
         for host in hosts {
             params.subject_alt_names.push(match host.parse::<IpAddr>() {
                 Ok(ip) => SanType::IpAddress(ip),

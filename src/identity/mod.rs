@@ -3,8 +3,9 @@
 //! tokens, and reading the identity a TLS peer presents.
 //!
 //! An identity lives in a certificate's URI subject alternative name, in the
-//! SPIFFE form `spiffe://switchyard/cluster/<id>` (a cluster's agent and
-//! gateway), `spiffe://switchyard/admin` (an administrator) and
+//! SPIFFE form `spiffe://switchyard/cluster/<id>` (a cluster's agent),
+//! `spiffe://switchyard/cluster/<id>/gateway` (its east-west gateway),
+//! `spiffe://switchyard/admin` (an administrator) and
 //! `spiffe://switchyard/hub` (a hub replica's server certificate).
 //!
 //! - `ca`: creating or loading the CA, issuing and signing certificates.
@@ -22,11 +23,18 @@ use std::fmt;
 /// The URI prefix of every identity.
 pub const TRUST_DOMAIN: &str = "spiffe://switchyard/";
 
+/// A DNS name every gateway certificate carries, so that a gateway can
+/// check a peer gateway's certificate chain (its identity is then checked
+/// on its own): the TLS server name a connection uses is the service's.
+pub const GATEWAY_SERVER_NAME: &str = "gateway.switchyard.internal";
+
 /// Who a certificate speaks for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Identity {
-    /// A member cluster (its agent; later its gateway).
+    /// A member cluster's agent.
     Cluster(String),
+    /// A member cluster's east-west gateway.
+    Gateway(String),
     /// An administrator: may call the admin API.
     Admin,
     /// A hub replica.
@@ -38,6 +46,7 @@ impl Identity {
     pub fn uri(&self) -> String {
         match self {
             Identity::Cluster(id) => format!("{TRUST_DOMAIN}cluster/{id}"),
+            Identity::Gateway(id) => format!("{TRUST_DOMAIN}cluster/{id}/gateway"),
             Identity::Admin => format!("{TRUST_DOMAIN}admin"),
             Identity::Hub => format!("{TRUST_DOMAIN}hub"),
         }
@@ -50,9 +59,17 @@ impl Identity {
             "admin" => Some(Identity::Admin),
             "hub" => Some(Identity::Hub),
             _ => {
-                let id = rest.strip_prefix("cluster/")?;
+                let rest = rest.strip_prefix("cluster/")?;
+                let (id, gateway) = match rest.strip_suffix("/gateway") {
+                    Some(id) => (id, true),
+                    None => (rest, false),
+                };
                 crate::model::validate_cluster_id(id).ok()?;
-                Some(Identity::Cluster(id.to_string()))
+                Some(if gateway {
+                    Identity::Gateway(id.to_string())
+                } else {
+                    Identity::Cluster(id.to_string())
+                })
             }
         }
     }
@@ -72,6 +89,7 @@ impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Identity::Cluster(id) => write!(f, "cluster {id}"),
+            Identity::Gateway(id) => write!(f, "the gateway of cluster {id}"),
             Identity::Admin => f.write_str("admin"),
             Identity::Hub => f.write_str("hub"),
         }
@@ -96,6 +114,7 @@ mod tests {
     fn identity_uris_round_trip_and_strangers_are_none() {
         for id in [
             Identity::Cluster("us-east-1".into()),
+            Identity::Gateway("us-east-1".into()),
             Identity::Admin,
             Identity::Hub,
         ] {
