@@ -71,6 +71,58 @@ impl ServiceBackends {
     }
 }
 
+/// The longest weighted schedule kept per service; larger weight sums are
+/// scaled down proportionally.
+const MAX_SCHEDULE: u64 = 1000;
+
+/// Smooth weighted round-robin (as nginx does it): each step adds every
+/// weight to its counter, picks the largest counter (lowest index on
+/// ties) and subtracts the total from it. Weights are first reduced by
+/// their GCD and, if their sum is still above `MAX_SCHEDULE`, scaled down.
+pub fn schedule(weights: &[u64]) -> Vec<u16> {
+    let g = weights.iter().copied().filter(|w| *w > 0).fold(0, gcd);
+    if g == 0 {
+        return Vec::new();
+    }
+    let mut w: Vec<u64> = weights.iter().map(|x| x / g).collect();
+    let sum: u64 = w.iter().sum();
+    if sum > MAX_SCHEDULE {
+        w = w
+            .iter()
+            .map(|x| {
+                if *x == 0 {
+                    0
+                } else {
+                    (x * MAX_SCHEDULE / sum).max(1)
+                }
+            })
+            .collect();
+    }
+    let total: i64 = w.iter().map(|x| *x as i64).sum();
+    let mut current = vec![0i64; w.len()];
+    let mut out = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best = 0;
+        for i in 0..w.len() {
+            current[i] += w[i] as i64;
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        out.push(best as u16);
+    }
+    out
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
 /// Everything the computation reads for one service.
 pub struct ServiceInputs<'a> {
     pub service: &'a ServiceKey,
@@ -422,6 +474,19 @@ pub fn validate_mcs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn schedule_is_exact_and_smooth() {
+        let s = schedule(&[60, 40, 0]);
+        assert_eq!(s, vec![0, 1, 0, 1, 0]);
+        let s = schedule(&[80, 30]);
+        assert_eq!(s.len(), 11);
+        assert_eq!(s.iter().filter(|i| **i == 0).count(), 8);
+        assert!(schedule(&[0, 0]).is_empty());
+        let big = schedule(&[1_000_000, 1]);
+        assert!(big.len() <= 1001 && big.contains(&1));
+    }
+
     use crate::model::resources::{ClusterBackendRef, MultiClusterServiceSpec, ServiceImportRef};
     use crate::model::{ClusterSpec, ObjectMeta};
     use proptest::prelude::*;
