@@ -6,6 +6,7 @@
 //! - [`backends`]: the pure weighted backend computation.
 //! - [`hub`]: the raft-replicated state machine on sled, and its gRPC APIs.
 //! - [`dns`]: the ClusterSet DNS authority on hickory-server.
+//! - [`gateway`]: a cluster's east-west gateway (tokio + rustls), programmed by the hub.
 //! - [`identity`]: the ClusterSet CA, certificates, bootstrap tokens, TLS.
 //! - [`agent`]: a cluster's agent: sources (file) and the export stream.
 //! - [`playground`]: `switchyard up`, a whole ClusterSet in one process.
@@ -17,6 +18,7 @@ pub mod agent;
 pub mod backends;
 pub mod cli;
 pub mod dns;
+pub mod gateway;
 pub mod hub;
 pub mod identity;
 pub mod metrics;

@@ -1,0 +1,181 @@
+//! The configuration stream from the hub: a hello, then each configuration
+//! checked and applied whole (routes swapped atomically, listeners opened
+//! first), or refused with the reason while the previous one stays in
+//! force; either way acknowledged. The last applied configuration is kept
+//! on disk, so a gateway that restarts while the hub is away routes at
+//! once. A lost stream is reopened, with backoff, on the next hub replica.
+
+use super::outbound::Listeners;
+use super::routes::{RouteTable, Via};
+use super::Shared;
+use crate::agent::stream::{connect, HubAuth};
+use crate::proto::{self, gateway_service_client::GatewayServiceClient};
+use prost::Message as _;
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+/// What the gateway tells the hub and where it keeps its last configuration.
+pub struct Programming {
+    pub hubs: String,
+    pub auth: HubAuth,
+    pub hello: proto::GatewayHello,
+    pub outbound: std::ops::RangeInclusive<u32>,
+    pub cache: Option<PathBuf>,
+    pub dns: Option<Arc<crate::dns::Catalog>>,
+}
+
+/// Applies `config`, or says why not (nothing changes then).
+pub async fn apply(
+    shared: &Arc<Shared>,
+    listeners: &Listeners,
+    programming: &Programming,
+    config: &proto::GatewayConfig,
+    shutdown: &CancellationToken,
+) -> Result<(), String> {
+    let table = RouteTable::build(config, &programming.outbound)?;
+    let bound = listeners.bind(&table).await?;
+    let table = Arc::new(table);
+    let old = shared.table.swap(table.clone());
+    listeners.apply(shared, &table, bound, shutdown);
+    drain_removed(shared, &old, &table);
+    if let Some(catalog) = &programming.dns {
+        catalog.publish(&super::dns::backends(&table, &shared.cluster));
+    }
+    shared.metrics.config_version.set(table.version);
+    if let Some(path) = &programming.cache {
+        let tmp = path.with_extension("tmp");
+        let written =
+            std::fs::write(&tmp, config.encode_to_vec()).and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(error) = written {
+            tracing::warn!(%error, path = %path.display(), "cannot keep the configuration on disk");
+        }
+    }
+    tracing::info!(
+        version = table.version,
+        services = table.routes().count(),
+        "configuration applied"
+    );
+    Ok(())
+}
+
+/// Connections to clusters (or services) the new table no longer routes
+/// to finish on their own, up to the drain timeout.
+fn drain_removed(shared: &Arc<Shared>, old: &RouteTable, new: &RouteTable) {
+    for route in old.routes() {
+        let timeout = shared.settings.drain_timeout;
+        let Some(next) = new.route(&route.service) else {
+            shared.registry.drain(&route.service, None, timeout);
+            continue;
+        };
+        let kept: HashSet<&str> = next.clusters.iter().map(|c| c.cluster.as_str()).collect();
+        for c in &route.clusters {
+            if !kept.contains(c.cluster.as_str()) {
+                shared
+                    .registry
+                    .drain(&route.service, Some(&c.cluster), timeout);
+            }
+        }
+        // Inbound connections of a service this cluster no longer exports.
+        let local_still = next.clusters.iter().any(|c| c.via == Via::Local) || next.exported_here;
+        if route.exported_here && !local_still {
+            shared
+                .registry
+                .drain(&route.service, Some(&shared.cluster), timeout);
+        }
+    }
+}
+
+/// The configuration kept on disk by an earlier run, if any.
+pub fn cached(path: &std::path::Path) -> Option<proto::GatewayConfig> {
+    let bytes = std::fs::read(path).ok()?;
+    proto::GatewayConfig::decode(bytes.as_slice()).ok()
+}
+
+/// Follows the hub's configuration stream until shutdown.
+pub async fn follow(
+    shared: Arc<Shared>,
+    listeners: Arc<Listeners>,
+    programming: Programming,
+    shutdown: CancellationToken,
+) {
+    let hubs: Vec<String> = programming
+        .hubs
+        .split(',')
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .collect();
+    let mut backoff = Duration::from_millis(250);
+    for turn in 0usize.. {
+        let hub = hubs
+            .get(turn % hubs.len().max(1))
+            .cloned()
+            .unwrap_or_default();
+        let session = async {
+            let channel = connect(&hub, &programming.auth)
+                .await
+                .map_err(|e| e.to_string())?;
+            let (tx, rx) = mpsc::channel(8);
+            let hello = proto::GatewayRequest {
+                kind: Some(proto::gateway_request::Kind::Hello(
+                    programming.hello.clone(),
+                )),
+            };
+            tx.send(hello)
+                .await
+                .map_err(|_| "stream closed".to_string())?;
+            let mut configs = GatewayServiceClient::new(channel)
+                .stream_config(ReceiverStream::new(rx))
+                .await
+                .map_err(|s| s.message().to_string())?
+                .into_inner();
+            while let Some(config) = configs
+                .message()
+                .await
+                .map_err(|s| s.message().to_string())?
+            {
+                let error = match apply(&shared, &listeners, &programming, &config, &shutdown).await
+                {
+                    Ok(()) => String::new(),
+                    Err(reason) => {
+                        tracing::warn!(
+                            version = config.version,
+                            reason,
+                            "configuration refused; the previous one stays"
+                        );
+                        shared.metrics.config_rejections.inc();
+                        reason
+                    }
+                };
+                backoff = Duration::from_millis(250);
+                let ack = proto::GatewayRequest {
+                    kind: Some(proto::gateway_request::Kind::Ack(proto::GatewayAck {
+                        version: config.version,
+                        nonce: config.nonce.clone(),
+                        error,
+                    })),
+                };
+                if tx.send(ack).await.is_err() {
+                    break;
+                }
+            }
+            Ok::<(), String>(())
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            result = session => {
+                let why = result.err().unwrap_or_else(|| "closed by the hub".into());
+                tracing::warn!(hub, why, retry_in = ?backoff, "configuration stream ended; routing on the last configuration");
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
