@@ -62,9 +62,14 @@ enum Command {
         /// Print the clusterset description in use and exit.
         #[arg(long)]
         print_config: bool,
-        /// Serve the hub API without TLS or authentication.
+        /// Serve the hub API without TLS or authentication (only with
+        /// --network flat).
         #[arg(long)]
         insecure: bool,
+        /// How clusters reach each other: through each cluster's east-west
+        /// gateway (mTLS), or directly on one flat network.
+        #[arg(long, value_enum, default_value = "flat")]
+        network: playground::up::Network,
         #[command(flatten)]
         serve: ServeArgs,
     },
@@ -108,6 +113,10 @@ enum Command {
         #[command(flatten)]
         auth: AgentAuthArgs,
     },
+    /// Run a cluster's east-west gateway: outbound listeners for the
+    /// services the cluster imports, an mTLS inbound listener for the
+    /// services it exports, programmed by the hub.
+    Gateway(Box<GatewayArgs>),
     /// Print the Kubernetes manifests of a member cluster (CRDs, RBAC, the
     /// agent with its CA and bootstrap token, the CoreDNS forward), or with
     /// --hub-replicas those of the hub, as one stream for `kubectl apply -f -`.
@@ -304,6 +313,74 @@ struct HubArgs {
     agent_cert_ttl: humantime::Duration,
 }
 
+/// Flags of `switchyard gateway`.
+#[derive(clap::Args)]
+struct GatewayArgs {
+    /// The cluster this gateway serves.
+    #[arg(long, env = "SWITCHYARD_CLUSTER")]
+    cluster: String,
+    #[arg(long, env = "SWITCHYARD_HUB", default_value = "127.0.0.1:7700")]
+    hub: String,
+    /// Where the mTLS listener for other clusters' gateways binds.
+    #[arg(long, default_value = "0.0.0.0:15443")]
+    inbound: SocketAddr,
+    /// Where other gateways reach the inbound listener (HOST:PORT), when
+    /// not the --inbound address (a load balancer, a node port).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// IPv4 CIDR the hub allocates this cluster's outbound listener
+    /// addresses from (one per imported service; they must be assignable
+    /// on this host).
+    #[arg(long)]
+    outbound_cidr: String,
+    /// Serve the ClusterSet zone for this cluster's clients here (UDP and
+    /// TCP): each name answers with this gateway's listener.
+    #[arg(long)]
+    dns: Option<SocketAddr>,
+    /// The ClusterSet DNS zone and TTL.
+    #[arg(long, default_value = "clusterset.local")]
+    zone: String,
+    #[arg(long, default_value_t = 5)]
+    ttl: u32,
+    /// Serve /metrics here.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+    /// The ClusterSet CA certificate (PEM).
+    #[arg(long, env = "SWITCHYARD_CA")]
+    ca: PathBuf,
+    /// A one-time bootstrap token of role gateway (`switchyard token
+    /// create --role gateway`), needed only when no stored certificate is
+    /// usable.
+    #[arg(long, env = "SWITCHYARD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Keeps the certificate and the last configuration (default
+    /// .switchyard-gateway/CLUSTER).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Keep the certificate in this Secret (namespace $POD_NAMESPACE)
+    /// instead of the data dir.
+    #[arg(long)]
+    identity_secret: Option<String>,
+    /// Per upstream attempt: TCP connect plus TLS handshake.
+    #[arg(long, default_value = "2s")]
+    connect_timeout: humantime::Duration,
+    /// Upstream attempts per connection, across endpoints and clusters.
+    #[arg(long, default_value_t = 3)]
+    max_attempts: usize,
+    /// How long connections to a cluster that lost its share may go on.
+    #[arg(long, default_value = "30s")]
+    drain_timeout: humantime::Duration,
+    /// Consecutive connect failures that eject an upstream.
+    #[arg(long, default_value_t = 3)]
+    eject_after: u32,
+    /// The first ejection's length (doubled by each failed probe, up to
+    /// --eject-max).
+    #[arg(long, default_value = "5s")]
+    eject_for: humantime::Duration,
+    #[arg(long, default_value = "60s")]
+    eject_max: humantime::Duration,
+}
+
 /// How an agent authenticates to the hub.
 #[derive(clap::Args)]
 struct AgentAuthArgs {
@@ -433,6 +510,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             dns,
             api,
             insecure,
+            network,
             config,
             print_config,
             serve,
@@ -453,6 +531,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 lease: serve.lease()?,
                 dns_config: serve.dns(),
                 insecure,
+                network,
             };
             let zone = serve.zone;
             let shutdown = stop_on_signal();
@@ -525,6 +604,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             switchyard::agent::run(config, desired, acked, shutdown).await;
             Ok(())
         }
+        Command::Gateway(args) => run_gateway(*args, cli.log_format).await,
         Command::Apply { file, hub } => cli::apply(&target(&hub)?, &file).await,
         Command::Get {
             kind,
@@ -663,6 +743,94 @@ async fn agent_auth(
         shutdown.child_token(),
     ));
     Ok(HubAuth::Tls(rx))
+}
+
+async fn run_gateway(args: GatewayArgs, log_format: LogFormat) -> anyhow::Result<()> {
+    use switchyard::gateway;
+    init_logging(log_format, "info");
+    switchyard::model::validate_cluster_id(&args.cluster)
+        .map_err(|e| anyhow::anyhow!("--cluster: {e}"))?;
+    if args.max_attempts == 0 || args.eject_after == 0 {
+        anyhow::bail!("--max-attempts and --eject-after must be at least 1");
+    }
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(".switchyard-gateway").join(&args.cluster));
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let store = match &args.identity_secret {
+        Some(name) => {
+            let client = kube_client(None).await?;
+            let namespace = std::env::var("POD_NAMESPACE")
+                .unwrap_or_else(|_| client.default_namespace().to_string());
+            CredentialStore::Secret {
+                api: Box::new(kube::Api::namespaced(client, &namespace)),
+                name: name.clone(),
+            }
+        }
+        None => CredentialStore::Dir(data_dir.join("identity")),
+    };
+    let ca_pem = std::fs::read_to_string(&args.ca)
+        .with_context(|| format!("cannot read --ca {}", args.ca.display()))?;
+    let creds = credentials::obtain(&args.hub, &ca_pem, args.token.as_deref(), &store).await?;
+    let expected = switchyard::identity::Identity::Gateway(args.cluster.clone());
+    let actual = creds
+        .identity
+        .as_ref()
+        .and_then(|i| switchyard::identity::ca::identity_of_pem(&i.cert_pem));
+    if actual.as_ref() != Some(&expected) {
+        anyhow::bail!(
+            "the certificate obtained is for {}, not {} (create the token with `switchyard token create --cluster {} --role gateway`)",
+            actual.map_or_else(|| "nobody".to_string(), |i| i.uri()),
+            expected.uri(),
+            args.cluster
+        );
+    }
+    let shutdown = stop_on_signal();
+    let (tx, rx) = tokio::sync::watch::channel(creds);
+    tokio::spawn(credentials::keep_renewed(
+        args.hub.clone(),
+        store,
+        tx,
+        shutdown.child_token(),
+    ));
+    let options = gateway::GatewayOptions {
+        cluster: args.cluster.clone(),
+        hub: args.hub.clone(),
+        credentials: rx,
+        inbound: args.inbound,
+        advertise: args.advertise.clone(),
+        outbound_cidr: args.outbound_cidr.clone(),
+        dns: args.dns,
+        dns_config: DnsConfig {
+            zone: args.zone.clone(),
+            ttl: args.ttl,
+        },
+        metrics: args.metrics,
+        settings: gateway::Settings {
+            connect_timeout: *args.connect_timeout,
+            max_attempts: args.max_attempts,
+            drain_timeout: *args.drain_timeout,
+        },
+        outliers: gateway::outliers::OutlierConfig {
+            threshold: args.eject_after,
+            base: *args.eject_for,
+            max: *args.eject_max,
+        },
+        cache: Some(data_dir.join("config.pb")),
+    };
+    let running = gateway::start(options, shutdown.clone()).await?;
+    eprintln!(
+        "switchyard gateway of {}: inbound {} dns {} metrics {}",
+        args.cluster,
+        running.inbound,
+        running.dns.map_or("-".into(), |a| a.to_string()),
+        running.metrics.map_or("-".into(), |a| a.to_string()),
+    );
+    shutdown.cancelled().await;
+    running.stop().await;
+    Ok(())
 }
 
 async fn run_hub(args: HubArgs, log_format: LogFormat) -> anyhow::Result<()> {

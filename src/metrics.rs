@@ -38,6 +38,16 @@ pub struct Metrics {
 impl Metrics {
     /// Builds and registers every metric.
     pub fn new() -> Self {
+        Self::build(true)
+    }
+
+    /// The DNS metrics only, for a process that serves ClusterSet DNS but
+    /// is not a hub (a gateway): the others exist but are not exported.
+    pub fn dns_only() -> Self {
+        Self::build(false)
+    }
+
+    fn build(hub: bool) -> Self {
         let mut registry = Registry::with_prefix("switchyard");
         let dns_queries = Family::<DnsLabels, Counter>::default();
         registry.register(
@@ -51,64 +61,67 @@ impl Metrics {
             "Time to build a DNS answer",
             dns_latency_seconds.clone(),
         );
+        // Hub-only metrics go to a registry nobody encodes when not a hub.
+        let mut scratch = Registry::default();
+        let target: &mut Registry = if hub { &mut registry } else { &mut scratch };
         let raft_term = Gauge::<u64, AtomicU64>::default();
-        registry.register("raft_term", "Current raft term", raft_term.clone());
+        target.register("raft_term", "Current raft term", raft_term.clone());
         let raft_commit_index = Gauge::<u64, AtomicU64>::default();
-        registry.register(
+        target.register(
             "raft_commit_index",
             "Raft commit index",
             raft_commit_index.clone(),
         );
         let raft_applied_index = Gauge::<u64, AtomicU64>::default();
-        registry.register(
+        target.register(
             "raft_applied_index",
             "Raft applied index",
             raft_applied_index.clone(),
         );
         let raft_proposals = Counter::default();
-        registry.register(
+        target.register(
             "raft_proposals",
             "Proposals made by this replica",
             raft_proposals.clone(),
         );
         let forwarded_writes = Counter::default();
-        registry.register(
+        target.register(
             "forwarded_writes",
             "Writes followers forwarded to this replica while it led",
             forwarded_writes.clone(),
         );
         let raft_leader_changes = Counter::default();
-        registry.register(
+        target.register(
             "raft_leader_changes",
             "Leader changes seen by this replica",
             raft_leader_changes.clone(),
         );
         let raft_snapshots = Counter::default();
-        registry.register(
+        target.register(
             "raft_snapshots",
             "Snapshots created or installed",
             raft_snapshots.clone(),
         );
         let exports = Gauge::default();
-        registry.register(
+        target.register(
             "exports",
             "Exports in the replicated state",
             exports.clone(),
         );
         let clusters = Gauge::default();
-        registry.register(
+        target.register(
             "clusters",
             "Member clusters in the replicated state",
             clusters.clone(),
         );
         let agents_connected = Gauge::default();
-        registry.register(
+        target.register(
             "agents_connected",
             "Agents with an open export stream to this replica",
             agents_connected.clone(),
         );
         let recompute_seconds = Histogram::new(exponential_buckets(0.000_001, 4.0, 12));
-        registry.register(
+        target.register(
             "recompute_seconds",
             "Backend recomputation time per applied change",
             recompute_seconds.clone(),
@@ -129,6 +142,11 @@ impl Metrics {
             agents_connected,
             recompute_seconds,
         }
+    }
+
+    /// The registry, to expose these metrics with others (one exposition).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// The OpenMetrics text exposition.

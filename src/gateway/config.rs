@@ -1,7 +1,8 @@
 //! The configuration stream from the hub: a hello, then each configuration
 //! checked and applied whole (routes swapped atomically, listeners opened
 //! first), or refused with the reason while the previous one stays in
-//! force; either way acknowledged. The last applied configuration is kept
+//! force (and tried again, with backoff, until a newer one comes); either
+//! way acknowledged. The last applied configuration is kept
 //! on disk, so a gateway that restarts while the hub is away routes at
 //! once. A lost stream is reopened, with backoff, on the next hub replica.
 
@@ -18,6 +19,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+
+/// The first retry of a refused configuration; doubled up to `RETRY_MAX`.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// What the gateway tells the hub and where it keeps its last configuration.
 pub struct Programming {
@@ -133,20 +138,35 @@ pub async fn follow(
                 .await
                 .map_err(|s| s.message().to_string())?
                 .into_inner();
-            while let Some(config) = configs
-                .message()
-                .await
-                .map_err(|s| s.message().to_string())?
-            {
+            // A refused configuration is tried again, with backoff, until
+            // it applies or a newer one comes: what refused it may pass
+            // (an address still held by a closing socket).
+            let mut refused: Option<proto::GatewayConfig> = None;
+            let mut retry = RETRY_FIRST;
+            loop {
+                let config = tokio::select! {
+                    message = configs.message() => {
+                        match message.map_err(|s| s.message().to_string())? {
+                            Some(config) => {
+                                retry = RETRY_FIRST;
+                                config
+                            }
+                            None => break,
+                        }
+                    }
+                    () = tokio::time::sleep(retry), if refused.is_some() => {
+                        retry = (retry * 2).min(RETRY_MAX);
+                        match refused.take() {
+                            Some(config) => config,
+                            None => continue,
+                        }
+                    }
+                };
                 let error = match apply(&shared, &listeners, &programming, &config, &shutdown).await
                 {
                     Ok(()) => String::new(),
                     Err(reason) => {
-                        tracing::warn!(
-                            version = config.version,
-                            reason,
-                            "configuration refused; the previous one stays"
-                        );
+                        tracing::warn!(version = config.version, reason, retry_in = ?retry, "configuration refused; the previous one stays");
                         shared.metrics.config_rejections.inc();
                         reason
                     }
@@ -156,9 +176,12 @@ pub async fn follow(
                     kind: Some(proto::gateway_request::Kind::Ack(proto::GatewayAck {
                         version: config.version,
                         nonce: config.nonce.clone(),
-                        error,
+                        error: error.clone(),
                     })),
                 };
+                if !error.is_empty() {
+                    refused = Some(config);
+                }
                 if tx.send(ack).await.is_err() {
                     break;
                 }

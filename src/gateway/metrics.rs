@@ -122,10 +122,14 @@ impl GatewayMetrics {
             .inc();
     }
 
-    /// The OpenMetrics text exposition.
-    pub fn encode(&self) -> String {
+    /// The OpenMetrics text exposition, with the gateway's DNS metrics.
+    pub fn encode(&self, dns: &crate::metrics::Metrics) -> String {
+        use prometheus_client::encoding::text;
         let mut out = String::new();
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        // Writing into a String cannot fail.
+        let _ = text::encode_registry(&mut out, &self.registry);
+        let _ = text::encode_registry(&mut out, dns.registry());
+        let _ = text::encode_eof(&mut out);
         out
     }
 }

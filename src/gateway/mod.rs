@@ -200,14 +200,14 @@ pub async fn start(
         });
     }
 
-    let hub_metrics = Arc::new(crate::metrics::Metrics::new());
+    let dns_metrics = Arc::new(crate::metrics::Metrics::dns_only());
     let (catalog, dns_addr) = match options.dns {
         Some(addr) => {
             let catalog = Arc::new(crate::dns::Catalog::new(options.dns_config.clone()));
             let (bound, task) = crate::dns::serve(
                 catalog.clone(),
                 addr,
-                hub_metrics.clone(),
+                dns_metrics.clone(),
                 shutdown.child_token(),
             )
             .await
@@ -259,12 +259,12 @@ pub async fn start(
                 .await
                 .with_context(|| format!("cannot listen on {addr} for metrics"))?;
             let bound = listener.local_addr()?;
-            let (gw, hub) = (metrics.clone(), hub_metrics.clone());
+            let (gw, dns) = (metrics.clone(), dns_metrics.clone());
             let router = axum::Router::new().route(
                 "/metrics",
                 axum::routing::get(move || {
-                    let (gw, hub) = (gw.clone(), hub.clone());
-                    async move { gw.encode() + &hub.encode() }
+                    let (gw, dns) = (gw.clone(), dns.clone());
+                    async move { gw.encode(&dns) }
                 }),
             );
             let stop = shutdown.child_token();

@@ -27,6 +27,30 @@ pub struct UpOptions {
     pub dns_config: DnsConfig,
     /// Serve the API without TLS (and without authentication).
     pub insecure: bool,
+    /// How the clusters reach each other.
+    pub network: Network,
+}
+
+/// How the playground's clusters reach each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Network {
+    /// One flat network: the hub's DNS answers with remote pod addresses.
+    Flat,
+    /// Each cluster behind its east-west gateway: cross-cluster traffic
+    /// goes through the gateways over mTLS, and each cluster's DNS answers
+    /// with its gateway's listeners.
+    Gateway,
+}
+
+/// A playground cluster's gateway, once up.
+#[derive(Debug, Clone)]
+pub struct GatewayBound {
+    pub cluster: String,
+    /// The mTLS listener other gateways connect to.
+    pub inbound: SocketAddr,
+    /// The cluster-local ClusterSet DNS.
+    pub dns: SocketAddr,
+    pub metrics: SocketAddr,
 }
 
 /// Where the playground listens, once up.
@@ -35,6 +59,8 @@ pub struct Bound {
     pub api: SocketAddr,
     pub dns: SocketAddr,
     pub cluster_files: Vec<(String, PathBuf)>,
+    /// Empty on a flat network.
+    pub gateways: Vec<GatewayBound>,
 }
 
 /// Loads the clusterset description named by `--config`, or the built-in one.
@@ -56,6 +82,9 @@ pub async fn up(
     shutdown: CancellationToken,
     ready: tokio::sync::oneshot::Sender<Bound>,
 ) -> anyhow::Result<()> {
+    if opts.network == Network::Gateway && opts.insecure {
+        bail!("--network gateway needs the ClusterSet CA for the gateways' mTLS: drop --insecure, or use --network flat");
+    }
     let files = match (&opts.config, existing_cluster_files(&opts.data_dir)?) {
         // A restart: the data dir's cluster files (perhaps edited) are the truth.
         (None, existing) if !existing.is_empty() => existing,
@@ -79,13 +108,22 @@ pub async fn up(
 
     let clusters_shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
-    let result = start_clusters(&files, &hub, &mut tasks, &clusters_shutdown).await;
-    let result = match result {
-        Ok(()) => wait_ready(&hub.hub, &files).await,
-        Err(e) => Err(e),
-    };
+    let mut gateways = Vec::new();
+    let result = async {
+        start_clusters(&files, &hub, &mut tasks, &clusters_shutdown).await?;
+        wait_ready(&hub.hub, &files).await?;
+        if opts.network == Network::Gateway {
+            gateways = start_gateways(&opts, &files, &hub, &clusters_shutdown).await?;
+            wait_gateways_ready(&hub.hub, &gateways).await?;
+        }
+        anyhow::Ok(())
+    }
+    .await;
     if let Err(e) = result {
         clusters_shutdown.cancel();
+        for g in gateways {
+            g.stop().await;
+        }
         while tasks.join_next().await.is_some() {}
         hub.stop().await;
         return Err(e);
@@ -94,14 +132,26 @@ pub async fn up(
         api: hub.api_addr,
         dns: hub.dns_addr,
         cluster_files: files,
+        gateways: gateways
+            .iter()
+            .map(|g| GatewayBound {
+                cluster: g.shared.cluster.clone(),
+                inbound: g.inbound,
+                dns: g.dns.unwrap_or(hub.dns_addr),
+                metrics: g.metrics.unwrap_or(hub.api_addr),
+            })
+            .collect(),
     });
 
     let raft_failed = tokio::select! {
         () = shutdown.cancelled() => false,
         () = hub.raft_stopped() => true,
     };
-    tracing::info!("stopping: agents and backends first, then the hub");
+    tracing::info!("stopping: gateways, agents and backends first, then the hub");
     clusters_shutdown.cancel();
+    for g in gateways {
+        g.stop().await;
+    }
     while tasks.join_next().await.is_some() {}
     hub.stop().await;
     if raft_failed {
@@ -196,6 +246,132 @@ async fn start_clusters(
         tracing::info!(cluster = %id, file = %path.display(), "agent started");
     }
     Ok(())
+}
+
+/// Where a playground cluster's gateway listens: on its first
+/// `gatewayAddresses` entry when the cluster file names one, else on .250 of
+/// the /24 of its first endpoint (127.0.2.250 for us-east-1); inbound
+/// (15443), DNS and metrics (9090) there, outbound listeners from .128/26
+/// of that /24.
+fn gateway_addresses(file: &ClusterFile) -> anyhow::Result<(std::net::Ipv4Addr, String)> {
+    let configured = file.gateway_addresses.first().map(|a| {
+        a.parse::<std::net::Ipv4Addr>()
+            .ok()
+            .filter(|ip| ip.is_loopback())
+            .with_context(|| {
+                format!(
+                    "cluster {}: gateway address {a:?} is not an IPv4 loopback address",
+                    file.cluster
+                )
+            })
+    });
+    let ip = match configured {
+        Some(ip) => ip?,
+        None => {
+            let first = file
+                .services
+                .iter()
+                .flat_map(|s| &s.endpoints)
+                .find_map(|e| match e.address {
+                    std::net::IpAddr::V4(v4) if v4.is_loopback() => Some(v4),
+                    _ => None,
+                })
+                .with_context(|| {
+                    format!(
+                        "cluster {}: no IPv4 endpoint to place its gateway by; set gatewayAddresses in its file",
+                        file.cluster
+                    )
+                })?;
+            let [a, b, c, _] = first.octets();
+            std::net::Ipv4Addr::new(a, b, c, 250)
+        }
+    };
+    let [a, b, c, _] = ip.octets();
+    Ok((ip, format!("{a}.{b}.{c}.128/26")))
+}
+
+/// Starts one gateway per cluster, each with a certificate issued by the
+/// hub's CA (a real gateway joins with a token of role gateway).
+async fn start_gateways(
+    opts: &UpOptions,
+    files: &[(String, PathBuf)],
+    hub: &hub_app::RunningHub,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Vec<crate::gateway::RunningGateway>> {
+    let authority = hub
+        .hub
+        .authority()
+        .context("the gateway network needs the hub's CA")?;
+    let mut out: Vec<crate::gateway::RunningGateway> = Vec::new();
+    let mut placed: Vec<(String, String)> = Vec::new();
+    for (id, path) in files {
+        let (ip, cidr) = gateway_addresses(&ClusterFile::load(path)?)?;
+        if let Some((other, _)) = placed.iter().find(|(_, c)| *c == cidr) {
+            bail!("the gateways of {other} and {id} would share {cidr}: give one of them gatewayAddresses in its cluster file (another /24)");
+        }
+        placed.push((id.clone(), cidr.clone()));
+        let identity = authority
+            .ca()
+            .issue(&Identity::Gateway(id.clone()), &[], AGENT_TTL)
+            .context("cannot issue a playground gateway's certificate")?;
+        let credentials = ClientCredentials {
+            ca_pem: authority.ca_pem().to_string(),
+            identity: Some(identity),
+        };
+        let dir = opts.data_dir.join("gateways").join(id);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let options = crate::gateway::GatewayOptions {
+            cluster: id.clone(),
+            hub: hub.api_addr.to_string(),
+            credentials: tokio::sync::watch::channel(credentials).1,
+            inbound: SocketAddr::new(ip.into(), 15443),
+            advertise: None,
+            outbound_cidr: cidr,
+            dns: Some(SocketAddr::new(ip.into(), opts.dns.port())),
+            dns_config: opts.dns_config.clone(),
+            metrics: Some(SocketAddr::new(ip.into(), 9090)),
+            settings: Default::default(),
+            outliers: Default::default(),
+            cache: Some(dir.join("config.pb")),
+        };
+        let running = crate::gateway::start(options, shutdown.child_token())
+            .await
+            .with_context(|| format!("cannot start the gateway of {id}"))?;
+        tracing::info!(cluster = %id, inbound = %running.inbound, "gateway started");
+        out.push(running);
+    }
+    Ok(out)
+}
+
+/// Waits until every gateway routes every service of the ClusterSet on a
+/// listener of its own.
+async fn wait_gateways_ready(
+    hub: &crate::hub::api::Hub,
+    gateways: &[crate::gateway::RunningGateway],
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let services = hub.state().backends.len();
+        let pending: Vec<&str> = gateways
+            .iter()
+            .filter(|g| {
+                let table = g.shared.table.load();
+                table.routes().filter(|r| r.listener.is_some()).count() < services
+            })
+            .map(|g| g.shared.cluster.as_str())
+            .collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "the gateways of {} did not receive their routes within 20 s",
+                pending.join(", ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn start_backends(
@@ -301,6 +477,21 @@ pub fn banner(bound: &Bound, data_dir: &Path, zone: &str) -> String {
     } else {
         format!(" --dns {}", bound.dns)
     };
+    if !bound.gateways.is_empty() {
+        s.push_str(
+            "\n  east-west gateways (each cluster's DNS answers with its gateway's listeners):\n",
+        );
+        s.push_str(&format!(
+            "    {:<14} {:<21} {:<21} {}\n",
+            "CLUSTER", "INBOUND (mTLS)", "CLUSTER DNS", "METRICS"
+        ));
+        for g in &bound.gateways {
+            s.push_str(&format!(
+                "    {:<14} {:<21} {:<21} http://{}/metrics\n",
+                g.cluster, g.inbound, g.dns, g.metrics
+            ));
+        }
+    }
     s.push_str("\nTry (`switchyard` is `cargo run --release --` from the repository):\n");
     s.push_str(&format!(
         "  dig @{dns_ip} -p {dns_port} api-v1-multi.app.svc.{zone}\n"
@@ -308,9 +499,23 @@ pub fn banner(bound: &Bound, data_dir: &Path, zone: &str) -> String {
     s.push_str(&format!(
         "  switchyard resolve api-v1-multi.app.svc.{zone}{dns_flag}{hub_flag}\n"
     ));
-    s.push_str(&format!(
-        "  curl http://$(switchyard resolve -q api-v1-multi.app.svc.{zone}{dns_flag}):8080/\n"
-    ));
+    // A client in a cluster: its DNS names the gateway's listener.
+    match bound.gateways.get(1).or(bound.gateways.first()) {
+        Some(g) => {
+            s.push_str(&format!(
+                "  curl http://$(switchyard resolve -q api-v1-multi.app.svc.{zone} --dns {}):8080/   # from {}, through its gateway\n",
+                g.dns, g.cluster
+            ));
+            s.push_str(&format!("  switchyard get gateways{hub_flag}\n"));
+            s.push_str(&format!(
+                "  switchyard get imports --cluster {}{hub_flag}\n",
+                g.cluster
+            ));
+        }
+        None => s.push_str(&format!(
+            "  curl http://$(switchyard resolve -q api-v1-multi.app.svc.{zone}{dns_flag}):8080/\n"
+        )),
+    }
     s.push_str(&format!(
         "  switchyard apply -f docs/examples/seed-mcs.yaml{hub_flag}\n"
     ));
