@@ -15,6 +15,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::free_port;
 use switchyard::dns::client;
@@ -35,8 +36,14 @@ struct Playground {
 }
 
 impl Playground {
-    /// Writes the built-in clusterset moved to 127.<block>.x.x and starts it.
+    /// Writes the built-in clusterset moved to 127.<block>.x.x and starts it
+    /// with the default network.
     fn start(block: u8) -> Self {
+        Self::start_with(block, &[])
+    }
+
+    /// As `start`, with extra `up` flags.
+    fn start_with(block: u8, flags: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut config = ClusterSetConfig::builtin();
         let mut owners = HashMap::new();
@@ -57,7 +64,7 @@ impl Playground {
         let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let dns: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut pg = Self {
-            child: spawn_up(dir.path(), &config_path, api, dns),
+            child: spawn_up(dir.path(), &config_path, api, dns, flags),
             dir,
             api,
             dns,
@@ -191,13 +198,14 @@ impl Drop for Playground {
     }
 }
 
-fn spawn_up(dir: &Path, config: &Path, api: SocketAddr, dns: SocketAddr) -> Child {
+fn spawn_up(dir: &Path, config: &Path, api: SocketAddr, dns: SocketAddr, flags: &[&str]) -> Child {
     Command::new(BIN)
         .args(["up", "--data-dir"])
         .arg(dir.join("data"))
         .arg("--config")
         .arg(config)
         .args(["--api", &api.to_string(), "--dns", &dns.to_string()])
+        .args(flags)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -352,7 +360,7 @@ async fn seed_weights_split_dns_answers_and_requests_reach_the_right_cluster() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weights_and_endpoint_loss_shift_answers_within_a_second_and_bad_input_changes_nothing() {
-    let mut pg = Playground::start(42);
+    let mut pg = Playground::start_with(42, &["--network", "flat"]);
     assert!(pg.cli(&["apply", "-f", SEED]).0);
 
     // weights set: all traffic to us-east-1 within 1 s.
@@ -513,4 +521,192 @@ async fn restart_after_kill_9_keeps_all_state() {
     let counts = pg.tally(200).await;
     let west = *counts.get("us-west-1").unwrap_or(&0) as f64 / 200.0;
     assert!((west - 0.7).abs() <= 0.03, "{counts:?}");
+}
+
+/// A sample of `metrics` (the text exposition of `addr`'s /metrics): the
+/// value of the line that starts with `series`, 0 when absent.
+fn metric(addr: SocketAddr, series: &str) -> f64 {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_network_carries_each_connection_to_the_weighted_cluster_over_mtls() {
+    let pg = Playground::start_with(44, &["--network", "gateway"]);
+    let b = pg.block;
+    let gateway_ip = |n: u8| IpAddr::from([127, b, n, 250]);
+
+    // Each cluster's gateway is registered with its inbound address.
+    let gateways = pg.json(&["get", "gateways", "-o", "json"]);
+    let inbound: HashMap<&str, &str> = gateways
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["cluster"].as_str().unwrap(),
+                g["inbound"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        inbound["us-west-1"],
+        SocketAddr::new(gateway_ip(1), 15443).to_string()
+    );
+    assert_eq!(inbound.len(), 3, "{gateways}");
+
+    assert!(pg.cli(&["apply", "-f", SEED]).0);
+    // us-east-1's listener for the service, and its DNS naming it.
+    let imports = pg.json(&["get", "imports", "--cluster", "us-east-1", "-o", "json"]);
+    let import = imports
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["metadata"]["name"] == "api-v1-multi")
+        .unwrap();
+    let listener: SocketAddr = import["spec"]["ports"][0]["gatewayListener"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(listener.port(), 8080);
+    let east_dns = SocketAddr::new(gateway_ip(2), pg.dns.port());
+    let msg = client::query(east_dns, NAME, RecordType::A, false)
+        .await
+        .unwrap();
+    let answers: Vec<String> = msg.answers.iter().map(|r| r.data.to_string()).collect();
+    assert_eq!(answers, vec![listener.ip().to_string()]);
+
+    // The gateway routes on the seed once eu-central-1 gets nothing.
+    let started = Instant::now();
+    loop {
+        let sample: Vec<serde_json::Value> =
+            (0..30).map(|_| http_get(listener.ip(), 8080)).collect();
+        if sample.iter().all(|r| r["cluster"] != "eu-central-1") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the seed weights never reached us-east-1's gateway"
+        );
+    }
+
+    let west_metrics = SocketAddr::new(gateway_ip(1), 9090);
+    let east_metrics = SocketAddr::new(gateway_ip(2), 9090);
+    let west_inbound = r#"switchyard_gateway_connections_total{service="app/api-v1-multi",cluster="us-west-1",direction="inbound"}"#;
+    let east_to_west = r#"switchyard_gateway_connections_total{service="app/api-v1-multi",cluster="us-west-1",direction="outbound"}"#;
+    let before = (
+        metric(west_metrics, west_inbound),
+        metric(east_metrics, east_to_west),
+    );
+
+    let ip = listener.ip();
+    let counts = tokio::task::spawn_blocking(move || {
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for _ in 0..3000 {
+            let body = http_get(ip, 8080);
+            assert_eq!(body["service"], "app/api-v1-multi");
+            *counts
+                .entry(body["cluster"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+        counts
+    })
+    .await
+    .unwrap();
+    let west = *counts.get("us-west-1").unwrap_or(&0);
+    let east = *counts.get("us-east-1").unwrap_or(&0);
+    assert_eq!(west + east, 3000, "{counts:?}");
+    assert!((west as f64 / 3000.0 - 0.60).abs() <= 0.03, "{counts:?}");
+    assert!((east as f64 / 3000.0 - 0.40).abs() <= 0.03, "{counts:?}");
+    // Every us-west-1 connection left us-east-1's gateway for us-west-1's
+    // and came in over its mTLS listener.
+    let after = (
+        metric(west_metrics, west_inbound),
+        metric(east_metrics, east_to_west),
+    );
+    assert_eq!((after.0 - before.0) as usize, west, "{counts:?}");
+    assert_eq!((after.1 - before.1) as usize, west, "{counts:?}");
+
+    // A TLS client without a ClusterSet certificate gets nothing.
+    let handshakes = r#"switchyard_gateway_tls_handshake_failures_total{direction="inbound"}"#;
+    assert_eq!(metric(west_metrics, handshakes), 0.0);
+    assert_eq!(
+        tls_without_certificate(SocketAddr::new(gateway_ip(1), 15443)).await,
+        None
+    );
+    assert_eq!(metric(west_metrics, handshakes), 1.0);
+}
+
+/// Connects to a gateway's inbound listener over TLS without a client
+/// certificate (trusting any server); what the first read returns.
+async fn tls_without_certificate(addr: SocketAddr) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    #[derive(Debug)]
+    struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+    impl rustls::client::danger::ServerCertVerifier for AnyServer {
+        fn verify_server_cert(
+            &self,
+            _: &rustls_pki_types::CertificateDer<'_>,
+            _: &[rustls_pki_types::CertificateDer<'_>],
+            _: &rustls_pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls_pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &rustls_pki_types::CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &rustls_pki_types::CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("8080.api-v1-multi.app.svc.clusterset.local")
+        .unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .ok()?;
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await {
+        Ok(Ok(n)) if n > 0 => Some(String::from_utf8_lossy(&buf[..n]).into()),
+        _ => None,
+    }
 }

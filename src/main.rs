@@ -67,9 +67,10 @@ enum Command {
         #[arg(long)]
         insecure: bool,
         /// How clusters reach each other: through each cluster's east-west
-        /// gateway (mTLS), or directly on one flat network.
-        #[arg(long, value_enum, default_value = "flat")]
-        network: playground::up::Network,
+        /// gateway over mTLS (the default), or directly on one flat network
+        /// (the default with --insecure).
+        #[arg(long, value_enum)]
+        network: Option<playground::up::Network>,
         #[command(flatten)]
         serve: ServeArgs,
     },
@@ -531,7 +532,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 lease: serve.lease()?,
                 dns_config: serve.dns(),
                 insecure,
-                network,
+                network: network.unwrap_or(if insecure {
+                    playground::up::Network::Flat
+                } else {
+                    playground::up::Network::Gateway
+                }),
             };
             let zone = serve.zone;
             let shutdown = stop_on_signal();
