@@ -38,8 +38,11 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: Cancell
 
 async fn handle(shared: &Arc<Shared>, stream: TcpStream) -> Result<(), &'static str> {
     let acceptor = tokio_rustls::TlsAcceptor::from(shared.tls_server.load_full());
-    let tls = match tokio::time::timeout(shared.settings.connect_timeout, acceptor.accept(stream))
-        .await
+    let tls = match tokio::time::timeout(
+        shared.settings.connect_timeout,
+        acceptor.accept(super::proxy::wire(stream)),
+    )
+    .await
     {
         Ok(Ok(tls)) => tls,
         _ => {

@@ -20,6 +20,7 @@
 //! disk, too).
 
 pub mod config;
+pub mod copy;
 pub mod dns;
 pub mod inbound;
 pub mod metrics;

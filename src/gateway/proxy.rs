@@ -104,19 +104,33 @@ impl Registry {
     }
 }
 
-/// Copies both ways until either side closes (or `cancel`); returns the
-/// bytes carried.
+/// The TCP side of a TLS connection: rustls reads at most 4 KiB per call,
+/// so a full 16 KiB record would cost four system calls without a buffer
+/// underneath it.
+pub type Wire = tokio::io::BufReader<tokio::net::TcpStream>;
+
+/// Wraps an established TCP connection for TLS (see [`Wire`]).
+pub fn wire(tcp: tokio::net::TcpStream) -> Wire {
+    tokio::io::BufReader::with_capacity(super::copy::BUFFER, tcp)
+}
+
+/// Copies both ways until both sides have closed, either fails, or
+/// `cancel`; returns the bytes carried either way.
 pub async fn pipe<A, B>(mut client: A, mut upstream: B, cancel: &CancellationToken) -> u64
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut copy = super::copy::Copy::new(&mut client, &mut upstream);
     tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
-            r.map(|(a, b)| a + b).unwrap_or(0)
+        r = &mut copy => {
+            if let Err(error) = r {
+                tracing::debug!(%error, "proxied connection ended with an error");
+            }
         }
-        () = cancel.cancelled() => 0,
+        () = cancel.cancelled() => {}
     }
+    copy.carried()
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 /// An upstream connection: plain to a local endpoint, TLS to a gateway.
 pub enum Upstream {
     Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Tls(Box<tokio_rustls::client::TlsStream<super::proxy::Wire>>),
 }
 
 impl AsyncRead for Upstream {
@@ -150,22 +150,24 @@ impl Shared {
             rustls_pki_types::ServerName::try_from(sni::format(&route.service, port, &self.zone))
                 .map_err(|e| (None, e.to_string()))?;
         let connector = tokio_rustls::TlsConnector::from(self.tls_client.load_full());
-        let tls =
-            match tokio::time::timeout(self.settings.connect_timeout, connector.connect(name, tcp))
-                .await
-            {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    self.metrics
-                        .tls_handshake_failures
-                        .get_or_create(&super::metrics::DirectionLabels {
-                            direction: "outbound".into(),
-                        })
-                        .inc();
-                    return Err((Some(addr), format!("TLS: {e}")));
-                }
-                Err(_) => return Err((Some(addr), "TLS handshake timed out".into())),
-            };
+        let tls = match tokio::time::timeout(
+            self.settings.connect_timeout,
+            connector.connect(name, super::proxy::wire(tcp)),
+        )
+        .await
+        {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                self.metrics
+                    .tls_handshake_failures
+                    .get_or_create(&super::metrics::DirectionLabels {
+                        direction: "outbound".into(),
+                    })
+                    .inc();
+                return Err((Some(addr), format!("TLS: {e}")));
+            }
+            Err(_) => return Err((Some(addr), "TLS handshake timed out".into())),
+        };
         // The chain was checked; now that the peer is the cluster meant.
         let peer = super::tls::peer_identity(tls.get_ref().1.peer_certificates());
         if peer != Some(Identity::Gateway(cluster.to_string())) {
