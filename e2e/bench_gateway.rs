@@ -20,9 +20,12 @@
 //!   Direct client → backend figures are printed too: the proxies' added
 //!   latency is the difference.
 
+#[path = "support/bench.rs"]
+mod bench;
 #[path = "support/mod.rs"]
 mod support;
 
+use bench::{cpu_seconds, env_or, median, Processes};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -38,13 +41,6 @@ const BACKEND: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 77, 1,
 const SNI: &str = "9000.sink.bench.svc.clusterset.local";
 const CHUNK: usize = 64 * 1024;
 const SMALL: usize = 64;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// The backend: the first byte says what a connection wants: `S` a stream
 /// of bytes until the client goes, `E` echo.
@@ -85,17 +81,6 @@ async fn serve_backend() {
     });
 }
 
-struct Processes(Vec<Child>);
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// One proxy chain under test: where clients connect.
 struct System {
     name: &'static str,
@@ -103,32 +88,6 @@ struct System {
     /// The processes on the data path (the two proxies).
     proxies: Vec<u32>,
     _processes: Processes,
-}
-
-/// CPU seconds (user + system, all threads) the processes have used.
-fn cpu_seconds(pids: &[u32]) -> f64 {
-    let ticks = Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
-        .unwrap_or(100.0);
-    pids.iter()
-        .map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            // Fields after the command name (which may hold spaces): utime
-            // and stime are the 12th and 13th.
-            let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-            (t(11) + t(12)) / ticks
-        })
-        .sum()
 }
 
 fn cli(args: &[&str], credentials: &Path) -> String {
@@ -449,12 +408,6 @@ struct Figures {
     cpu_per_gib: Vec<f64>,
 }
 
-fn median_f(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn median_d(v: &[Duration]) -> Duration {
     let mut v = v.to_vec();
     v.sort();
@@ -539,8 +492,8 @@ async fn gateway_data_path_against_haproxy() {
     for (name, f) in rows {
         println!(
             "| {name} | {} | {} | {} | {} | {} | {} | {} |",
-            gib(median_f(&f.one)),
-            gib(median_f(&f.many)),
+            gib(median(&f.one)),
+            gib(median(&f.many)),
             us(median_d(&f.open_p50)),
             us(median_d(&f.open_p99)),
             us(median_d(&f.new_p50)),
@@ -548,15 +501,15 @@ async fn gateway_data_path_against_haproxy() {
             if f.cpu_per_gib.iter().all(|c| *c == 0.0) {
                 "-".to_string()
             } else {
-                format!("{:.2} s", median_f(&f.cpu_per_gib))
+                format!("{:.2} s", median(&f.cpu_per_gib))
             },
         );
     }
     let (sy, ha) = (&figures[0], &figures[1]);
     println!(
         "\nswitchyard / haproxy: throughput 1 conn {:.2}, 64 conns {:.2}; p99 open {:.2}, p99 new {:.2} (medians over {rounds} rounds of {secs} s)",
-        median_f(&sy.one) / median_f(&ha.one),
-        median_f(&sy.many) / median_f(&ha.many),
+        median(&sy.one) / median(&ha.one),
+        median(&sy.many) / median(&ha.many),
         median_d(&sy.open_p99).as_secs_f64() / median_d(&ha.open_p99).as_secs_f64(),
         median_d(&sy.new_p99).as_secs_f64() / median_d(&ha.new_p99).as_secs_f64(),
     );

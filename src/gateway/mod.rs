@@ -115,6 +115,7 @@ pub struct RunningGateway {
     pub metrics: Option<SocketAddr>,
     pub shared: Arc<Shared>,
     tasks: JoinSet<()>,
+    listeners: Arc<outbound::Listeners>,
     shutdown: CancellationToken,
 }
 
@@ -124,6 +125,7 @@ impl RunningGateway {
         self.shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             while self.tasks.join_next().await.is_some() {}
+            self.listeners.closed().await;
         })
         .await;
         self.tasks.abort_all();
@@ -249,7 +251,7 @@ pub async fn start(
     }
     tasks.spawn(config::follow(
         shared.clone(),
-        listeners,
+        listeners.clone(),
         programming,
         shutdown.child_token(),
     ));
@@ -285,6 +287,7 @@ pub async fn start(
         metrics: metrics_addr,
         shared,
         tasks,
+        listeners,
         shutdown,
     })
 }

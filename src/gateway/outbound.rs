@@ -16,6 +16,9 @@ use tokio_util::sync::CancellationToken;
 #[derive(Default)]
 pub struct Listeners {
     open: Mutex<HashMap<SocketAddr, CancellationToken>>,
+    /// The accept loops, so that stopping can wait until every listening
+    /// socket is closed.
+    tasks: tokio_util::task::TaskTracker,
 }
 
 impl Listeners {
@@ -45,6 +48,13 @@ impl Listeners {
         Ok(bound)
     }
 
+    /// Waits until every accept loop has ended (after the shutdown token
+    /// was cancelled) and so every listening socket is closed.
+    pub async fn closed(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
     /// Serves the newly bound listeners and closes those `table` no longer
     /// has (their open connections go on).
     pub fn apply(
@@ -68,7 +78,8 @@ impl Listeners {
             let stop = shutdown.child_token();
             open.insert(addr, stop.clone());
             tracing::info!(listener = %addr, "outbound listener open");
-            tokio::spawn(accept(shared.clone(), addr, listener, stop));
+            self.tasks
+                .spawn(accept(shared.clone(), addr, listener, stop));
         }
     }
 }
