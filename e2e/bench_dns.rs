@@ -29,7 +29,7 @@ mod bench;
 #[path = "support/mod.rs"]
 mod support;
 
-use bench::{cpu_seconds, env_or, median, Processes};
+use bench::{cpu_seconds, env_or, median, quiet, Processes};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use std::fmt::Write as _;
@@ -67,12 +67,6 @@ struct Server {
     /// The processes answering queries (CPU is counted for them).
     pids: Vec<u32>,
     _processes: Processes,
-}
-
-fn quiet(c: &mut Command) -> &mut Command {
-    c.env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
 }
 
 /// Waits until `addr` answers the last service's name.

@@ -25,7 +25,7 @@ mod bench;
 #[path = "support/mod.rs"]
 mod support;
 
-use bench::{cpu_seconds, env_or, median, Processes};
+use bench::{cpu_seconds, env_or, median, quiet, Processes};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -102,12 +102,6 @@ fn cli(args: &[&str], credentials: &Path) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn quiet(c: &mut Command) -> &mut Command {
-    c.env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
 }
 
 /// Waits until an echo through `entry` works.

@@ -113,6 +113,21 @@ fn slice(name: &str, service: &str, ready: &[(&str, bool)]) -> Value {
            "endpoints": endpoints})
 }
 
+/// Creates Service `name`, its EndpointSlice `<name>-1` with `endpoints`
+/// (address, ready), and its ServiceExport in `version`.
+fn export_service(server: &ApiServer, version: &str, name: &str, endpoints: &[(&str, bool)]) {
+    server.create(&Resource::services(), service(name)).unwrap();
+    server
+        .create(
+            &Resource::endpoint_slices(),
+            slice(&format!("{name}-1"), name, endpoints),
+        )
+        .unwrap();
+    server
+        .create(&service_exports(version), export(name))
+        .unwrap();
+}
+
 fn export(name: &str) -> Value {
     json!({"metadata": {"name": name, "namespace": "app"}})
 }
@@ -169,18 +184,12 @@ async fn export_lifecycle_with_endpoint_churn_and_conditions() {
     let hub = start_hub(dir.path()).await;
     let server = start_cluster(served()).await;
     let slices = Resource::endpoint_slices();
-    server
-        .create(&Resource::services(), service("api"))
-        .unwrap();
-    server
-        .create(
-            &slices,
-            slice("api-1", "api", &[("10.1.0.1", true), ("10.1.0.2", true)]),
-        )
-        .unwrap();
-    server
-        .create(&service_exports("v1beta1"), export("api"))
-        .unwrap();
+    export_service(
+        &server,
+        "v1beta1",
+        "api",
+        &[("10.1.0.1", true), ("10.1.0.2", true)],
+    );
     let _agent = start_agent(&server, &hub, Some("c1"));
 
     eventually_state(&hub, "api exported with two ready endpoints", |s| {
@@ -284,18 +293,7 @@ async fn cluster_id_is_the_kube_system_uid_and_old_mcs_crds_work() {
         .as_str()
         .unwrap()
         .to_string();
-    server
-        .create(&Resource::services(), service("api"))
-        .unwrap();
-    server
-        .create(
-            &Resource::endpoint_slices(),
-            slice("api-1", "api", &[("10.2.0.1", true)]),
-        )
-        .unwrap();
-    server
-        .create(&service_exports("v1alpha1"), export("api"))
-        .unwrap();
+    export_service(&server, "v1alpha1", "api", &[("10.2.0.1", true)]);
     let _agent = start_agent(&server, &hub, None);
     eventually_state(&hub, "exported under the kube-system UID", |s| {
         ready(s, &uid, "api").is_some_and(|r| r.len() == 1)
@@ -318,15 +316,7 @@ async fn watches_recover_after_410_and_after_an_api_server_restart() {
     let hub = start_hub(dir.path()).await;
     let mut server = start_cluster(served()).await;
     let slices = Resource::endpoint_slices();
-    server
-        .create(&Resource::services(), service("api"))
-        .unwrap();
-    server
-        .create(&slices, slice("api-1", "api", &[("10.3.0.1", true)]))
-        .unwrap();
-    server
-        .create(&service_exports("v1beta1"), export("api"))
-        .unwrap();
+    export_service(&server, "v1beta1", "api", &[("10.3.0.1", true)]);
     let _agent = start_agent(&server, &hub, Some("c3"));
     eventually_state(&hub, "first export", |s| {
         ready(s, "c3", "api") == Some(vec!["10.3.0.1".into()])
@@ -430,18 +420,7 @@ async fn two_clusters_import_each_other_and_conflicts_show_on_both() {
     let c1 = start_cluster(served()).await;
     let c2 = start_cluster(served()).await;
     for (server, ip) in [(&c1, "10.1.0.1"), (&c2, "10.2.0.1")] {
-        server
-            .create(&Resource::services(), service("api"))
-            .unwrap();
-        server
-            .create(
-                &Resource::endpoint_slices(),
-                slice("api-1", "api", &[(ip, true)]),
-            )
-            .unwrap();
-        server
-            .create(&service_exports("v1beta1"), export("api"))
-            .unwrap();
+        export_service(server, "v1beta1", "api", &[(ip, true)]);
     }
     let _a1 = start_agent(&c1, &hub, Some("c1"));
     let a2 = start_agent(&c2, &hub, Some("c2"));
@@ -607,18 +586,7 @@ async fn multi_cluster_services_are_relayed_and_get_accepted_or_why_not() {
     let mut resources = served();
     resources.push(multi_cluster_services());
     let server = start_cluster(resources).await;
-    server
-        .create(&Resource::services(), service("api"))
-        .unwrap();
-    server
-        .create(
-            &Resource::endpoint_slices(),
-            slice("api-1", "api", &[("10.5.0.1", true)]),
-        )
-        .unwrap();
-    server
-        .create(&service_exports("v1beta1"), export("api"))
-        .unwrap();
+    export_service(&server, "v1beta1", "api", &[("10.5.0.1", true)]);
     let mcs = |name: &str, cluster: &str| {
         json!({"metadata": {"name": name, "namespace": "app"},
                "spec": {"serviceImport": {"name": "api"},

@@ -1,6 +1,6 @@
 //! Helpers shared by the benchmarks in e2e/ (not by the tests).
 
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 
 /// A numeric setting from the environment, or `default`.
 pub fn env_or(name: &str, default: u64) -> u64 {
@@ -53,4 +53,11 @@ pub fn cpu_seconds(pids: &[u32]) -> f64 {
             (t(11) + t(12)) / ticks
         })
         .sum()
+}
+
+/// Runs `c` without output, logging errors only (a switchyard process).
+pub fn quiet(c: &mut Command) -> &mut Command {
+    c.env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
 }

@@ -168,7 +168,7 @@ pub async fn obtain(
         .1,
     );
     let mut last = String::from("no hub address given");
-    for hub in hubs.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+    for hub in stream::Hubs::parse(hubs).iter() {
         let channel = match stream::connect(hub, &anonymous).await {
             Ok(c) => c,
             Err(e) => {
@@ -217,7 +217,7 @@ async fn renew_once(hubs: &str, current: &ClientCredentials) -> Result<ClientCre
     let (csr_pem, key_pem) = ca::request().map_err(|e| e.to_string())?;
     let auth = HubAuth::Tls(watch::channel(current.clone()).1);
     let mut last = String::from("no hub address given");
-    for hub in hubs.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+    for hub in stream::Hubs::parse(hubs).iter() {
         let reply = match stream::connect(hub, &auth).await {
             Ok(channel) => {
                 AgentServiceClient::new(channel)

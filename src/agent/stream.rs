@@ -63,6 +63,37 @@ pub enum SessionError {
     Closed,
 }
 
+/// The hub replicas to talk to (`--hub`, comma-separated), tried in turn:
+/// after a failed session the next one.
+#[derive(Clone, Debug, Default)]
+pub struct Hubs(Vec<String>);
+
+impl Hubs {
+    /// The addresses in `list`, blanks dropped.
+    pub fn parse(list: &str) -> Self {
+        Hubs(
+            list.split(',')
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .map(String::from)
+                .collect(),
+        )
+    }
+
+    /// The replica for attempt `turn`, round and round ("" when the list
+    /// is empty: connecting to it fails with that address named).
+    pub fn at(&self, turn: usize) -> &str {
+        self.0
+            .get(turn % self.0.len().max(1))
+            .map_or("", String::as_str)
+    }
+
+    /// Every replica, once.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(String::as_str)
+    }
+}
+
 /// Connects to a hub's API, with TLS when `auth` has credentials.
 pub async fn connect(hub: &str, auth: &HubAuth) -> Result<Channel, SessionError> {
     let endpoint =
@@ -92,21 +123,13 @@ pub async fn run(
 ) {
     let mut backoff = Duration::from_millis(250);
     let mut revision = 0u64;
-    let hubs: Vec<String> = config
-        .hub
-        .split(',')
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .collect();
+    let hubs = Hubs::parse(&config.hub);
     let mut turn = 0usize;
     loop {
         let started = tokio::time::Instant::now();
         // With several replicas, move to the next one after a failed session.
         let mut one = config.clone();
-        one.hub = hubs
-            .get(turn % hubs.len().max(1))
-            .cloned()
-            .unwrap_or_default();
+        one.hub = hubs.at(turn).to_string();
         match session(&one, desired.clone(), &acked, &shutdown, &mut revision).await {
             Ok(()) => return,
             Err(e) => {
@@ -284,6 +307,17 @@ pub fn delta(
 mod tests {
     use super::*;
     use crate::agent::ClusterFile;
+
+    #[test]
+    fn hubs_are_tried_in_turn_and_blanks_ignored() {
+        let hubs = Hubs::parse(" a:1, ,b:2,");
+        assert_eq!(hubs.iter().collect::<Vec<_>>(), ["a:1", "b:2"]);
+        assert_eq!(
+            (0..5).map(|t| hubs.at(t)).collect::<Vec<_>>(),
+            ["a:1", "b:2", "a:1", "b:2", "a:1"]
+        );
+        assert_eq!(Hubs::parse("").at(3), "");
+    }
 
     #[test]
     fn delta_carries_only_changes() {

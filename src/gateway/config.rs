@@ -108,20 +108,12 @@ pub async fn follow(
     programming: Programming,
     shutdown: CancellationToken,
 ) {
-    let hubs: Vec<String> = programming
-        .hubs
-        .split(',')
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .collect();
+    let hubs = crate::agent::stream::Hubs::parse(&programming.hubs);
     let mut backoff = Duration::from_millis(250);
     for turn in 0usize.. {
-        let hub = hubs
-            .get(turn % hubs.len().max(1))
-            .cloned()
-            .unwrap_or_default();
+        let hub = hubs.at(turn);
         let session = async {
-            let channel = connect(&hub, &programming.auth)
+            let channel = connect(hub, &programming.auth)
                 .await
                 .map_err(|e| e.to_string())?;
             let (tx, rx) = mpsc::channel(8);

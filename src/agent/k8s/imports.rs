@@ -46,19 +46,12 @@ pub async fn follow_hub(
     sets: watch::Sender<Option<Arc<proto::ImportSet>>>,
     shutdown: CancellationToken,
 ) {
-    let hubs: Vec<String> = hubs
-        .split(',')
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .collect();
+    let hubs = super::super::stream::Hubs::parse(&hubs);
     let mut backoff = Duration::from_millis(250);
     for turn in 0usize.. {
-        let hub = hubs
-            .get(turn % hubs.len().max(1))
-            .cloned()
-            .unwrap_or_default();
+        let hub = hubs.at(turn);
         let session = async {
-            let channel = super::super::stream::connect(&hub, &auth).await?;
+            let channel = super::super::stream::connect(hub, &auth).await?;
             let mut stream = AgentServiceClient::new(channel)
                 .watch_imports(proto::WatchImportsRequest {
                     cluster: cluster.clone(),

@@ -5,7 +5,7 @@
 //! hub). The set sent is complete, so deleting an object in the cluster
 //! deletes it at the hub.
 
-use super::super::stream::HubAuth;
+use super::super::stream::{HubAuth, Hubs};
 use super::conditions;
 use crate::model::Condition;
 use crate::proto::{self, agent_service_client::AgentServiceClient};
@@ -52,16 +52,13 @@ pub async fn served(client: &kube::Client, resource: &ApiResource) -> bool {
 }
 
 async fn relay_once(
-    hubs: &[String],
+    hubs: &Hubs,
     auth: &HubAuth,
     turn: usize,
     request: proto::RelayRequest,
 ) -> Result<proto::RelayReply, String> {
-    let hub = hubs
-        .get(turn % hubs.len().max(1))
-        .cloned()
-        .unwrap_or_default();
-    let channel = super::super::stream::connect(&hub, auth)
+    let hub = hubs.at(turn);
+    let channel = super::super::stream::connect(hub, auth)
         .await
         .map_err(|e| e.to_string())?;
     AgentServiceClient::new(channel)
@@ -82,11 +79,7 @@ pub async fn run(
     changed: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
-    let hubs: Vec<String> = hubs
-        .split(',')
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .collect();
+    let hubs = Hubs::parse(&hubs);
     // Never relay before the first list: an empty store would delete at
     // the hub everything the cluster relayed before.
     tokio::select! {
