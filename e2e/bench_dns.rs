@@ -21,6 +21,17 @@
 //!   default 20,000/s) from dnsperf's per-query log;
 //! - server CPU seconds per 100,000 answered queries in **A**.
 //!
+//! Then switchyard alone, under churn: a fourth cluster speaking the agent
+//! protocol (register, lease renewals, the export stream) exports the first
+//! 1,000 services too and rewrites one of their endpoints 1,000 times a
+//! second (`BENCH_CHURN`), in deltas of 10 every 10 ms, while dnsperf runs
+//! **A** and **latency** again; each round pairs a quiet run with a
+//! churned one. A probe service (`probe.lag`, exported by that cluster
+//! alone) gets a new address every 100 ms and is queried every millisecond
+//! until the answer shows it: the time from sending the delta to the first
+//! answer carrying it is the answer lag (gRPC, raft commit, apply, backend
+//! computation, DNS publish).
+//!
 //! `BENCH_SIZES` (default `1000,10000,100000`), `BENCH_ROUNDS` (3),
 //! `BENCH_SECS` (5), `BENCH_RATE`, `BENCH_ONLY` (a server's name).
 
@@ -38,6 +49,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use switchyard::dns::client;
+use switchyard::model::{Endpoint, Export, Port, ServiceType, SessionAffinity};
+use switchyard::proto;
+use tokio_util::sync::CancellationToken;
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 const CLUSTERS: usize = 3;
@@ -64,6 +78,8 @@ fn endpoint(c: usize, i: usize, e: usize) -> String {
 struct Server {
     name: &'static str,
     addr: SocketAddr,
+    /// switchyard's hub API (for the churn agent).
+    api: Option<String>,
     /// The processes answering queries (CPU is counted for them).
     pids: Vec<u32>,
     _processes: Processes,
@@ -129,6 +145,7 @@ async fn start_switchyard(dir: &Path, n: usize) -> Server {
     Server {
         name: "switchyard",
         addr,
+        api: Some(api),
         pids: vec![hub],
         _processes: p,
     }
@@ -171,6 +188,7 @@ async fn start_knot(dir: &Path, zone: &Path, n: usize) -> Server {
     Server {
         name: "knot",
         addr,
+        api: None,
         pids: vec![pid],
         _processes: p,
     }
@@ -203,6 +221,7 @@ async fn start_nsd(dir: &Path, zone: &Path, n: usize) -> Server {
     Server {
         name: "nsd",
         addr,
+        api: None,
         pids,
         _processes: p,
     }
@@ -343,6 +362,353 @@ fn run_latency(addr: SocketAddr, file: &Path, secs: u64, rate: u64) -> (f64, f64
     )
 }
 
+/// Services the churn cluster exports (the first ones of the set).
+const CHURN_SERVICES: usize = 1000;
+/// Endpoint changes per batch (one batch every 10 ms at 1,000/s).
+const CHURN_BATCH: usize = 10;
+
+/// The churn cluster's export of `service` ("ns/name") on port 80.
+fn export(service: &str, addresses: &[std::net::Ipv4Addr]) -> Export {
+    Export {
+        cluster: "churn".into(),
+        service: service.parse().expect("a valid service key"),
+        service_type: ServiceType::ClusterSetIP,
+        session_affinity: SessionAffinity::None,
+        ports: vec![Port {
+            name: "http".into(),
+            protocol: "TCP".into(),
+            app_protocol: String::new(),
+            port: 80,
+        }],
+        endpoint_ports: Vec::new(),
+        endpoints: addresses
+            .iter()
+            .map(|a| Endpoint {
+                address: (*a).into(),
+                hostname: None,
+                pod: None,
+                ready: true,
+                serving: true,
+                terminating: false,
+                zone: None,
+            })
+            .collect(),
+        created_unix_ms: 0,
+    }
+}
+
+/// The churn cluster's export of service `i` at `generation`: 2 endpoints,
+/// the first one's address moving with the generation.
+fn churn_export(i: usize, generation: u64) -> Export {
+    let moving =
+        std::net::Ipv4Addr::new(127, 64 + (generation % 64) as u8, (i >> 8) as u8, i as u8);
+    let fixed = std::net::Ipv4Addr::new(127, 63, (i >> 8) as u8, i as u8);
+    export(&format!("bench/s{i}"), &[moving, fixed])
+}
+
+/// The probe's export: one endpoint at `addr`.
+fn probe_export(addr: std::net::Ipv4Addr) -> Export {
+    export("lag/probe", &[addr])
+}
+
+fn probe_addr(k: u64) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(127, 100, (k >> 8) as u8, k as u8)
+}
+
+/// A fourth cluster, `churn`, speaking the agent protocol itself (like
+/// dnsperf for DNS, a lean generator: the hub does exactly the work a real
+/// agent's deltas cause, and the 2 shared cores are not spent diffing maps
+/// in this process).
+struct ChurnAgent {
+    updates: tokio::sync::mpsc::Sender<proto::ExportUpdate>,
+    revision: u64,
+    services: usize,
+    shutdown: CancellationToken,
+}
+
+impl Drop for ChurnAgent {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl ChurnAgent {
+    /// Sends one delta upserting `exports`.
+    async fn upsert(&mut self, exports: &[Export]) {
+        self.revision += 1;
+        let update = proto::ExportUpdate {
+            cluster: "churn".into(),
+            revision: self.revision,
+            upserts: exports
+                .iter()
+                .map(switchyard::wire::export_to_proto)
+                .collect(),
+            ..Default::default()
+        };
+        self.updates
+            .send(update)
+            .await
+            .expect("the export stream is open");
+    }
+}
+
+async fn start_churn_agent(api: &str, dns: SocketAddr, n: usize) -> ChurnAgent {
+    use proto::agent_service_client::AgentServiceClient;
+    let services = n.min(CHURN_SERVICES);
+    let mut client = AgentServiceClient::connect(format!("http://{api}"))
+        .await
+        .expect("the hub's API answers");
+    let reg = client
+        .register(proto::RegisterRequest {
+            cluster: "churn".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("the churn cluster registers")
+        .into_inner();
+    let shutdown = CancellationToken::new();
+    let mut renew = client.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(reg.renew_ms.max(50)));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let _ = renew
+                .renew_lease(proto::LeaseRequest {
+                    cluster: "churn".into(),
+                })
+                .await;
+        }
+    });
+    let (updates, rx) = tokio::sync::mpsc::channel(64);
+    let mut full: Vec<Export> = (0..services).map(|i| churn_export(i, 0)).collect();
+    full.push(probe_export(probe_addr(0)));
+    let revision = reg.applied_revision + 1;
+    updates
+        .send(proto::ExportUpdate {
+            cluster: "churn".into(),
+            revision,
+            full_resync: true,
+            upserts: full.iter().map(switchyard::wire::export_to_proto).collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut acks = client
+        .stream_exports(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("the export stream opens")
+        .into_inner();
+    // Acks must be read for the stream to go on.
+    tokio::spawn(async move { while let Ok(Some(_)) = acks.message().await {} });
+    let agent = ChurnAgent {
+        updates,
+        revision,
+        services,
+        shutdown,
+    };
+    let probe = Probe::new(dns).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while probe.answer().await != Some(probe_addr(0)) {
+        assert!(
+            Instant::now() < deadline,
+            "the churn cluster's probe never resolves"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    agent
+}
+
+/// Asks for the probe's name over one UDP socket.
+struct Probe {
+    socket: tokio::net::UdpSocket,
+    query: Vec<u8>,
+}
+
+impl Probe {
+    async fn new(dns: SocketAddr) -> Self {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        socket.connect(dns).await.unwrap();
+        let mut m = hickory_proto::op::Message::new(
+            0x1A6,
+            hickory_proto::op::MessageType::Query,
+            hickory_proto::op::OpCode::Query,
+        );
+        m.add_query(hickory_proto::op::Query::query(
+            hickory_proto::rr::Name::from_ascii("probe.lag.svc.clusterset.local.").unwrap(),
+            RecordType::A,
+        ));
+        Self {
+            socket,
+            query: m.to_vec().unwrap(),
+        }
+    }
+
+    /// The probe's address now (`None` when unanswered within 50 ms).
+    async fn answer(&self) -> Option<std::net::Ipv4Addr> {
+        self.socket.send(&self.query).await.ok()?;
+        let mut buf = [0u8; 512];
+        loop {
+            let n = tokio::time::timeout(Duration::from_millis(50), self.socket.recv(&mut buf))
+                .await
+                .ok()?
+                .ok()?;
+            let m = hickory_proto::op::Message::from_vec(&buf[..n]).ok()?;
+            if m.metadata.id == 0x1A6 {
+                return m.answers.iter().find_map(|r| match &r.data {
+                    hickory_proto::rr::RData::A(a) => Some(a.0),
+                    _ => None,
+                });
+            }
+        }
+    }
+}
+
+/// What a churned run measured besides dnsperf's figures.
+struct ChurnFigures {
+    changes_per_sec: f64,
+    lags_ms: Vec<f64>,
+}
+
+/// Changes `rate` endpoints a second for `secs` (batches of
+/// [`CHURN_BATCH`]), and measures the answer lag of the probe every 100 ms
+/// meanwhile (a new address sent, then asked for every millisecond).
+async fn churn(agent: &mut ChurnAgent, dns: SocketAddr, rate: u64, secs: u64) -> ChurnFigures {
+    let started = Instant::now();
+    let until = started + Duration::from_secs(secs);
+    let batches_per_sec = (rate as usize).div_ceil(CHURN_BATCH).max(1);
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / batches_per_sec as u32);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let probe = Probe::new(dns).await;
+    let mut poll = tokio::time::interval(Duration::from_millis(1));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let (mut generation, mut next_service, mut changes) = (agent.revision, 0usize, 0u64);
+    let mut probe_k = agent.revision;
+    let mut lags = Vec::new();
+    let mut waiting: Option<(std::net::Ipv4Addr, Instant)> = None;
+    let mut last_probe = Instant::now();
+    while Instant::now() < until {
+        tokio::select! {
+            _ = tick.tick() => {
+                let mut batch = Vec::with_capacity(CHURN_BATCH);
+                for _ in 0..CHURN_BATCH {
+                    if next_service == 0 {
+                        generation += 1;
+                    }
+                    batch.push(churn_export(next_service, generation));
+                    next_service = (next_service + 1) % agent.services;
+                }
+                agent.upsert(&batch).await;
+                changes += batch.len() as u64;
+            }
+            _ = poll.tick() => match waiting {
+                None if last_probe.elapsed() >= Duration::from_millis(100) => {
+                    probe_k += 1;
+                    let addr = probe_addr(probe_k);
+                    last_probe = Instant::now();
+                    agent.upsert(&[probe_export(addr)]).await;
+                    waiting = Some((addr, last_probe));
+                }
+                Some((addr, sent)) => {
+                    if probe.answer().await == Some(addr) {
+                        lags.push(sent.elapsed().as_secs_f64() * 1000.0);
+                        waiting = None;
+                    } else {
+                        assert!(sent.elapsed() < Duration::from_secs(5), "the probe's change never showed in DNS");
+                    }
+                }
+                None => {}
+            }
+        }
+    }
+    ChurnFigures {
+        changes_per_sec: changes as f64 / started.elapsed().as_secs_f64(),
+        lags_ms: lags,
+    }
+}
+
+/// Percentile `p` of `v` (sorted in place).
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+/// switchyard quiet vs under churn, `rounds` pairs.
+async fn churn_rounds(s: &Server, n: usize, queries: &Path, rounds: usize, secs: u64, rate: u64) {
+    let Some(api) = &s.api else { return };
+    let churn_rate = env_or("BENCH_CHURN", 1000);
+    let mut agent = start_churn_agent(api, s.addr, n).await;
+    let (mut quiet_qps, mut churn_qps, mut quiet_p99, mut churn_p99) =
+        (vec![], vec![], vec![], vec![]);
+    let (mut churn_lost, mut applied, mut lags) = (vec![], vec![], vec![]);
+    for round in 0..rounds {
+        let (addr, file) = (s.addr, queries.to_path_buf());
+        let quiet = tokio::task::spawn_blocking(move || run_udp(addr, &file, secs))
+            .await
+            .unwrap();
+        let file = queries.to_path_buf();
+        let (_, quiet_lat) =
+            tokio::task::spawn_blocking(move || run_latency(addr, &file, secs, rate))
+                .await
+                .unwrap();
+        let file = queries.to_path_buf();
+        let perf = tokio::task::spawn_blocking(move || run_udp(addr, &file, secs));
+        let during = churn(&mut agent, s.addr, churn_rate, secs).await;
+        let churned = perf.await.unwrap();
+        let file = queries.to_path_buf();
+        let lat = tokio::task::spawn_blocking(move || run_latency(addr, &file, secs, rate));
+        let during_lat = churn(&mut agent, s.addr, churn_rate, secs).await;
+        let (_, churned_p99) = lat.await.unwrap();
+        let mut round_lags: Vec<f64> = during
+            .lags_ms
+            .iter()
+            .chain(&during_lat.lags_ms)
+            .copied()
+            .collect();
+        eprintln!(
+            "{n} services, churn round {round}: quiet {:.0} q/s (p99 {:.3} ms), churned {:.0} q/s (lost {}, p99 {:.3} ms), {:.0} changes/s, lag p50/p99/max {:.1}/{:.1}/{:.1} ms over {} probes",
+            quiet.qps, quiet_lat, churned.qps, churned.lost, churned_p99, during.changes_per_sec,
+            percentile(&mut round_lags, 0.5), percentile(&mut round_lags, 0.99), percentile(&mut round_lags, 1.0), round_lags.len()
+        );
+        quiet_qps.push(quiet.qps);
+        churn_qps.push(churned.qps);
+        quiet_p99.push(quiet_lat);
+        churn_p99.push(churned_p99);
+        churn_lost.push(churned.lost);
+        applied.push(during.changes_per_sec);
+        lags.extend(round_lags);
+    }
+    println!("\n{n} services, switchyard under {churn_rate} endpoint changes/s, medians of {rounds} paired rounds × {secs} s:\n");
+    println!("| run | A q/s | lost | p99 ms (at {rate}/s) |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| quiet | {:.0} | 0 | {:.3} |",
+        median(&quiet_qps),
+        median(&quiet_p99)
+    );
+    println!(
+        "| churned | {:.0} | {:.0} | {:.3} |",
+        median(&churn_qps),
+        median(&churn_lost),
+        median(&churn_p99)
+    );
+    println!(
+        "\nchurned / quiet: q/s {:.2}, p99 {:.2}; {:.0} changes/s sent; answer lag p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} probes",
+        median(&churn_qps) / median(&quiet_qps),
+        median(&churn_p99) / median(&quiet_p99),
+        median(&applied),
+        percentile(&mut lags, 0.5),
+        percentile(&mut lags, 0.99),
+        percentile(&mut lags, 1.0),
+        lags.len()
+    );
+}
+
 #[derive(Default, Clone)]
 struct Figures {
     qps: Vec<f64>,
@@ -427,6 +793,7 @@ async fn one_size(n: usize, rounds: usize, secs: u64, rate: u64) {
         );
     }
     if let Some(sy) = servers.iter().position(|s| s.name == "switchyard") {
+        churn_rounds(&servers[sy], n, &queries, rounds, secs, rate).await;
         for (s, f) in servers.iter().zip(&figures) {
             if s.name == "switchyard" {
                 continue;

@@ -2,9 +2,11 @@
 //! (default `clusterset.local`), per the MCS DNS specification (KEP-1645
 //! `specification.md`, schema 1.0.0).
 //!
-//! - `zone`: an immutable snapshot of every name and its records, built
-//!   from the computed backends, and the pure answering logic.
-//! - `server`: the hickory-server wiring (UDP and TCP, EDNS, metrics).
+//! - `zone`: an immutable snapshot of every name with its answers already
+//!   in wire format, built from the computed backends, and the lookup.
+//! - `wire`: parses a query and writes the response from a snapshot.
+//! - `server`: UDP worker threads on `SO_REUSEPORT` sockets and pipelined
+//!   TCP, with metrics.
 //! - `client`: a small DNS client for `switchyard resolve` and tests.
 //!
 //! Readers never take a lock: [`Catalog::publish`] builds a new snapshot
@@ -19,6 +21,7 @@
 
 pub mod client;
 pub mod server;
+pub mod wire;
 pub mod zone;
 
 use crate::backends::ServiceBackends;

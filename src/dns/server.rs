@@ -1,19 +1,20 @@
-//! The hickory-server wiring: a request handler that answers from the
-//! current zone snapshot, on UDP and TCP at one address.
+//! The ClusterSet DNS server: UDP on one `SO_REUSEPORT` socket per worker
+//! thread (blocking receive, answer, send: no task, no wakeup, no lock per
+//! query) and TCP on tokio with pipelined queries answered in arrival order.
+//! Both answer through [`wire::respond`] from the catalog's current snapshot.
 
+use super::wire::{self, rcode, Transport};
 use super::Catalog;
 use crate::metrics::{DnsLabels, Metrics};
-use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
-use hickory_proto::rr::DNSClass;
-use hickory_server::net::runtime::Time;
-use hickory_server::net::xfer::Protocol;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
-use hickory_server::Server;
+use prometheus_client::metrics::counter::Counter;
+use socket2::{Domain, Protocol, Socket, Type};
+use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -26,171 +27,176 @@ pub enum DnsError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot start a DNS worker thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// How long a TCP connection may stay idle between requests.
 const TCP_IDLE: Duration = Duration::from_secs(10);
+/// TCP connections served at once; more are closed on arrival.
+const TCP_CONNECTIONS: usize = 1024;
+/// How often an idle UDP worker wakes to check for shutdown and publish
+/// its counts.
+const UDP_POLL: Duration = Duration::from_millis(100);
+/// Queries a worker counts locally before adding them to the shared metrics.
+const FLUSH_EVERY: u64 = 64;
+/// Most UDP worker threads, whatever the core count.
+const MAX_UDP_WORKERS: usize = 8;
 
-/// Answers queries from the catalog's current snapshot.
-pub struct Handler {
-    catalog: Arc<Catalog>,
+/// The response codes counted, with their metric labels.
+const CODES: [(u16, &str); 7] = [
+    (rcode::NOERROR, "NoError"),
+    (rcode::FORMERR, "FormErr"),
+    (rcode::SERVFAIL, "ServFail"),
+    (rcode::NXDOMAIN, "NXDomain"),
+    (rcode::NOTIMP, "NotImp"),
+    (rcode::REFUSED, "Refused"),
+    (rcode::BADVERS, "BADVERS"),
+];
+
+/// A worker's query counts, added to the shared counters in batches so
+/// the workers do not contend on them per query.
+struct Tally {
+    counters: Vec<Counter>,
+    pending: [u64; CODES.len()],
+    total: u64,
     metrics: Arc<Metrics>,
 }
 
-impl Handler {
-    /// A handler over `catalog`, counting into `metrics`.
-    pub fn new(catalog: Arc<Catalog>, metrics: Arc<Metrics>) -> Self {
-        Self { catalog, metrics }
-    }
-}
-
-fn rcode_label(code: ResponseCode) -> String {
-    match code {
-        ResponseCode::NoError => "NoError".into(),
-        ResponseCode::NXDomain => "NXDomain".into(),
-        ResponseCode::Refused => "Refused".into(),
-        ResponseCode::FormErr => "FormErr".into(),
-        ResponseCode::NotImp => "NotImp".into(),
-        ResponseCode::ServFail => "ServFail".into(),
-        other => format!("{}", u16::from(other)),
-    }
-}
-
-#[tonic::async_trait]
-impl RequestHandler for Handler {
-    async fn handle_request<R: ResponseHandler, T: Time>(
-        &self,
-        request: &Request,
-        mut response: R,
-    ) -> ResponseInfo {
-        let started = Instant::now();
-        let transport = match request.protocol() {
-            Protocol::Udp => "udp",
-            Protocol::Tcp => "tcp",
-            _ => "other",
-        };
-        let response_edns = request.edns.as_ref().map(|req| {
-            let mut e = Edns::new();
-            e.set_max_payload(req.max_payload().max(512));
-            e.set_version(0);
-            e
-        });
-        let mut builder = MessageResponseBuilder::from_message_request(request);
-        if let Some(e) = &response_edns {
-            builder.edns(e);
-        }
-        let mut meta = Metadata::response_from_request(&request.metadata);
-        let queries = request.queries.queries();
-
-        let zone = self.catalog.snapshot();
-        let answer = if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
-            meta.response_code = ResponseCode::BADVERS;
-            None
-        } else if request.metadata.message_type != MessageType::Query
-            || request.metadata.op_code != OpCode::Query
-        {
-            meta.response_code = ResponseCode::NotImp;
-            None
-        } else if queries.len() != 1 {
-            meta.response_code = ResponseCode::FormErr;
-            None
-        } else if !matches!(queries[0].query_class(), DNSClass::IN | DNSClass::ANY) {
-            meta.response_code = ResponseCode::Refused;
-            None
-        } else {
-            let a = zone.answer(queries[0].name(), queries[0].query_type());
-            meta.response_code = a.rcode;
-            meta.authoritative = a.authoritative;
-            Some(a)
-        };
-        let (answers, soa) = match &answer {
-            Some(a) => (a.answers.as_slice(), a.soa.as_slice()),
-            None => (&[][..], &[][..]),
-        };
-        let msg = builder.build(
-            meta,
-            answers.iter(),
-            std::iter::empty(),
-            soa.iter(),
-            std::iter::empty(),
-        );
-        let info = match response.send_response(msg).await {
-            Ok(info) => info,
-            Err(error) => {
-                tracing::debug!(%error, src = %request.src(), "could not send a DNS response");
-                meta.response_code = ResponseCode::ServFail;
-                ResponseInfo::from(Header {
-                    metadata: meta,
-                    counts: HeaderCounts::default(),
-                })
-            }
-        };
-        self.metrics
-            .dns_queries
-            .get_or_create(&DnsLabels {
-                rcode: rcode_label(meta.response_code),
-                transport: transport.into(),
+impl Tally {
+    fn new(metrics: &Arc<Metrics>, transport: &str) -> Self {
+        let counters = CODES
+            .iter()
+            .map(|(_, label)| {
+                metrics
+                    .dns_queries
+                    .get_or_create(&DnsLabels {
+                        rcode: (*label).into(),
+                        transport: transport.into(),
+                    })
+                    .clone()
             })
-            .inc();
-        self.metrics
-            .dns_latency_seconds
-            .observe(started.elapsed().as_secs_f64());
-        info
+            .collect();
+        Self {
+            counters,
+            pending: [0; CODES.len()],
+            total: 0,
+            metrics: metrics.clone(),
+        }
+    }
+
+    /// Answers one query into `out`, counting it; every `FLUSH_EVERY`th is
+    /// timed for the latency histogram.
+    fn respond(
+        &mut self,
+        catalog: &Catalog,
+        query: &[u8],
+        transport: Transport,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let timed = self.total.is_multiple_of(FLUSH_EVERY);
+        let started = timed.then(Instant::now);
+        let zone = catalog.current.load();
+        let Some(code) = wire::respond(&zone, query, transport, out) else {
+            return false;
+        };
+        if let Some(started) = started {
+            self.metrics
+                .dns_latency_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
+        if let Some(i) = CODES.iter().position(|(c, _)| *c == code) {
+            self.pending[i] += 1;
+        }
+        self.total += 1;
+        if self.total.is_multiple_of(FLUSH_EVERY) {
+            self.flush();
+        }
+        true
+    }
+
+    fn flush(&mut self) {
+        for (counter, pending) in self.counters.iter().zip(&mut self.pending) {
+            if *pending > 0 {
+                counter.inc_by(*pending);
+                *pending = 0;
+            }
+        }
     }
 }
 
 /// Serves the catalog on `listen` over UDP and TCP until `shutdown`;
-/// returns the bound address (port 0 picks a port free for both).
+/// returns the bound address (port 0 picks a port free for both). The
+/// returned task ends once every socket is closed.
 pub async fn serve(
     catalog: Arc<Catalog>,
     listen: SocketAddr,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(SocketAddr, JoinHandle<()>), DnsError> {
-    let (udp, tcp) = bind_both(listen).await?;
-    let addr = udp.local_addr().map_err(|source| DnsError::Bind {
-        transport: "UDP",
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_UDP_WORKERS);
+    let (udp, tcp) = bind(listen, workers)?;
+    let addr = tcp.local_addr().map_err(|source| DnsError::Bind {
+        transport: "TCP",
         addr: listen,
         source,
     })?;
-    let mut server = Server::new(Handler::new(catalog, metrics));
-    server.register_socket(udp);
-    server.register_listener(tcp, TCP_IDLE, 64);
-    let token = server.shutdown_token().clone();
-    let task = tokio::spawn(async move {
-        let stop = tokio::spawn(async move {
-            shutdown.cancelled().await;
-            token.cancel();
-        });
-        if let Err(error) = server.block_until_done().await {
-            tracing::warn!(%error, "DNS server stopped with an error");
+    let mut threads = Vec::with_capacity(udp.len());
+    for (i, socket) in udp.into_iter().enumerate() {
+        let (catalog, metrics, stop) = (catalog.clone(), metrics.clone(), shutdown.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("dns-udp-{i}"))
+            .spawn(move || udp_worker(socket, &catalog, &metrics, &stop));
+        match thread {
+            Ok(t) => threads.push(t),
+            Err(error) => {
+                shutdown.cancel();
+                return Err(DnsError::Thread(error));
+            }
         }
-        stop.abort();
+    }
+    let tcp_task = tokio::spawn(tcp_server(tcp, catalog, metrics, shutdown.clone()));
+    let task = tokio::spawn(async move {
+        let _ = tcp_task.await;
+        let joined = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        });
+        let _ = joined.await;
     });
-    tracing::info!(%addr, "ClusterSet DNS listening on UDP and TCP");
+    tracing::info!(%addr, udp_workers = workers, "ClusterSet DNS listening on UDP and TCP");
     Ok((addr, task))
 }
 
-/// Binds UDP and TCP on the same address; with port 0, retries until a
-/// port is free for both.
-async fn bind_both(listen: SocketAddr) -> Result<(UdpSocket, TcpListener), DnsError> {
+/// Binds `workers` UDP sockets sharing one port (`SO_REUSEPORT`: the kernel
+/// spreads clients over them) and a TCP listener on the same port; with
+/// port 0, retries until a port is free for both.
+fn bind(
+    listen: SocketAddr,
+    workers: usize,
+) -> Result<(Vec<std::net::UdpSocket>, TcpListener), DnsError> {
+    let udp_error = |addr, source| DnsError::Bind {
+        transport: "UDP",
+        addr,
+        source,
+    };
     let mut attempts = 0;
     loop {
-        let udp = UdpSocket::bind(listen)
-            .await
-            .map_err(|source| DnsError::Bind {
-                transport: "UDP",
-                addr: listen,
-                source,
-            })?;
-        let addr = udp.local_addr().map_err(|source| DnsError::Bind {
-            transport: "UDP",
-            addr: listen,
-            source,
-        })?;
-        match TcpListener::bind(addr).await {
-            Ok(tcp) => return Ok((udp, tcp)),
-            Err(_) if listen.port() == 0 && attempts < 20 => attempts += 1,
+        let first = udp_socket(listen).map_err(|e| udp_error(listen, e))?;
+        let addr = first.local_addr().map_err(|e| udp_error(listen, e))?;
+        let tcp = std::net::TcpListener::bind(addr).and_then(|l| {
+            l.set_nonblocking(true)?;
+            TcpListener::from_std(l)
+        });
+        let tcp = match tcp {
+            Ok(tcp) => tcp,
+            Err(_) if listen.port() == 0 && attempts < 20 => {
+                attempts += 1;
+                continue;
+            }
             Err(source) => {
                 return Err(DnsError::Bind {
                     transport: "TCP",
@@ -198,16 +204,190 @@ async fn bind_both(listen: SocketAddr) -> Result<(UdpSocket, TcpListener), DnsEr
                     source,
                 })
             }
+        };
+        let mut sockets = vec![first];
+        for _ in 1..workers {
+            sockets.push(udp_socket(addr).map_err(|e| udp_error(addr, e))?);
+        }
+        return Ok((sockets, tcp));
+    }
+}
+
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
+    // Room for bursts: a full queue drops queries.
+    let _ = socket.set_recv_buffer_size(4 << 20);
+    socket.bind(&addr.into())?;
+    socket.set_read_timeout(Some(UDP_POLL))?;
+    Ok(socket.into())
+}
+
+/// Datagrams a UDP worker takes in before answering them together.
+const UDP_BATCH: usize = 32;
+/// Bytes kept of a received datagram (queries are far smaller; a longer
+/// one arrives cut and is answered FORMERR or dropped).
+const UDP_QUERY_MAX: usize = 4096;
+
+/// One UDP worker until `stop`: waits for a datagram, takes whatever else
+/// is already queued (up to [`UDP_BATCH`]), answers them all and sends the
+/// answers with one `sendmmsg`, so a busy socket costs one sleep and one
+/// send call per batch, not per query.
+fn udp_worker(
+    socket: std::net::UdpSocket,
+    catalog: &Catalog,
+    metrics: &Arc<Metrics>,
+    stop: &CancellationToken,
+) {
+    use rustix::net::{RecvFlags, SendFlags};
+    let mut tally = Tally::new(metrics, "udp");
+    let mut query = vec![0u8; UDP_QUERY_MAX];
+    let mut answers: Vec<Vec<u8>> = (0..UDP_BATCH).map(|_| Vec::with_capacity(1232)).collect();
+    let mut peers = Vec::with_capacity(UDP_BATCH);
+    while !stop.is_cancelled() {
+        peers.clear();
+        while peers.len() < UDP_BATCH {
+            let flags = if peers.is_empty() {
+                RecvFlags::empty()
+            } else {
+                RecvFlags::DONTWAIT
+            };
+            match rustix::net::recvfrom(&socket, &mut query[..], flags) {
+                Ok((len, _, Some(peer))) => {
+                    let len = len.min(UDP_QUERY_MAX);
+                    let out = &mut answers[peers.len()];
+                    if tally.respond(catalog, &query[..len], Transport::Udp, out) {
+                        peers.push(peer);
+                    }
+                }
+                Ok((_, _, None)) => {}
+                Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => break,
+                Err(error) => {
+                    tracing::debug!(%error, "DNS receive failed");
+                    break;
+                }
+            }
+        }
+        if peers.is_empty() {
+            tally.flush();
+            continue;
+        }
+        let slices: Vec<_> = answers[..peers.len()]
+            .iter()
+            .map(|a| std::io::IoSlice::new(a))
+            .collect();
+        let mut controls: Vec<_> = (0..peers.len())
+            .map(|_| rustix::net::SendAncillaryBuffer::default())
+            .collect();
+        let mut messages: Vec<_> = peers
+            .iter()
+            .zip(&slices)
+            .zip(&mut controls)
+            .map(|((peer, slice), control)| {
+                rustix::net::MMsgHdr::new_with_addr(peer, std::slice::from_ref(slice), control)
+            })
+            .collect();
+        let mut sent = 0;
+        while sent < messages.len() {
+            match rustix::net::sendmmsg(&socket, &mut messages[sent..], SendFlags::empty()) {
+                Ok(0) => break,
+                Ok(n) => sent += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(error) => {
+                    // This answer is lost (the client retries); go on.
+                    tracing::debug!(%error, "could not send a DNS response");
+                    sent += 1;
+                }
+            }
         }
     }
+    tally.flush();
+}
+
+/// Accepts TCP connections until `stop`, each served by its own task.
+async fn tcp_server(
+    listener: TcpListener,
+    catalog: Arc<Catalog>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(TCP_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(error) => {
+                tracing::debug!(%error, "DNS TCP accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "too many DNS TCP connections; closing a new one");
+            continue;
+        };
+        let (catalog, metrics, stop) = (catalog.clone(), metrics.clone(), stop.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                result = tcp_connection(stream, &catalog, &metrics) => {
+                    if let Err(error) = result {
+                        tracing::debug!(%error, %peer, "DNS TCP connection ended");
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Serves one TCP connection: length-prefixed queries answered in order as
+/// they arrive; answers are flushed whenever no further query is already
+/// buffered, so pipelined queries share writes and none waits on another.
+async fn tcp_connection(
+    stream: TcpStream,
+    catalog: &Catalog,
+    metrics: &Arc<Metrics>,
+) -> std::io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let (read, write) = stream.into_split();
+    let mut read = BufReader::with_capacity(16 << 10, read);
+    let mut write = BufWriter::with_capacity(16 << 10, write);
+    let mut tally = Tally::new(metrics, "tcp");
+    let mut query = vec![0u8; usize::from(u16::MAX)];
+    let mut out = Vec::with_capacity(4096);
+    loop {
+        let len = match tokio::time::timeout(TCP_IDLE, read.read_u16()).await {
+            Err(_) => break,
+            Ok(Err(e)) if e.kind() == ErrorKind::UnexpectedEof => break,
+            Ok(result) => usize::from(result?),
+        };
+        read.read_exact(&mut query[..len]).await?;
+        if tally.respond(catalog, &query[..len], Transport::Tcp, &mut out) {
+            write.write_all(&(out.len() as u16).to_be_bytes()).await?;
+            write.write_all(&out).await?;
+        }
+        if read.buffer().is_empty() {
+            write.flush().await?;
+            tally.flush();
+        }
+    }
+    write.flush().await?;
+    tally.flush();
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::dns::{client, DnsConfig};
+    use hickory_proto::op::ResponseCode;
     use hickory_proto::rr::{RData, RecordType};
     use tokio::io::AsyncWriteExt;
+    use tokio::net::UdpSocket;
 
     fn backends() -> crate::model::ServiceMap<crate::backends::ServiceBackends> {
         let y = "service: app/api\ntype: ClusterSetIP\nports: [{name: http, port: 8080, protocol: TCP}]\nsessionAffinity: None\nmultiClusterService: null\nconditions: []\nrevision: 1\nclusters:\n- {cluster: a, weight: null, effectiveWeight: 1, share: 1.0, healthy: true, reason: Ready, addresses: [127.0.9.1], endpoints: []}\n";
@@ -271,11 +451,59 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(m.answers.len(), 1, "still answering after garbage");
-        let text = metrics.encode();
+        // Workers add their counts in batches, at the latest when idle.
+        let mut text = String::new();
+        for _ in 0..50 {
+            text = metrics.encode();
+            if text.contains("switchyard_dns_queries_total{rcode=\"NoError\",transport=\"udp\"} 2")
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         assert!(
-            text.contains("switchyard_dns_queries_total{rcode=\"NoError\",transport=\"udp\"}"),
+            text.contains("switchyard_dns_queries_total{rcode=\"NoError\",transport=\"udp\"} 2"),
             "{text}"
         );
+        assert!(
+            text.contains("switchyard_dns_queries_total{rcode=\"NoError\",transport=\"tcp\"} 1"),
+            "{text}"
+        );
+
+        // Pipelined over one TCP connection: every answer, in order.
+        let mut t = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut burst = Vec::new();
+        for id in 0..50u16 {
+            let name = if id % 2 == 0 { "api" } else { "nope" };
+            let mut m = hickory_proto::op::Message::new(
+                id,
+                hickory_proto::op::MessageType::Query,
+                hickory_proto::op::OpCode::Query,
+            );
+            m.add_query(hickory_proto::op::Query::query(
+                hickory_proto::rr::Name::from_ascii(format!("{name}.app.svc.clusterset.local."))
+                    .unwrap(),
+                RecordType::A,
+            ));
+            let bytes = m.to_vec().unwrap();
+            burst.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+            burst.extend_from_slice(&bytes);
+        }
+        t.write_all(&burst).await.unwrap();
+        for id in 0..50u16 {
+            use tokio::io::AsyncReadExt;
+            let len = t.read_u16().await.unwrap();
+            let mut buf = vec![0; len as usize];
+            t.read_exact(&mut buf).await.unwrap();
+            let m = hickory_proto::op::Message::from_vec(&buf).unwrap();
+            assert_eq!(m.metadata.id, id);
+            let want = if id % 2 == 0 {
+                ResponseCode::NoError
+            } else {
+                ResponseCode::NXDomain
+            };
+            assert_eq!(m.metadata.response_code, want);
+        }
         shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(5), task)
             .await

@@ -1,12 +1,17 @@
-//! The zone snapshot: every name of the ClusterSet zone with its records,
-//! and the answer to a query, computed without I/O or locks.
+//! The zone snapshot: every name of the ClusterSet zone with its answers
+//! already in DNS wire format, and the lookup of a query, computed without
+//! I/O, locks or allocation.
+//!
+//! Names are keyed by their lower-cased wire form (`\x03api\x03app...\x00`),
+//! the form a query carries them in, so a lookup hashes the query's bytes
+//! directly. Each answer is a ready run of resource records whose owner is
+//! a compression pointer to the question (offset 12), so the server only
+//! copies bytes after the echoed question.
 
 use super::DnsConfig;
 use crate::backends::ServiceBackends;
 use crate::model::{ServiceKey, ServiceMap, ServiceType};
-use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::rdata::{A, AAAA, SOA, SRV, TXT};
-use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
+use hickory_proto::rr::Name;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,22 +21,137 @@ use std::sync::Arc;
 /// section 1), served as `dns-version.<zone>` TXT.
 pub const SCHEMA_VERSION: &str = "1.0.0";
 
-/// The answer to one query.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Answer {
-    pub rcode: ResponseCode,
-    /// False only for REFUSED (names outside the zone).
-    pub authoritative: bool,
-    pub answers: Vec<Record>,
-    /// The zone's SOA, for the authority section of negative answers.
-    pub soa: Option<Record>,
+/// Record types and classes the zone knows (RFC 1035, 3596, 2782, 6891).
+pub mod rtype {
+    pub const A: u16 = 1;
+    pub const SOA: u16 = 6;
+    pub const TXT: u16 = 16;
+    pub const AAAA: u16 = 28;
+    pub const SRV: u16 = 33;
+    pub const OPT: u16 = 41;
+    pub const ANY: u16 = 255;
+    /// Class IN.
+    pub const IN: u16 = 1;
+    /// Class ANY (`*`).
+    pub const CLASS_ANY: u16 = 255;
+}
+
+/// A run of resource records in wire format, each owned by the question's
+/// name (a compression pointer to offset 12).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Records {
+    /// How many records `bytes` holds.
+    pub count: u16,
+    /// The records, back to back.
+    pub bytes: Box<[u8]>,
+}
+
+impl Records {
+    fn from_parts(parts: &[(u16, u32, Vec<u8>)]) -> Self {
+        let mut bytes = Vec::with_capacity(parts.iter().map(|p| 12 + p.2.len()).sum());
+        for (rtype, ttl, rdata) in parts {
+            bytes.extend_from_slice(&[0xC0, 0x0C]);
+            push_fixed(&mut bytes, *rtype, *ttl, rdata);
+        }
+        Self {
+            count: parts.len() as u16,
+            bytes: bytes.into_boxed_slice(),
+        }
+    }
+
+    fn concat(runs: &[&Records]) -> Self {
+        Self {
+            count: runs.iter().map(|r| r.count).sum(),
+            bytes: runs.iter().flat_map(|r| r.bytes.iter().copied()).collect(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
+/// Type, class IN, TTL, length and data of one record (after its owner).
+fn push_fixed(out: &mut Vec<u8>, rtype: u16, ttl: u32, rdata: &[u8]) {
+    out.extend_from_slice(&rtype.to_be_bytes());
+    out.extend_from_slice(&rtype::IN.to_be_bytes());
+    out.extend_from_slice(&ttl.to_be_bytes());
+    out.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+    out.extend_from_slice(rdata);
+}
+
+/// The wire form of `name`, lower-cased: what queries are looked up by.
+pub fn wire_name(name: &Name) -> Box<[u8]> {
+    let mut out = Vec::with_capacity(name.len() + 1);
+    for label in name.iter() {
+        out.push(label.len() as u8);
+        out.extend(label.iter().map(u8::to_ascii_lowercase));
+    }
+    out.push(0);
+    out.into_boxed_slice()
+}
+
+/// The name a wire-form name spells, with a trailing dot (for logs and tests).
+pub fn display_name(wire: &[u8]) -> String {
+    let mut out = String::new();
+    let mut pos = 0;
+    while let Some(&len) = wire.get(pos) {
+        if len == 0 {
+            break;
+        }
+        let label = wire
+            .get(pos + 1..pos + 1 + len as usize)
+            .unwrap_or_default();
+        out.push_str(&String::from_utf8_lossy(label));
+        out.push('.');
+        pos += 1 + len as usize;
+    }
+    if out.is_empty() {
+        out.push('.');
+    }
+    out
+}
+
+/// The name one label up (`a.b.` → `b.`); the root stays the root.
+fn parent(wire: &[u8]) -> &[u8] {
+    match wire.first() {
+        Some(&len) if len > 0 => wire.get(1 + len as usize..).unwrap_or_default(),
+        _ => wire,
+    }
+}
+
+/// True when `name` is `zone` or below it (both lower-cased wire forms).
+pub fn in_zone(name: &[u8], zone: &[u8]) -> bool {
+    let mut rest = name;
+    loop {
+        if rest == zone {
+            return true;
+        }
+        if rest.len() <= zone.len() || rest.first() == Some(&0) {
+            return false;
+        }
+        rest = parent(rest);
+    }
+}
+
+/// The answer a lookup found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup<'a> {
+    /// The name is outside the zone: REFUSED, not authoritative.
+    Refused,
+    /// No such name: NXDOMAIN with the SOA.
+    NxDomain,
+    /// The name exists without records of the type: NOERROR, the SOA.
+    NoData,
+    /// NOERROR with these records.
+    Answer(&'a Records),
 }
 
 /// A cluster's records for one service.
 #[derive(Debug, Default)]
 struct ClusterRecords {
-    a: Vec<Record>,
-    aaaa: Vec<Record>,
+    a: Records,
+    aaaa: Records,
 }
 
 /// A ClusterSetIP or headless service name.
@@ -39,6 +159,8 @@ struct ClusterRecords {
 struct ServiceNode {
     service_type: ServiceType,
     clusters: Vec<ClusterRecords>,
+    /// Every cluster's records together (what a headless name answers).
+    all: ClusterRecords,
     /// Cluster indices in smooth weighted round-robin order, per family.
     schedule_a: Vec<u16>,
     schedule_aaaa: Vec<u16>,
@@ -49,13 +171,25 @@ struct ServiceNode {
 enum Node {
     Apex,
     Service(ServiceNode),
-    /// A per-endpoint name of a headless service.
-    Endpoint(ClusterRecords),
-    Srv(Vec<Record>),
-    Txt(Record),
+    /// A per-endpoint name of a headless service: A, AAAA and both (ANY).
+    Endpoint(ClusterRecords, Records),
+    Srv(Records),
+    Txt(Records),
     /// An empty non-terminal: exists, but holds no records.
     Empty,
 }
+
+/// A lower-cased wire-form name, the key of every node.
+type Key = Box<[u8]>;
+
+/// Names to nodes. Hashed with foldhash: a lookup hashes every query's
+/// name, and the keys come from exported services, never from queries.
+type Nodes = imbl::GenericHashMap<
+    Key,
+    Arc<Node>,
+    foldhash::fast::RandomState,
+    imbl::shared_ptr::DefaultSharedPtr,
+>;
 
 /// An immutable view of the zone. Unchanged services' nodes are shared
 /// between consecutive snapshots (persistent maps of `Arc`s), so a publish
@@ -63,51 +197,61 @@ enum Node {
 /// over while its records stay the same.
 #[derive(Debug, Clone)]
 pub struct ZoneSnapshot {
-    origin: LowerName,
+    origin: Key,
     origin_name: Name,
     /// Lower-case zone without the trailing dot.
     zone: String,
     ttl: u32,
-    soa: Record,
-    /// SOA MNAME and RNAME, to stamp a new serial on each publish.
-    soa_names: (Name, Name),
-    nodes: imbl::HashMap<LowerName, Arc<Node>>,
+    /// The SOA as an answer at the apex (owner: the question).
+    soa_answer: Records,
+    /// The SOA for the authority section of negative answers (owner: the
+    /// apex, spelled out), and its record count (1).
+    soa_authority: Box<[u8]>,
+    /// SOA MNAME and RNAME in wire form, to stamp a new serial on each publish.
+    soa_names: (Key, Key),
+    nodes: Nodes,
     /// The names each service put into `nodes`, to take them out again.
     owned: imbl::OrdMap<ServiceKey, Arc<Owned>>,
     /// Services with names per `<ns>.svc.<zone>`; the namespace node (and
     /// `svc.<zone>`) exist while a count is above zero.
-    namespaces: imbl::OrdMap<LowerName, usize>,
+    namespaces: imbl::OrdMap<Key, usize>,
 }
 
 /// What one service contributed to the zone.
 #[derive(Debug)]
 struct Owned {
-    names: Vec<LowerName>,
-    namespace: LowerName,
+    names: Vec<Key>,
+    namespace: Key,
 }
 
 fn name(text: &str) -> Option<Name> {
     Name::from_ascii(text).ok()
 }
-fn address_records(
-    owner: &Name,
-    ttl: u32,
-    addrs: impl IntoIterator<Item = IpAddr>,
-) -> ClusterRecords {
-    let mut r = ClusterRecords::default();
-    for a in addrs {
-        match a {
-            IpAddr::V4(v4) => {
-                r.a.push(Record::from_rdata(owner.clone(), ttl, RData::A(A(v4))))
-            }
-            IpAddr::V6(v6) => r.aaaa.push(Record::from_rdata(
-                owner.clone(),
-                ttl,
-                RData::AAAA(AAAA(v6)),
-            )),
+
+fn address_records(ttl: u32, addrs: impl IntoIterator<Item = IpAddr>) -> ClusterRecords {
+    let (mut a, mut aaaa) = (Vec::new(), Vec::new());
+    for addr in addrs {
+        match addr {
+            IpAddr::V4(v4) => a.push((rtype::A, ttl, v4.octets().to_vec())),
+            IpAddr::V6(v6) => aaaa.push((rtype::AAAA, ttl, v6.octets().to_vec())),
         }
     }
-    r
+    ClusterRecords {
+        a: Records::from_parts(&a),
+        aaaa: Records::from_parts(&aaaa),
+    }
+}
+
+/// SOA RDATA: names uncompressed, then serial, refresh, retry, expire and
+/// the negative-caching TTL.
+fn soa_rdata(names: &(Key, Key), serial: u32, ttl: u32) -> Vec<u8> {
+    let mut rdata = Vec::with_capacity(names.0.len() + names.1.len() + 20);
+    rdata.extend_from_slice(&names.0);
+    rdata.extend_from_slice(&names.1);
+    for v in [serial, 3600, 600, 86400, ttl] {
+        rdata.extend_from_slice(&v.to_be_bytes());
+    }
+    rdata
 }
 
 impl ZoneSnapshot {
@@ -124,22 +268,21 @@ impl ZoneSnapshot {
         let origin_name = name(&format!("{zone}."))
             .unwrap_or_else(|| Name::from_ascii("clusterset.local.").unwrap_or_default());
         let soa_names = (
-            name(&format!("ns.{zone}.")).unwrap_or_else(|| origin_name.clone()),
-            name(&format!("hostmaster.{zone}.")).unwrap_or_else(|| origin_name.clone()),
+            wire_name(&name(&format!("ns.{zone}.")).unwrap_or_else(|| origin_name.clone())),
+            wire_name(&name(&format!("hostmaster.{zone}.")).unwrap_or_else(|| origin_name.clone())),
         );
-        let origin = LowerName::new(&origin_name);
-        let mut nodes = imbl::HashMap::new();
+        let origin = wire_name(&origin_name);
+        let mut nodes = Nodes::default();
         nodes.insert(origin.clone(), Arc::new(Node::Apex));
         if let Some(n) = name(&format!("dns-version.{zone}.")) {
-            let txt = Record::from_rdata(
-                n.clone(),
-                ttl,
-                RData::TXT(TXT::new(vec![SCHEMA_VERSION.to_string()])),
-            );
-            nodes.insert(LowerName::new(&n), Arc::new(Node::Txt(txt)));
+            let mut rdata = vec![SCHEMA_VERSION.len() as u8];
+            rdata.extend_from_slice(SCHEMA_VERSION.as_bytes());
+            let txt = Records::from_parts(&[(rtype::TXT, ttl, rdata)]);
+            nodes.insert(wire_name(&n), Arc::new(Node::Txt(txt)));
         }
-        Self {
-            soa: soa_record(&origin_name, &soa_names, serial, ttl),
+        let mut zone_snapshot = Self {
+            soa_answer: Records::default(),
+            soa_authority: Box::default(),
             origin,
             origin_name,
             zone,
@@ -148,7 +291,18 @@ impl ZoneSnapshot {
             nodes,
             owned: imbl::OrdMap::new(),
             namespaces: imbl::OrdMap::new(),
-        }
+        };
+        zone_snapshot.stamp(serial);
+        zone_snapshot
+    }
+
+    /// Sets the SOA records for `serial`.
+    fn stamp(&mut self, serial: u32) {
+        let rdata = soa_rdata(&self.soa_names, serial, self.ttl);
+        self.soa_answer = Records::from_parts(&[(rtype::SOA, self.ttl, rdata.clone())]);
+        let mut authority = self.origin.to_vec();
+        push_fixed(&mut authority, rtype::SOA, self.ttl, &rdata);
+        self.soa_authority = authority.into_boxed_slice();
     }
 
     /// A new snapshot with `changes` applied: each service's old names are
@@ -160,7 +314,7 @@ impl ZoneSnapshot {
         changes: impl IntoIterator<Item = (&'a ServiceKey, Option<&'a ServiceBackends>)>,
     ) -> Self {
         let mut next = self.clone();
-        next.soa = soa_record(&self.origin_name, &self.soa_names, serial, self.ttl);
+        next.stamp(serial);
         for (key, backends) in changes {
             next.remove_service(key);
             if let Some(b) = backends {
@@ -168,7 +322,7 @@ impl ZoneSnapshot {
             }
         }
         if let Ok(svc) = self.origin_name.prepend_label("svc") {
-            let svc = LowerName::new(&svc);
+            let svc = wire_name(&svc);
             if next.namespaces.is_empty() {
                 next.nodes.remove(&svc);
             } else if !next.nodes.contains_key(&svc) {
@@ -203,13 +357,13 @@ impl ZoneSnapshot {
             return;
         };
         let mut names = Vec::with_capacity(nodes.len());
-        let mut ancestors = Vec::new();
+        let mut ancestors: Vec<Key> = Vec::new();
         for (n, node) in nodes {
             // Ancestors below the namespace belong to this service too.
-            let mut parent = n.base_name();
-            while parent != namespace && namespace.zone_of(&parent) {
-                ancestors.push(parent.clone());
-                parent = parent.base_name();
+            let mut up = parent(&n);
+            while up != &namespace[..] && in_zone(up, &namespace) {
+                ancestors.push(up.into());
+                up = parent(up);
             }
             self.nodes.insert(n.clone(), Arc::new(node));
             names.push(n);
@@ -233,47 +387,36 @@ impl ZoneSnapshot {
         self.ttl
     }
 
-    /// Answers a query for `qname`/`qtype`.
-    pub fn answer(&self, qname: &LowerName, qtype: RecordType) -> Answer {
-        if !self.origin.zone_of(qname) {
-            return Answer {
-                rcode: ResponseCode::Refused,
-                authoritative: false,
-                answers: vec![],
-                soa: None,
-            };
-        }
-        let Some(node) = self.nodes.get(qname) else {
-            return self.negative(ResponseCode::NXDomain);
-        };
-        let answers: Vec<Record> = match (node.as_ref(), qtype) {
-            (Node::Apex, RecordType::SOA) => vec![self.soa.clone()],
-            (Node::Service(s), RecordType::A | RecordType::ANY) => s.pick(&s.schedule_a, |c| &c.a),
-            (Node::Service(s), RecordType::AAAA) => s.pick(&s.schedule_aaaa, |c| &c.aaaa),
-            (Node::Endpoint(r), RecordType::A) => r.a.clone(),
-            (Node::Endpoint(r), RecordType::AAAA) => r.aaaa.clone(),
-            (Node::Endpoint(r), RecordType::ANY) => r.a.iter().chain(&r.aaaa).cloned().collect(),
-            (Node::Srv(records), RecordType::SRV | RecordType::ANY) => records.clone(),
-            (Node::Txt(record), RecordType::TXT | RecordType::ANY) => vec![record.clone()],
-            _ => vec![],
-        };
-        if answers.is_empty() {
-            return self.negative(ResponseCode::NoError);
-        }
-        Answer {
-            rcode: ResponseCode::NoError,
-            authoritative: true,
-            answers,
-            soa: None,
-        }
+    /// The SOA record for a negative answer's authority section (owner
+    /// spelled out).
+    pub fn soa_authority(&self) -> &[u8] {
+        &self.soa_authority
     }
 
-    fn negative(&self, rcode: ResponseCode) -> Answer {
-        Answer {
-            rcode,
-            authoritative: true,
-            answers: vec![],
-            soa: Some(self.soa.clone()),
+    /// Looks up `qname` (lower-cased wire form) for `qtype`. ClusterSetIP
+    /// names advance their round-robin position.
+    pub fn lookup(&self, qname: &[u8], qtype: u16) -> Lookup<'_> {
+        if !in_zone(qname, &self.origin) {
+            return Lookup::Refused;
+        }
+        let Some(node) = self.nodes.get(qname) else {
+            return Lookup::NxDomain;
+        };
+        let records = match (node.as_ref(), qtype) {
+            (Node::Apex, rtype::SOA) => &self.soa_answer,
+            (Node::Service(s), rtype::A | rtype::ANY) => s.pick(&s.schedule_a, |c| &c.a),
+            (Node::Service(s), rtype::AAAA) => s.pick(&s.schedule_aaaa, |c| &c.aaaa),
+            (Node::Endpoint(r, _), rtype::A) => &r.a,
+            (Node::Endpoint(r, _), rtype::AAAA) => &r.aaaa,
+            (Node::Endpoint(_, any), rtype::ANY) => any,
+            (Node::Srv(records), rtype::SRV | rtype::ANY) => records,
+            (Node::Txt(records), rtype::TXT | rtype::ANY) => records,
+            _ => return Lookup::NoData,
+        };
+        if records.is_empty() {
+            Lookup::NoData
+        } else {
+            Lookup::Answer(records)
         }
     }
 }
@@ -281,48 +424,29 @@ impl ZoneSnapshot {
 impl ServiceNode {
     /// ClusterSetIP: one cluster's records, the next in the schedule.
     /// Headless: every cluster's records.
-    fn pick(
-        &self,
+    fn pick<'a>(
+        &'a self,
         schedule: &[u16],
-        family: impl Fn(&ClusterRecords) -> &Vec<Record>,
-    ) -> Vec<Record> {
+        family: impl Fn(&'a ClusterRecords) -> &'a Records,
+    ) -> &'a Records {
         match self.service_type {
-            ServiceType::Headless => self
-                .clusters
-                .iter()
-                .flat_map(|c| family(c).iter().cloned())
-                .collect(),
+            ServiceType::Headless => family(&self.all),
             ServiceType::ClusterSetIP => {
                 if schedule.is_empty() {
-                    return vec![];
+                    return family(&self.all);
                 }
                 let i = self.next.fetch_add(1, Ordering::Relaxed) % schedule.len();
-                family(&self.clusters[schedule[i] as usize]).clone()
+                self.clusters
+                    .get(schedule[i] as usize)
+                    .map_or(family(&self.all), family)
             }
         }
     }
 }
 
-fn soa_record(origin: &Name, names: &(Name, Name), serial: u32, ttl: u32) -> Record {
-    let soa = SOA::new(
-        names.0.clone(),
-        names.1.clone(),
-        serial,
-        3600,
-        600,
-        86400,
-        ttl,
-    );
-    Record::from_rdata(origin.clone(), ttl, RData::SOA(soa))
-}
-
 /// A service's names and their nodes, with its namespace's name
 /// (`<ns>.svc.<zone>`); `None` when the service has no name in DNS.
-fn service_nodes(
-    zone: &str,
-    ttl: u32,
-    b: &ServiceBackends,
-) -> Option<(LowerName, Vec<(LowerName, Node)>)> {
+fn service_nodes(zone: &str, ttl: u32, b: &ServiceBackends) -> Option<(Key, Vec<(Key, Node)>)> {
     let namespace = name(&format!("{}.svc.{zone}.", b.service.namespace));
     let svc = format!("{}.{}.svc.{zone}.", b.service.name, b.service.namespace);
     let (Some(svc_name), Some(namespace)) = (name(&svc), namespace) else {
@@ -337,7 +461,7 @@ fn service_nodes(
         .collect();
     let clusters: Vec<ClusterRecords> = serving
         .iter()
-        .map(|c| address_records(&svc_name, ttl, c.addresses.iter().copied()))
+        .map(|c| address_records(ttl, c.addresses.iter().copied()))
         .collect();
     let family_schedule = |has: &dyn Fn(&ClusterRecords) -> bool| {
         let weights: Vec<u64> = serving
@@ -357,11 +481,21 @@ fn service_nodes(
         // A headless service with no ready endpoint does not exist in DNS.
         return None;
     }
+    // A ClusterSetIP name with no cluster to answer answers nothing.
+    let all = if headless {
+        ClusterRecords {
+            a: Records::concat(&clusters.iter().map(|c| &c.a).collect::<Vec<_>>()),
+            aaaa: Records::concat(&clusters.iter().map(|c| &c.aaaa).collect::<Vec<_>>()),
+        }
+    } else {
+        ClusterRecords::default()
+    };
     nodes.push((
-        LowerName::new(&svc_name),
+        wire_name(&svc_name),
         Node::Service(ServiceNode {
             service_type: b.service_type,
             clusters,
+            all,
             schedule_a,
             schedule_aaaa,
             next: AtomicUsize::new(0),
@@ -369,7 +503,7 @@ fn service_nodes(
     ));
 
     // Per-endpoint names (headless only): <hostname>.<clusterid>.<svc>...
-    let mut endpoint_names: Vec<(String, u16, Name)> = Vec::new();
+    let mut endpoint_targets: Vec<Key> = Vec::new();
     if headless {
         let mut per_name: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
         for c in &serving {
@@ -384,16 +518,17 @@ fn service_nodes(
         }
         for (text, addrs) in per_name {
             if let Some(n) = name(&text) {
-                endpoint_names.push((text, 0, n.clone()));
-                nodes.push((
-                    LowerName::new(&n),
-                    Node::Endpoint(address_records(&n, ttl, addrs)),
-                ));
+                let key = wire_name(&n);
+                endpoint_targets.push(key.clone());
+                let records = address_records(ttl, addrs);
+                let any = Records::concat(&[&records.a, &records.aaaa]);
+                nodes.push((key, Node::Endpoint(records, any)));
             }
         }
     }
 
     // SRV for named ports: _<port>._<proto>.<svc>...
+    let svc_key = wire_name(&svc_name);
     for p in b.ports.iter().filter(|p| !p.name.is_empty()) {
         let Some(owner) = name(&format!(
             "_{}._{}.{svc}",
@@ -402,36 +537,34 @@ fn service_nodes(
         )) else {
             continue;
         };
-        let records: Vec<Record> = if headless {
-            endpoint_names
-                .iter()
-                .map(|(_, _, target)| {
-                    Record::from_rdata(
-                        owner.clone(),
-                        ttl,
-                        RData::SRV(SRV::new(0, 10, p.port, target.clone())),
-                    )
-                })
-                .collect()
-        } else {
-            vec![Record::from_rdata(
-                owner.clone(),
-                ttl,
-                RData::SRV(SRV::new(0, 100, p.port, svc_name.clone())),
-            )]
+        let srv = |weight: u16, target: &[u8]| {
+            let mut rdata = Vec::with_capacity(6 + target.len());
+            rdata.extend_from_slice(&0u16.to_be_bytes());
+            rdata.extend_from_slice(&weight.to_be_bytes());
+            rdata.extend_from_slice(&p.port.to_be_bytes());
+            rdata.extend_from_slice(target);
+            (rtype::SRV, ttl, rdata)
         };
-        if !records.is_empty() {
-            nodes.push((LowerName::new(&owner), Node::Srv(records)));
+        let parts: Vec<_> = if headless {
+            endpoint_targets.iter().map(|t| srv(10, t)).collect()
+        } else {
+            vec![srv(100, &svc_key)]
+        };
+        if !parts.is_empty() {
+            nodes.push((wire_name(&owner), Node::Srv(Records::from_parts(&parts))));
         }
     }
-    Some((LowerName::new(&namespace), nodes))
+    Some((wire_name(&namespace), nodes))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::backends::ClusterBackend;
+    use crate::dns::wire;
     use crate::model::{Endpoint, Port, SessionAffinity};
+    use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+    use hickory_proto::rr::{RData, Record, RecordType};
     use proptest::prelude::*;
     use std::collections::HashMap;
 
@@ -539,8 +672,35 @@ mod tests {
         ZoneSnapshot::build(&DnsConfig::default(), 7, &backends)
     }
 
+    /// A decoded answer, as a client sees it.
+    #[derive(Debug)]
+    struct Answer {
+        rcode: ResponseCode,
+        authoritative: bool,
+        answers: Vec<Record>,
+        soa: Option<Record>,
+    }
+
+    /// Asks `z` through the wire path (over TCP: no size limit) and decodes
+    /// the response with hickory, so the encoding is checked too.
     fn q(z: &ZoneSnapshot, n: &str, t: RecordType) -> Answer {
-        z.answer(&LowerName::new(&Name::from_ascii(n).unwrap()), t)
+        let mut msg = Message::new(7, MessageType::Query, OpCode::Query);
+        msg.add_query(Query::query(Name::from_ascii(n).unwrap(), t));
+        let mut out = Vec::new();
+        wire::respond(z, &msg.to_vec().unwrap(), wire::Transport::Tcp, &mut out).unwrap();
+        let m = Message::from_vec(&out).unwrap();
+        assert_eq!(m.metadata.id, 7);
+        assert_eq!(m.queries.len(), 1);
+        assert!(m
+            .answers
+            .iter()
+            .all(|r| r.name == Name::from_ascii(n).unwrap()));
+        Answer {
+            rcode: m.metadata.response_code,
+            authoritative: m.metadata.authoritative,
+            soa: m.authorities.first().cloned(),
+            answers: m.answers,
+        }
     }
 
     fn cluster_of(r: &Record) -> &'static str {
@@ -671,7 +831,7 @@ mod tests {
     fn contents(z: &ZoneSnapshot) -> BTreeMap<String, String> {
         z.nodes
             .iter()
-            .map(|(n, node)| (n.to_string(), format!("{node:?}")))
+            .map(|(n, node)| (display_name(n), format!("{node:?}")))
             .collect()
     }
 
