@@ -758,6 +758,7 @@ async fn disk_stays_bounded_through_export_churn() {
             full_resync: rev == 1,
             upserts: vec![export],
             deletes: vec![],
+            ..Default::default()
         })
         .await
         .unwrap();

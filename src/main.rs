@@ -604,6 +604,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 auth: agent_auth(&auth, &hub, CredentialStore::Dir(dir), &shutdown).await?,
                 hub,
                 spec: f.spec(),
+                ..Default::default()
             };
             let (acked, _) = tokio::sync::watch::channel(Default::default());
             switchyard::agent::run(config, desired, acked, shutdown).await;

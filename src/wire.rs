@@ -1,8 +1,178 @@
 //! Conversions between the gRPC messages of `proto/` and the model types,
-//! with errors that name the field that is wrong.
+//! with errors that name the field that is wrong; the message size limits
+//! of the agent and gateway APIs, and the helpers that send a whole set
+//! (a full export resync, an import set, a gateway configuration) in
+//! parts within them and put it back together.
 
 use crate::model::{ClusterId, Endpoint, Export, Port, ServiceKey, ServiceType, SessionAffinity};
 use crate::proto;
+
+/// The largest message of the agent and gateway APIs, either way: the hub's
+/// servers and every client set it as their encoding and decoding limit
+/// (tonic's default decoding limit, made explicit). Whole sets travel in
+/// parts well below it.
+pub const MAX_API_MESSAGE: usize = 4 * 1024 * 1024;
+
+/// The default (and, on the hub, largest) size of one part of a set sent
+/// in parts, in encoded bytes.
+pub const PART_BYTES: usize = 1024 * 1024;
+
+/// A message too large for the API, with what it carried.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{what} encodes to {bytes} bytes, more than the {limit} bytes one message may carry")]
+pub struct TooLarge {
+    /// What was too large (a message, an export).
+    pub what: String,
+    /// Its encoded size.
+    pub bytes: usize,
+    /// The limit it broke.
+    pub limit: usize,
+}
+
+/// Checks `message` against [`MAX_API_MESSAGE`] before it is sent, for an
+/// error that names it rather than the transport's.
+pub fn check_size(
+    what: impl FnOnce() -> String,
+    message: &impl prost::Message,
+) -> Result<(), TooLarge> {
+    let bytes = message.encoded_len();
+    if bytes > MAX_API_MESSAGE {
+        return Err(TooLarge {
+            what: what(),
+            bytes,
+            limit: MAX_API_MESSAGE,
+        });
+    }
+    Ok(())
+}
+
+/// What `item` adds to a message as one element of a repeated field
+/// (numbers below 16): the tag, the length and the item.
+pub fn field_len(item: &impl prost::Message) -> usize {
+    let len = item.encoded_len();
+    1 + prost::length_delimiter_len(len) + len
+}
+
+/// Splits `items` into runs whose elements add at most `budget` bytes to a
+/// message each (see [`field_len`]); an item larger than that alone makes
+/// a run. Always at least one run, empty when `items` is.
+pub fn split_by_size<T: prost::Message>(items: Vec<T>, budget: usize) -> Vec<Vec<T>> {
+    let mut runs = vec![Vec::new()];
+    let mut used = 0usize;
+    for item in items {
+        let len = field_len(&item);
+        let run_is_empty = runs.last().is_none_or(Vec::is_empty);
+        if !run_is_empty && used + len > budget {
+            runs.push(Vec::new());
+            used = 0;
+        }
+        used += len;
+        if let Some(run) = runs.last_mut() {
+            run.push(item);
+        }
+    }
+    runs
+}
+
+/// The part size to use for a receiver that asked for `requested` bytes
+/// (0: it takes no parts): at most [`PART_BYTES`].
+pub fn part_budget(requested: u32) -> Option<usize> {
+    match requested {
+        0 => None,
+        n => Some((n as usize).min(PART_BYTES)),
+    }
+}
+
+/// A message that carries a whole set or one part of it.
+pub trait InParts: Sized {
+    /// What the parts of one set share (the version).
+    fn set_version(&self) -> u64;
+    /// More parts of the same set follow.
+    fn more(&self) -> bool;
+    /// Appends a later part's content to the set so far.
+    fn append(&mut self, part: Self);
+}
+
+impl InParts for proto::ImportSet {
+    fn set_version(&self) -> u64 {
+        self.version
+    }
+    fn more(&self) -> bool {
+        self.more
+    }
+    fn append(&mut self, part: Self) {
+        self.services.extend(part.services);
+        self.export_conditions.extend(part.export_conditions);
+        self.more = part.more;
+    }
+}
+
+impl InParts for proto::GatewayConfig {
+    fn set_version(&self) -> u64 {
+        self.version
+    }
+    fn more(&self) -> bool {
+        self.more
+    }
+    fn append(&mut self, part: Self) {
+        self.services.extend(part.services);
+        self.more = part.more;
+    }
+}
+
+/// A set's parts that do not belong together.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("a part of version {got} arrived in the middle of version {expected}")]
+pub struct MixedParts {
+    /// The version of the set being assembled.
+    pub expected: u64,
+    /// The version of the part that came.
+    pub got: u64,
+}
+
+/// Puts a set sent in parts back together: [`Assembler::push`] each
+/// message received; a complete set comes out after its last part.
+#[derive(Debug)]
+pub struct Assembler<T> {
+    partial: Option<T>,
+}
+
+impl<T> Default for Assembler<T> {
+    fn default() -> Self {
+        Self { partial: None }
+    }
+}
+
+impl<T: InParts> Assembler<T> {
+    /// Takes the next message: the whole set when that was its last part.
+    /// A part of another version than the set under way is an error (the
+    /// stream is not to be trusted then; the partial set is dropped).
+    pub fn push(&mut self, part: T) -> Result<Option<T>, MixedParts> {
+        let set = match self.partial.take() {
+            None => part,
+            Some(mut set) => {
+                if set.set_version() != part.set_version() {
+                    return Err(MixedParts {
+                        expected: set.set_version(),
+                        got: part.set_version(),
+                    });
+                }
+                set.append(part);
+                set
+            }
+        };
+        if set.more() {
+            self.partial = Some(set);
+            return Ok(None);
+        }
+        Ok(Some(set))
+    }
+
+    /// True while a set's parts are arriving.
+    pub fn in_progress(&self) -> bool {
+        self.partial.is_some()
+    }
+}
 
 /// A message field the hub cannot accept.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -155,6 +325,80 @@ pub fn export_from_proto(cluster: &ClusterId, p: &proto::Export) -> Result<Expor
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn set(version: u64, services: &[&str], more: bool) -> proto::ImportSet {
+        proto::ImportSet {
+            version,
+            services: services
+                .iter()
+                .map(|n| proto::ImportedService {
+                    namespace: "app".into(),
+                    name: n.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+            export_conditions: Vec::new(),
+            more,
+        }
+    }
+
+    #[test]
+    fn items_split_by_encoded_size() {
+        let items: Vec<proto::Port> = (0..10)
+            .map(|i| proto::Port {
+                name: format!("p{i}"),
+                port: 80,
+                ..Default::default()
+            })
+            .collect();
+        let one = field_len(&items[0]);
+        let runs = split_by_size(items.clone(), one * 3);
+        assert_eq!(runs.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 3, 1]);
+        assert_eq!(runs.concat(), items);
+        assert_eq!(
+            split_by_size(items.clone(), 0).len(),
+            10,
+            "oversized: one each"
+        );
+        assert_eq!(split_by_size(Vec::<proto::Port>::new(), 10), [Vec::new()]);
+        assert_eq!(part_budget(0), None);
+        assert_eq!(part_budget(100), Some(100));
+        assert_eq!(part_budget(u32::MAX), Some(PART_BYTES));
+    }
+
+    #[test]
+    fn parts_are_assembled_and_mixed_versions_refused() {
+        let mut a = Assembler::default();
+        assert_eq!(a.push(set(3, &["x"], true)), Ok(None));
+        assert!(a.in_progress());
+        assert_eq!(a.push(set(3, &["y"], true)), Ok(None));
+        let whole = a.push(set(3, &["z"], false)).unwrap().unwrap();
+        assert_eq!(whole, set(3, &["x", "y", "z"], false));
+        assert!(!a.in_progress());
+        // A message without `more` is a whole set by itself.
+        assert_eq!(
+            a.push(set(4, &["x"], false)),
+            Ok(Some(set(4, &["x"], false)))
+        );
+        a.push(set(5, &["x"], true)).unwrap();
+        assert_eq!(
+            a.push(set(6, &["y"], false)),
+            Err(MixedParts {
+                expected: 5,
+                got: 6
+            })
+        );
+        assert!(!a.in_progress(), "the partial set is dropped");
+    }
+
+    #[test]
+    fn oversized_messages_are_named() {
+        let big = set(1, &[&"x".repeat(MAX_API_MESSAGE)], false);
+        let err = check_size(|| "the import set".into(), &big).unwrap_err();
+        assert_eq!(err.what, "the import set");
+        assert_eq!(err.limit, MAX_API_MESSAGE);
+        assert!(check_size(|| unreachable!(), &set(1, &["x"], false)).is_ok());
+    }
 
     #[test]
     fn export_round_trips_and_bad_fields_are_named() {

@@ -264,6 +264,7 @@ impl World {
                 hub: self.hub().api_addr.to_string(),
                 spec: file.spec(),
                 auth,
+                ..Default::default()
             },
             desired,
             tokio::sync::watch::channel(Default::default()).0,

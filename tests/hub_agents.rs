@@ -46,6 +46,7 @@ fn start_agent(path: &Path, hub: SocketAddr) -> CancellationToken {
             hub: hub.to_string(),
             spec: file.spec(),
             auth: Default::default(),
+            ..Default::default()
         },
         desired,
         tokio::sync::watch::channel(Default::default()).0,

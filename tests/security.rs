@@ -150,6 +150,7 @@ async fn a_token_joins_once_and_the_certificate_speaks_only_for_its_cluster() {
         full_resync: true,
         upserts: vec![],
         deletes: vec![],
+        ..Default::default()
     };
     let mut acks = c1_client
         .stream_exports(tokio_stream::iter(vec![forged]))

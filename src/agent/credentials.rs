@@ -8,7 +8,7 @@ use super::stream::{self, HubAuth};
 use crate::identity::ca::{self, not_after_unix, not_before_unix};
 use crate::identity::tls::ClientCredentials;
 use crate::identity::Issued;
-use crate::proto::{self, agent_service_client::AgentServiceClient};
+use crate::proto;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
 use kube::api::{Api, Patch, PatchParams};
@@ -176,7 +176,7 @@ pub async fn obtain(
                 continue;
             }
         };
-        let reply = AgentServiceClient::new(channel)
+        let reply = stream::agent_client(channel)
             .join(proto::JoinRequest {
                 token: token.to_string(),
                 csr_pem: csr_pem.clone(),
@@ -220,7 +220,7 @@ async fn renew_once(hubs: &str, current: &ClientCredentials) -> Result<ClientCre
     for hub in stream::Hubs::parse(hubs).iter() {
         let reply = match stream::connect(hub, &auth).await {
             Ok(channel) => {
-                AgentServiceClient::new(channel)
+                stream::agent_client(channel)
                     .renew(proto::RenewRequest {
                         csr_pem: csr_pem.clone(),
                     })

@@ -2,16 +2,24 @@
 //! exports. Every (re)connection starts with a full resync, then sends
 //! deltas with increasing revisions; any failure ends the session and a new
 //! one starts after a backoff.
+//!
+//! A full resync goes out in parts of at most [`AgentConfig::part_bytes`]
+//! encoded bytes ([`resync_parts`]): the same revision on each, `more` on
+//! all but the last. The hub acks the revision once the last part is
+//! applied; a session that ends before that starts the resync over. A
+//! delta larger than one part is sent as a full resync in parts instead.
 
 use super::watch::Desired;
 use crate::identity::tls::ClientCredentials;
 use crate::model::{ClusterSpec, Export, ServiceKey};
 use crate::proto::{self, agent_service_client::AgentServiceClient};
-use crate::wire::export_to_proto;
+use crate::wire::{export_to_proto, field_len, TooLarge, MAX_API_MESSAGE, PART_BYTES};
+use prost::Message as _;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
@@ -25,6 +33,20 @@ pub struct AgentConfig {
     pub spec: ClusterSpec,
     /// How it authenticates.
     pub auth: HubAuth,
+    /// The largest part of a full resync, in encoded bytes
+    /// ([`PART_BYTES`] unless a test wants many parts).
+    pub part_bytes: usize,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            hub: String::new(),
+            spec: ClusterSpec::default(),
+            auth: HubAuth::default(),
+            part_bytes: PART_BYTES,
+        }
+    }
 }
 
 /// How an agent authenticates to the hub: not at all (a hub started with
@@ -61,6 +83,8 @@ pub enum SessionError {
     Forgotten,
     #[error("export stream closed by the hub")]
     Closed,
+    #[error("cannot send the exports: {0}")]
+    TooLarge(#[from] TooLarge),
 }
 
 /// The hub replicas to talk to (`--hub`, comma-separated), tried in turn:
@@ -92,6 +116,13 @@ impl Hubs {
     pub fn iter(&self) -> impl Iterator<Item = &str> {
         self.0.iter().map(String::as_str)
     }
+}
+
+/// An agent API client on `channel`, with the API's message size limits.
+pub fn agent_client(channel: Channel) -> AgentServiceClient<Channel> {
+    AgentServiceClient::new(channel)
+        .max_decoding_message_size(MAX_API_MESSAGE)
+        .max_encoding_message_size(MAX_API_MESSAGE)
 }
 
 /// Connects to a hub's API, with TLS when `auth` has credentials.
@@ -156,7 +187,7 @@ async fn session(
     revision: &mut u64,
 ) -> Result<(), SessionError> {
     let channel = connect(&config.hub, &config.auth).await?;
-    let mut client = AgentServiceClient::new(channel);
+    let mut client = agent_client(channel);
     let spec = &config.spec;
     let reg = client
         .register(proto::RegisterRequest {
@@ -220,22 +251,15 @@ async fn stream(
     let (tx, rx) = mpsc::channel(16);
     let mut sent: Desired = desired.borrow_and_update().clone();
     *revision = (*revision).max(hub_revision) + 1;
-    let full = proto::ExportUpdate {
-        cluster: cluster.clone(),
-        revision: *revision,
-        full_resync: true,
-        upserts: sent.values().map(export_to_proto).collect(),
-        deletes: vec![],
-    };
-    // The channel is empty and its receiver alive: this cannot fail.
-    let _ = tx.send(full).await;
+    let parts = resync_parts(&cluster, *revision, &sent, config.part_bytes)?;
+    tracing::info!(cluster = %cluster, revision = *revision, exports = sent.len(), parts = parts.len(), "sending full export resync");
     // What each revision sent so far carries, until the hub acknowledges it.
     let mut unacked: std::collections::VecDeque<(u64, Desired)> =
         std::collections::VecDeque::from([(*revision, sent.clone())]);
-    let mut acks = client
-        .stream_exports(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
+    // The resync's parts first, then whatever the channel brings: the
+    // request stream is open before the first part waits for room.
+    let outbound = tokio_stream::iter(parts).chain(ReceiverStream::new(rx));
+    let mut acks = client.stream_exports(outbound).await?.into_inner();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -247,9 +271,19 @@ async fn stream(
                 if let Some(update) = delta(&cluster, &sent, &next, *revision + 1) {
                     *revision += 1;
                     unacked.push_back((*revision, next.clone()));
-                    tracing::info!(cluster = %cluster, revision = *revision, upserts = update.upserts.len(), deletes = update.deletes.len(), "sending export delta");
-                    if tx.send(update).await.is_err() {
-                        return Err(SessionError::Closed);
+                    let messages = if update.encoded_len() > config.part_bytes {
+                        // Too large for one part: the whole set, in parts.
+                        let parts = resync_parts(&cluster, *revision, &next, config.part_bytes)?;
+                        tracing::info!(cluster = %cluster, revision = *revision, upserts = update.upserts.len(), deletes = update.deletes.len(), parts = parts.len(), "delta too large for one message; sending a full export resync instead");
+                        parts
+                    } else {
+                        tracing::info!(cluster = %cluster, revision = *revision, upserts = update.upserts.len(), deletes = update.deletes.len(), "sending export delta");
+                        vec![update]
+                    };
+                    for message in messages {
+                        if tx.send(message).await.is_err() {
+                            return Err(SessionError::Closed);
+                        }
                     }
                 }
                 sent = next;
@@ -269,6 +303,57 @@ async fn stream(
             },
         }
     }
+}
+
+/// A full resync of `exports` at `revision`, in parts of at most
+/// `part_bytes` encoded bytes each (an export larger than that alone in its
+/// part): `full_resync` and `revision` on every part, `part` counting from
+/// 0, `more` on all but the last. Exactly one part when there is nothing to
+/// export. Fails only when one export alone would be larger than
+/// [`MAX_API_MESSAGE`], which the hub refuses.
+pub fn resync_parts(
+    cluster: &str,
+    revision: u64,
+    exports: &BTreeMap<ServiceKey, Export>,
+    part_bytes: usize,
+) -> Result<Vec<proto::ExportUpdate>, TooLarge> {
+    let empty = |part: u32| proto::ExportUpdate {
+        cluster: cluster.to_string(),
+        revision,
+        full_resync: true,
+        upserts: Vec::new(),
+        deletes: Vec::new(),
+        more: true,
+        part,
+    };
+    // The fields besides the exports, at their largest (`part` grows).
+    let header = empty(u32::MAX).encoded_len();
+    let budget = part_bytes.saturating_sub(header);
+    let mut parts = vec![empty(0)];
+    let mut used = 0usize;
+    for e in exports.values() {
+        let p = export_to_proto(e);
+        let len = field_len(&p);
+        if header + len > MAX_API_MESSAGE {
+            return Err(TooLarge {
+                what: format!("export {}", e.service),
+                bytes: header + len,
+                limit: MAX_API_MESSAGE,
+            });
+        }
+        let current = parts.len() - 1;
+        if !parts[current].upserts.is_empty() && used + len > budget {
+            parts.push(empty(parts.len() as u32));
+            used = 0;
+        }
+        used += len;
+        let last = parts.len() - 1;
+        parts[last].upserts.push(p);
+    }
+    if let Some(last) = parts.last_mut() {
+        last.more = false;
+    }
+    Ok(parts)
 }
 
 /// The delta from `old` to `new`, or `None` when nothing changed.
@@ -300,6 +385,8 @@ pub fn delta(
         full_resync: false,
         upserts,
         deletes,
+        more: false,
+        part: 0,
     })
 }
 
@@ -317,6 +404,61 @@ mod tests {
             ["a:1", "b:2", "a:1", "b:2", "a:1"]
         );
         assert_eq!(Hubs::parse("").at(3), "");
+    }
+
+    fn exports(n: usize) -> BTreeMap<ServiceKey, Export> {
+        let mut yaml = String::from("cluster: a\nservices:\n");
+        for i in 0..n {
+            yaml.push_str(&format!(
+                "- {{namespace: app, name: s{i}, ports: [{{port: 80}}], endpoints: [{{address: 127.0.0.{}}}]}}\n",
+                i % 250 + 1
+            ));
+        }
+        ClusterFile::parse("f", &yaml).unwrap().exports().unwrap()
+    }
+
+    #[test]
+    fn a_resync_goes_in_bounded_parts_that_add_up_to_the_set() {
+        let set = exports(100);
+        let parts = resync_parts("a", 7, &set, 600).unwrap();
+        assert!(parts.len() > 10, "{} parts", parts.len());
+        for (i, p) in parts.iter().enumerate() {
+            assert!(
+                p.encoded_len() <= 600,
+                "part {i}: {} bytes",
+                p.encoded_len()
+            );
+            assert_eq!((p.revision, p.part, p.full_resync), (7, i as u32, true));
+            assert_eq!(p.more, i + 1 < parts.len());
+            assert!(!p.upserts.is_empty() && p.deletes.is_empty());
+        }
+        let sent: Vec<proto::Export> = parts.into_iter().flat_map(|p| p.upserts).collect();
+        let want: Vec<proto::Export> = set.values().map(export_to_proto).collect();
+        assert_eq!(sent, want, "every export once, in order");
+
+        // The default bound: one part for a small set, one for none.
+        assert_eq!(resync_parts("a", 1, &set, PART_BYTES).unwrap().len(), 1);
+        let none = resync_parts("a", 1, &BTreeMap::new(), PART_BYTES).unwrap();
+        assert_eq!(none.len(), 1);
+        assert!(!none[0].more && none[0].upserts.is_empty());
+        // A bound below one export: one export per part.
+        assert_eq!(resync_parts("a", 1, &set, 1).unwrap().len(), 100);
+    }
+
+    #[test]
+    fn an_export_too_large_for_any_message_is_named() {
+        let mut set = exports(1);
+        let e = set.values_mut().next().unwrap();
+        let mut endpoint = e.endpoints[0].clone();
+        endpoint.pod = Some("p".repeat(5000));
+        e.endpoints = vec![endpoint; 1000];
+        let err = resync_parts("a", 1, &set, PART_BYTES).unwrap_err();
+        assert_eq!(err.what, "export app/s0");
+        assert!(err.bytes > MAX_API_MESSAGE);
+        assert!(
+            err.to_string().contains("more than the 4194304 bytes"),
+            "{err}"
+        );
     }
 
     #[test]

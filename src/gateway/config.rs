@@ -5,12 +5,15 @@
 //! way acknowledged. The last applied configuration is kept
 //! on disk, so a gateway that restarts while the hub is away routes at
 //! once. A lost stream is reopened, with backoff, on the next hub replica.
+//! A configuration sent in parts is assembled first: nothing of it applies
+//! before its last part arrived.
 
 use super::outbound::Listeners;
 use super::routes::{RouteTable, Via};
 use super::Shared;
 use crate::agent::stream::{connect, HubAuth};
 use crate::proto::{self, gateway_service_client::GatewayServiceClient};
+use crate::wire::{Assembler, MAX_API_MESSAGE};
 use prost::Message as _;
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -126,6 +129,8 @@ pub async fn follow(
                 .await
                 .map_err(|_| "stream closed".to_string())?;
             let mut configs = GatewayServiceClient::new(channel)
+                .max_decoding_message_size(MAX_API_MESSAGE)
+                .max_encoding_message_size(MAX_API_MESSAGE)
                 .stream_config(ReceiverStream::new(rx))
                 .await
                 .map_err(|s| s.message().to_string())?
@@ -135,14 +140,19 @@ pub async fn follow(
             // (an address still held by a closing socket).
             let mut refused: Option<proto::GatewayConfig> = None;
             let mut retry = RETRY_FIRST;
+            // A configuration may come in parts: applied once complete.
+            let mut parts = Assembler::default();
             loop {
                 let config = tokio::select! {
                     message = configs.message() => {
                         match message.map_err(|s| s.message().to_string())? {
-                            Some(config) => {
-                                retry = RETRY_FIRST;
-                                config
-                            }
+                            Some(part) => match parts.push(part).map_err(|e| format!("configuration: {e}"))? {
+                                Some(config) => {
+                                    retry = RETRY_FIRST;
+                                    config
+                                }
+                                None => continue,
+                            },
                             None => break,
                         }
                     }

@@ -234,6 +234,7 @@ pub async fn start(
                 .clone()
                 .unwrap_or_else(|| inbound_addr.to_string()),
             outbound_cidr: options.outbound_cidr.clone(),
+            max_part_bytes: crate::wire::PART_BYTES as u32,
         },
         outbound,
         cache: options.cache.clone(),

@@ -7,9 +7,9 @@ use super::state::{applied_objects, Command};
 use crate::hub::state::TokenRole;
 use crate::identity::tls::peer_identity;
 use crate::identity::token::Token;
-use crate::model::{manifest, validate_cluster_id, ClusterSpec};
+use crate::model::{manifest, validate_cluster_id, ClusterSpec, Export};
 use crate::proto::{self, admin_service_server::AdminService, agent_service_server::AgentService};
-use crate::wire::export_from_proto;
+use crate::wire::{check_size, export_from_proto, field_len, part_budget, MAX_API_MESSAGE};
 use std::pin::Pin;
 use tokio::sync::mpsc;
 use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
@@ -86,11 +86,15 @@ impl AgentService for AgentApi {
         req: Request<proto::WatchImportsRequest>,
     ) -> Result<Response<Self::WatchImportsStream>, Status> {
         let caller = peer_identity(&req);
-        let cluster = req.into_inner().cluster;
+        let proto::WatchImportsRequest {
+            cluster,
+            max_part_bytes: req_part_bytes,
+        } = req.into_inner();
         validate_cluster_id(&cluster).map_err(|e| Status::invalid_argument(e.to_string()))?;
         self.0.authorize_cluster(caller.as_ref(), &cluster)?;
         let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(send_imports(self.0.clone(), cluster, tx));
+        let part_bytes = part_budget(req_part_bytes);
+        tokio::spawn(send_imports(self.0.clone(), cluster, part_bytes, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -241,45 +245,237 @@ impl AgentService for AgentApi {
         req: Request<tonic::Streaming<proto::ExportUpdate>>,
     ) -> Result<Response<Self::StreamExportsStream>, Status> {
         let caller = peer_identity(&req);
-        let mut inbound = req.into_inner();
+        let inbound = req.into_inner();
         let hub = self.0.clone();
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
             hub.metrics().agents_connected.inc();
-            let mut cluster = String::new();
-            while let Some(msg) = inbound.next().await {
-                let update = match msg {
-                    Ok(u) => u,
-                    Err(e) => {
-                        tracing::info!(cluster = %cluster, error = %e, "export stream ended");
-                        break;
-                    }
-                };
-                cluster = update.cluster.clone();
-                // Every update, not just the first: a cluster writes only its own.
-                let result = match hub.authorize_cluster(caller.as_ref(), &cluster) {
-                    Ok(()) => apply_update(&hub, update).await,
-                    Err(status) => {
-                        tracing::warn!(cluster = %cluster, caller = ?caller, "refused exports for another cluster");
-                        Err(status)
-                    }
-                };
-                let failed = result.is_err();
-                if tx.send(result).await.is_err() || failed {
-                    break;
-                }
-            }
+            serve_exports(&hub, caller, inbound, tx).await;
             hub.metrics().agents_connected.dec();
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 
+/// The bound on the exports (their protobuf encoding) in one raft proposal
+/// of a full resync: a resync larger than that, in one message or in parts,
+/// is proposed in several [`Command::ResyncExports`] entries of about three
+/// times that each (JSON), never in one large entry.
+pub const RESYNC_PROPOSAL_BYTES: usize = 256 * 1024;
+
+/// A full resync in parts under way on one export stream.
+struct Resync {
+    revision: u64,
+    /// The agent's next part.
+    next_part: u32,
+    /// Tells this resync's raft entries from any other's.
+    attempt: u64,
+    /// The next raft entry's part number.
+    step: u32,
+    exports: usize,
+    started: std::time::Instant,
+}
+
+/// One export stream: applies each update in order and acks it once it is
+/// committed and applied (a full resync in parts: once its last part is).
+/// The first error ends the stream, with that status for the agent.
+async fn serve_exports(
+    hub: &Hub,
+    caller: Option<crate::identity::Identity>,
+    mut inbound: tonic::Streaming<proto::ExportUpdate>,
+    tx: mpsc::Sender<Result<proto::ExportAck, Status>>,
+) {
+    let mut cluster = String::new();
+    let mut resync: Option<Resync> = None;
+    while let Some(msg) = inbound.next().await {
+        let update = match msg {
+            Ok(u) => u,
+            Err(e) if e.code() == tonic::Code::OutOfRange => {
+                // tonic's refusal of a message above MAX_API_MESSAGE: tell
+                // the agent why, not just that the stream closed.
+                tracing::warn!(cluster = %cluster, error = %e.message(), limit = MAX_API_MESSAGE, "export update too large; ending the stream");
+                let status = Status::resource_exhausted(format!(
+                    "export update larger than the hub accepts ({MAX_API_MESSAGE} bytes): {}; a full resync must travel in parts (ExportUpdate.more)",
+                    e.message()
+                ));
+                let _ = tx.send(Err(status)).await;
+                break;
+            }
+            Err(e) => {
+                tracing::info!(cluster = %cluster, error = %e, "export stream ended");
+                break;
+            }
+        };
+        cluster = update.cluster.clone();
+        // Every update, not just the first: a cluster writes only its own.
+        let result = match hub.authorize_cluster(caller.as_ref(), &cluster) {
+            Ok(()) => apply_update(hub, &mut resync, update).await,
+            Err(status) => {
+                tracing::warn!(cluster = %cluster, caller = ?caller, "refused exports for another cluster");
+                Err(status)
+            }
+        };
+        match result {
+            Ok(None) => {}
+            Ok(Some(ack)) => {
+                if tx.send(Ok(ack)).await.is_err() {
+                    break;
+                }
+            }
+            Err(status) => {
+                tracing::info!(cluster = %cluster, code = ?status.code(), error = %status.message(), "export update refused; ending the stream");
+                let _ = tx.send(Err(status)).await;
+                break;
+            }
+        }
+    }
+    if let Some(r) = resync {
+        tracing::info!(
+            cluster = %cluster,
+            revision = r.revision,
+            parts = r.next_part,
+            exports = r.exports,
+            "export stream ended in the middle of a full resync: its exports so far are upserted, nothing was removed; the agent starts the resync over"
+        );
+    }
+}
+
+/// Applies one update of a stream: a delta, a one-message full resync, or
+/// a part of a full resync (`resync` follows the parts). Returns the ack to
+/// send, if any.
+async fn apply_update(
+    hub: &Hub,
+    resync: &mut Option<Resync>,
+    u: proto::ExportUpdate,
+) -> Result<Option<proto::ExportAck>, Status> {
+    if !u.full_resync {
+        if let Some(r) = resync {
+            return Err(Status::invalid_argument(format!(
+                "export delta at revision {} for cluster {} arrived before the last part of the full resync at revision {} (part {} was next)",
+                u.revision, u.cluster, r.revision, r.next_part
+            )));
+        }
+        return apply_delta(hub, u).await.map(Some);
+    }
+    let (in_parts, first) = match resync.as_ref() {
+        Some(r) if r.revision == u.revision && r.next_part == u.part => (true, false),
+        Some(r) => {
+            return Err(Status::invalid_argument(format!(
+                "export resync of cluster {}: part {} of revision {} arrived where part {} of revision {} was next",
+                u.cluster, u.part, u.revision, r.next_part, r.revision
+            )))
+        }
+        None if u.part == 0 => (u.more, true),
+        None => {
+            return Err(Status::invalid_argument(format!(
+                "export resync of cluster {} at revision {}: part {} arrived without the parts before it",
+                u.cluster, u.revision, u.part
+            )))
+        }
+    };
+    // A full resync's deletes are redundant (whatever it lacks goes) and
+    // ignored; each export keeps its encoded size, to bound proposals.
+    let mut upserts = Vec::with_capacity(u.upserts.len());
+    let mut total = 0usize;
+    for e in &u.upserts {
+        let size = field_len(e);
+        total += size;
+        upserts.push((
+            size,
+            export_from_proto(&u.cluster, e)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?,
+        ));
+    }
+    if !in_parts && total <= RESYNC_PROPOSAL_BYTES {
+        // One message, one entry: the command every hub version knows.
+        let cmd = Command::SyncExports {
+            cluster: u.cluster.clone(),
+            revision: u.revision,
+            full: true,
+            upserts: upserts.into_iter().map(|(_, e)| e).collect(),
+            deletes: Vec::new(),
+        };
+        hub.propose(&cmd).await?;
+        tracing::debug!(cluster = %u.cluster, revision = u.revision, "full export resync applied");
+        return Ok(Some(proto::ExportAck {
+            revision: u.revision,
+        }));
+    }
+    if first {
+        tracing::info!(cluster = %u.cluster, revision = u.revision, "full export resync in parts started");
+        *resync = Some(Resync {
+            revision: u.revision,
+            next_part: 0,
+            attempt: rand::random(),
+            step: 0,
+            exports: 0,
+            started: std::time::Instant::now(),
+        });
+    }
+    let Some(r) = resync.as_mut() else {
+        return Err(Status::internal("resync state lost"));
+    };
+    let chunks = proposal_chunks(upserts, RESYNC_PROPOSAL_BYTES);
+    let count = chunks.len();
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        r.exports += chunk.len();
+        let cmd = Command::ResyncExports {
+            cluster: u.cluster.clone(),
+            revision: u.revision,
+            attempt: r.attempt,
+            part: r.step,
+            last: !u.more && i + 1 == count,
+            upserts: chunk,
+        };
+        hub.propose(&cmd).await?;
+        r.step += 1;
+    }
+    r.next_part += 1;
+    if u.more {
+        tracing::debug!(cluster = %u.cluster, revision = u.revision, part = u.part, "export resync part applied");
+        return Ok(None);
+    }
+    tracing::info!(
+        cluster = %u.cluster,
+        revision = u.revision,
+        parts = r.next_part,
+        proposals = r.step,
+        exports = r.exports,
+        elapsed_ms = r.started.elapsed().as_millis() as u64,
+        "full export resync in parts applied"
+    );
+    *resync = None;
+    Ok(Some(proto::ExportAck {
+        revision: u.revision,
+    }))
+}
+
+/// `exports` (each with its encoded size) in runs of at most `budget`
+/// bytes (an export larger than that alone); one run, empty, when there
+/// are none (the last part of a resync must still be proposed).
+fn proposal_chunks(exports: Vec<(usize, Export)>, budget: usize) -> Vec<Vec<Export>> {
+    let mut chunks = vec![Vec::new()];
+    let mut used = 0usize;
+    for (size, export) in exports {
+        if chunks.last().is_some_and(|c| !c.is_empty()) && used + size > budget {
+            chunks.push(Vec::new());
+            used = 0;
+        }
+        used += size;
+        if let Some(c) = chunks.last_mut() {
+            c.push(export);
+        }
+    }
+    chunks
+}
+
 /// Streams `cluster`'s import set whenever it changes, until the agent
-/// goes away.
+/// goes away: in parts of at most `part_bytes` when the agent takes parts,
+/// otherwise in one message (or an error when that would be too large).
 async fn send_imports(
     hub: Hub,
     cluster: String,
+    part_bytes: Option<usize>,
     tx: mpsc::Sender<Result<proto::ImportSet, Status>>,
 ) {
     let mut view = hub.watch_state();
@@ -298,8 +494,28 @@ async fn send_imports(
                 l.services != set.services || l.export_conditions != set.export_conditions
             });
             if differs {
-                if tx.send(Ok(set.clone())).await.is_err() {
-                    return;
+                let messages = match part_bytes {
+                    Some(budget) => super::imports::into_parts(set.clone(), budget),
+                    None => {
+                        if let Err(e) = check_size(|| "the import set".into(), &set) {
+                            tracing::warn!(cluster = %cluster, bytes = e.bytes, limit = e.limit, "import set too large for an agent that takes no parts; ending its stream");
+                            let _ = tx
+                                .send(Err(Status::resource_exhausted(format!(
+                                    "{e}; upgrade the agent: agents that ask for parts (WatchImportsRequest.max_part_bytes) get any size"
+                                ))))
+                                .await;
+                            return;
+                        }
+                        vec![set.clone()]
+                    }
+                };
+                if messages.len() > 1 {
+                    tracing::debug!(cluster = %cluster, version = set.version, parts = messages.len(), "sending import set in parts");
+                }
+                for message in messages {
+                    if tx.send(Ok(message)).await.is_err() {
+                        return;
+                    }
                 }
                 last = Some(set);
             }
@@ -312,7 +528,7 @@ async fn send_imports(
     }
 }
 
-async fn apply_update(hub: &Hub, u: proto::ExportUpdate) -> Result<proto::ExportAck, Status> {
+async fn apply_delta(hub: &Hub, u: proto::ExportUpdate) -> Result<proto::ExportAck, Status> {
     let mut upserts = Vec::with_capacity(u.upserts.len());
     for e in &u.upserts {
         upserts.push(
@@ -330,12 +546,12 @@ async fn apply_update(hub: &Hub, u: proto::ExportUpdate) -> Result<proto::Export
     let cmd = Command::SyncExports {
         cluster: u.cluster.clone(),
         revision: u.revision,
-        full: u.full_resync,
+        full: false,
         upserts,
         deletes,
     };
     hub.propose(&cmd).await?;
-    tracing::debug!(cluster = %u.cluster, revision = u.revision, full = u.full_resync, "exports applied");
+    tracing::debug!(cluster = %u.cluster, revision = u.revision, "export delta applied");
     Ok(proto::ExportAck {
         revision: u.revision,
     })
@@ -501,5 +717,27 @@ impl AdminService for AdminApi {
         Ok(Response::new(proto::GetCaResponse {
             ca_pem: authority.ca_pem().to_string(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resync_proposals_are_bounded_and_never_none() {
+        let export = |i: u8| {
+            crate::model::fixtures::export("a", &format!("app/s{i}"), 80, [[10, 0, 0, i].into()])
+        };
+        let sized: Vec<(usize, Export)> = (0..10).map(|i| (100, export(i))).collect();
+        let chunks = proposal_chunks(sized.clone(), 250);
+        assert_eq!(
+            chunks.iter().map(Vec::len).collect::<Vec<_>>(),
+            [2, 2, 2, 2, 2]
+        );
+        let flat: Vec<Export> = chunks.concat();
+        assert_eq!(flat, sized.into_iter().map(|(_, e)| e).collect::<Vec<_>>());
+        assert_eq!(proposal_chunks(vec![(1000, export(1))], 250).len(), 1);
+        assert_eq!(proposal_chunks(Vec::new(), 250), [Vec::<Export>::new()]);
     }
 }

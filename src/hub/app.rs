@@ -16,6 +16,7 @@ use crate::proto::{
     admin_service_server::AdminServiceServer, agent_service_server::AgentServiceServer,
     gateway_service_server::GatewayServiceServer, peer_service_server::PeerServiceServer,
 };
+use crate::wire::MAX_API_MESSAGE;
 use anyhow::Context;
 use axum::routing::get;
 use std::collections::BTreeMap;
@@ -279,11 +280,17 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Re
             (hub.with_authority(authority), Some(server_tls))
         }
     };
-    let router = tonic::service::Routes::new(AgentServiceServer::new(AgentApi(hub.clone())))
+    // Agents and gateways: explicit message limits (whole sets travel in
+    // parts well below them, see crate::wire).
+    let agents = AgentServiceServer::new(AgentApi(hub.clone()))
+        .max_decoding_message_size(MAX_API_MESSAGE)
+        .max_encoding_message_size(MAX_API_MESSAGE);
+    let gateways = GatewayServiceServer::new(super::gateway_api::GatewayApi(hub.clone()))
+        .max_decoding_message_size(MAX_API_MESSAGE)
+        .max_encoding_message_size(MAX_API_MESSAGE);
+    let router = tonic::service::Routes::new(agents)
         .add_service(AdminServiceServer::new(AdminApi(hub.clone())))
-        .add_service(GatewayServiceServer::new(super::gateway_api::GatewayApi(
-            hub.clone(),
-        )))
+        .add_service(gateways)
         .into_axum_router()
         .merge(
             axum::Router::new()

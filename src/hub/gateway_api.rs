@@ -10,6 +10,8 @@ use super::state::Command;
 use crate::identity::tls::peer_identity;
 use crate::model::validate_cluster_id;
 use crate::proto::{self, gateway_service_server::GatewayService};
+use crate::wire::{check_size, part_budget, split_by_size};
+use prost::Message as _;
 use std::pin::Pin;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -21,6 +23,36 @@ pub struct GatewayApi(pub Hub);
 
 /// Acknowledgements are recorded at most this often per gateway.
 const ACK_INTERVAL: Duration = Duration::from_millis(500);
+
+/// `config` in parts of at most `part_bytes` encoded bytes each (a route
+/// larger than that alone in its part), its version and nonce on every
+/// part and `more` on all but the last. One part when it fits.
+pub fn into_parts(config: proto::GatewayConfig, part_bytes: usize) -> Vec<proto::GatewayConfig> {
+    let proto::GatewayConfig {
+        version,
+        nonce,
+        services,
+        ..
+    } = config;
+    let header = proto::GatewayConfig {
+        version,
+        nonce: nonce.clone(),
+        services: Vec::new(),
+        more: true,
+    }
+    .encoded_len();
+    let runs = split_by_size(services, part_bytes.saturating_sub(header));
+    let count = runs.len();
+    runs.into_iter()
+        .enumerate()
+        .map(|(i, services)| proto::GatewayConfig {
+            version,
+            nonce: nonce.clone(),
+            services,
+            more: i + 1 < count,
+        })
+        .collect()
+}
 
 #[tonic::async_trait]
 impl GatewayService for GatewayApi {
@@ -60,7 +92,8 @@ impl GatewayService for GatewayApi {
         }
         tracing::info!(cluster = %hello.cluster, inbound = %hello.inbound, "gateway connected");
         let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(serve(hub, hello.cluster, inbound, tx));
+        let part_bytes = part_budget(hello.max_part_bytes);
+        tokio::spawn(serve(hub, hello.cluster, part_bytes, inbound, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -68,6 +101,7 @@ impl GatewayService for GatewayApi {
 async fn serve(
     hub: Hub,
     cluster: String,
+    part_bytes: Option<usize>,
     mut inbound: tonic::Streaming<proto::GatewayRequest>,
     tx: mpsc::Sender<Result<proto::GatewayConfig, Status>>,
 ) {
@@ -97,9 +131,27 @@ async fn serve(
                     version: state.applied_index,
                     nonce: crate::identity::hex(&rand::random::<[u8; 8]>()),
                     services: routes.clone(),
+                    more: false,
                 };
-                if tx.send(Ok(config)).await.is_err() {
-                    return;
+                let messages = match part_bytes {
+                    Some(budget) => into_parts(config, budget),
+                    None => {
+                        if let Err(e) = check_size(|| "the gateway configuration".into(), &config) {
+                            tracing::warn!(%cluster, bytes = e.bytes, limit = e.limit, "configuration too large for a gateway that takes no parts; ending its stream");
+                            let _ = tx
+                                .send(Err(Status::resource_exhausted(format!(
+                                    "{e}; upgrade the gateway: gateways that ask for parts (GatewayHello.max_part_bytes) get any size"
+                                ))))
+                                .await;
+                            return;
+                        }
+                        vec![config]
+                    }
+                };
+                for message in messages {
+                    if tx.send(Ok(message)).await.is_err() {
+                        return;
+                    }
                 }
                 offered = state.applied_index;
                 dirty = true;
@@ -150,5 +202,46 @@ async fn serve(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_configuration_in_parts_keeps_version_and_nonce_and_adds_up() {
+        let config = proto::GatewayConfig {
+            version: 12,
+            nonce: "abc".into(),
+            services: (0..30)
+                .map(|i| proto::GatewayRoute {
+                    namespace: "app".into(),
+                    name: format!("s{i}"),
+                    listener: format!("127.0.1.{i}"),
+                    ..Default::default()
+                })
+                .collect(),
+            more: false,
+        };
+        let parts = into_parts(config.clone(), 120);
+        assert!(parts.len() > 5, "{} parts", parts.len());
+        let mut assembler = crate::wire::Assembler::default();
+        let mut whole = None;
+        for (i, p) in parts.iter().enumerate() {
+            assert!(
+                p.encoded_len() <= 120,
+                "part {i}: {} bytes",
+                p.encoded_len()
+            );
+            assert_eq!((p.version, p.nonce.as_str()), (12, "abc"));
+            assert_eq!(p.more, i + 1 < parts.len());
+            whole = assembler.push(p.clone()).unwrap();
+        }
+        assert_eq!(whole, Some(config.clone()));
+        assert_eq!(
+            into_parts(config.clone(), crate::wire::PART_BYTES),
+            [config]
+        );
     }
 }

@@ -7,7 +7,8 @@
 use super::state::State;
 use crate::model::{Condition, ServiceKey};
 use crate::proto;
-use crate::wire::{endpoint_to_proto, port_to_proto};
+use crate::wire::{endpoint_to_proto, field_len, port_to_proto};
+use prost::Message as _;
 
 fn condition(key: &ServiceKey, c: &Condition) -> proto::ExportCondition {
     proto::ExportCondition {
@@ -81,7 +82,52 @@ pub fn import_set(state: &State, cluster: &str) -> proto::ImportSet {
         version: state.applied_index,
         services,
         export_conditions,
+        more: false,
     }
+}
+
+/// `set` in parts of at most `part_bytes` encoded bytes each (a service
+/// larger than that alone in its part): the services, then the export
+/// conditions, in order; the set's version on every part and `more` on all
+/// but the last. One part when the set fits.
+pub fn into_parts(set: proto::ImportSet, part_bytes: usize) -> Vec<proto::ImportSet> {
+    let version = set.version;
+    let empty = || proto::ImportSet {
+        version,
+        services: Vec::new(),
+        export_conditions: Vec::new(),
+        more: true,
+    };
+    let budget = part_bytes.saturating_sub(empty().encoded_len());
+    let mut parts = vec![empty()];
+    let mut used = 0usize;
+    // Room for `len` more bytes in the last part, or a new part.
+    let mut room = |parts: &mut Vec<proto::ImportSet>, len: usize| {
+        let empty_part = parts
+            .last()
+            .is_none_or(|p| p.services.is_empty() && p.export_conditions.is_empty());
+        if !empty_part && used + len > budget {
+            parts.push(empty());
+            used = 0;
+        }
+        used += len;
+    };
+    for service in set.services {
+        room(&mut parts, field_len(&service));
+        if let Some(p) = parts.last_mut() {
+            p.services.push(service);
+        }
+    }
+    for condition in set.export_conditions {
+        room(&mut parts, field_len(&condition));
+        if let Some(p) = parts.last_mut() {
+            p.export_conditions.push(condition);
+        }
+    }
+    if let Some(p) = parts.last_mut() {
+        p.more = false;
+    }
+    parts
 }
 
 #[cfg(test)]
@@ -154,6 +200,37 @@ mod tests {
         // A cluster that exports nothing gets no export conditions.
         register(&mut s, 5, "c");
         assert!(import_set(&s, "c").export_conditions.is_empty());
+    }
+
+    #[test]
+    fn a_set_in_parts_adds_up_to_the_set() {
+        let mut s = State::default();
+        register(&mut s, 1, "a");
+        for i in 0..40u8 {
+            let e = fixtures::export("a", &format!("app/s{i}"), 80, [[10, 0, 0, i + 1].into()]);
+            sync(&mut s, u64::from(i) + 2, e);
+        }
+        let set = import_set(&s, "a");
+        assert_eq!((set.services.len(), set.export_conditions.len()), (40, 40));
+        let parts = into_parts(set.clone(), 700);
+        assert!(parts.len() > 5, "{} parts", parts.len());
+        let mut assembler = crate::wire::Assembler::default();
+        let mut whole = None;
+        for (i, p) in parts.iter().enumerate() {
+            assert!(
+                p.encoded_len() <= 700,
+                "part {i}: {} bytes",
+                p.encoded_len()
+            );
+            assert_eq!(p.version, set.version);
+            assert_eq!(p.more, i + 1 < parts.len());
+            assert!(!p.services.is_empty() || !p.export_conditions.is_empty());
+            whole = assembler.push(p.clone()).unwrap();
+        }
+        assert_eq!(whole, Some(set.clone()));
+        assert_eq!(into_parts(set.clone(), crate::wire::PART_BYTES), [set]);
+        let empty = import_set(&State::default(), "a");
+        assert_eq!(into_parts(empty.clone(), 10), [empty]);
     }
 
     #[test]

@@ -34,6 +34,23 @@ pub enum Command {
         upserts: Vec<Export>,
         deletes: Vec<ServiceKey>,
     },
+    /// One part of a cluster's full export resync, for a resync too large
+    /// for one entry. Each part's exports are upserted when it applies;
+    /// the exports of the cluster missing from every part are removed, and
+    /// the revision recorded, only when the `last` part applies. `attempt`
+    /// (chosen by the replica that received the resync) tells the parts of
+    /// one resync from another's, `part` counts from 0: part 0 starts a
+    /// resync over, a part that does not continue the resync under way is
+    /// refused, and a part applied again (a retried proposal) changes
+    /// nothing it had not already.
+    ResyncExports {
+        cluster: ClusterId,
+        revision: u64,
+        attempt: u64,
+        part: u32,
+        last: bool,
+        upserts: Vec<Export>,
+    },
     /// Objects applied by a user, all or nothing. `now` (RFC 3339) stamps
     /// new objects' creationTimestamp, chosen by the proposer so every
     /// replica stores the same value.
@@ -258,6 +275,24 @@ pub enum StateError {
     Token { id: String, why: String },
 }
 
+/// A cluster's full export resync in parts ([`Command::ResyncExports`]):
+/// the one under way, or the last one completed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportResync {
+    /// Which resync (chosen by the replica that received it).
+    pub attempt: u64,
+    /// The export revision it brings.
+    pub revision: u64,
+    /// The part it expects next; lower parts are replays.
+    pub next_part: u32,
+    /// Its last part has been applied.
+    pub complete: bool,
+    /// The services of the parts applied so far (emptied on completion):
+    /// the cluster's exports not among them go when the last part applies.
+    pub seen: imbl::OrdSet<ServiceKey>,
+}
+
 /// What the hub knows, replicated. Derived `backends` are part of it so
 /// that their revisions survive snapshots and restarts.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -267,6 +302,9 @@ pub struct State {
     pub exports: ServiceMap<BTreeMap<ClusterId, Export>>,
     /// The last export revision applied per cluster.
     pub export_revisions: BTreeMap<ClusterId, u64>,
+    /// Each cluster's latest full export resync in parts.
+    #[serde(default)]
+    pub export_resyncs: BTreeMap<ClusterId, ExportResync>,
     /// ServiceImports applied by users.
     pub imports: ServiceMap<ServiceImport>,
     /// MultiClusterServices by their own namespace/name.
@@ -338,6 +376,16 @@ impl State {
             Command::SyncExports {
                 cluster, upserts, ..
             } => self.check_exports(cluster, upserts),
+            Command::ResyncExports {
+                cluster,
+                attempt,
+                part,
+                upserts,
+                ..
+            } => {
+                self.check_exports(cluster, upserts)?;
+                self.check_resync_part(cluster, *attempt, *part)
+            }
             Command::Apply { objects, .. } => self.validate_objects(objects),
             Command::RelayMultiClusterServices {
                 cluster, objects, ..
@@ -508,6 +556,25 @@ impl State {
                 self.sync_exports(cluster, *revision, *full, upserts, deletes, &mut touched)?;
                 out.lines
                     .push(format!("cluster {cluster} exports at revision {revision}"));
+            }
+            Command::ResyncExports {
+                cluster,
+                revision,
+                attempt,
+                part,
+                last,
+                upserts,
+            } => {
+                let line = self.resync_part(
+                    cluster,
+                    *revision,
+                    *attempt,
+                    *part,
+                    *last,
+                    upserts,
+                    &mut touched,
+                );
+                out.lines.push(line);
             }
             Command::Apply { objects, now } => {
                 for obj in objects {
@@ -715,6 +782,15 @@ impl State {
             // A replayed delta (the agent resent after a reconnect): already applied.
             return Ok(());
         }
+        if let Some(r) = self.export_resyncs.get(cluster).filter(|r| !r.complete) {
+            if !full && revision < r.revision {
+                // From a stream older than the resync under way.
+                return Ok(());
+            }
+            // A complete resync or a newer delta supersedes the resync in
+            // parts under way: it will not complete, so it removes nothing.
+            self.export_resyncs.remove(cluster);
+        }
         let seen: BTreeSet<&ServiceKey> = upserts.iter().map(|e| &e.service).collect();
         if full {
             let stale: Vec<ServiceKey> = self
@@ -739,6 +815,107 @@ impl State {
         }
         self.export_revisions.insert(cluster.clone(), revision);
         Ok(())
+    }
+
+    /// Whether part `part` of resync `attempt` may apply: part 0 always (it
+    /// starts a resync over, or replays the first part of the one under
+    /// way); a later part only within the resync it belongs to, at most one
+    /// past the parts applied (lower ones are replays); any part of a
+    /// completed resync (a replay: it changes nothing).
+    fn check_resync_part(
+        &self,
+        cluster: &ClusterId,
+        attempt: u64,
+        part: u32,
+    ) -> Result<(), StateError> {
+        if part == 0 {
+            return Ok(());
+        }
+        match self.export_resyncs.get(cluster) {
+            Some(r) if r.attempt == attempt && (r.complete || part <= r.next_part) => Ok(()),
+            Some(r) if r.attempt == attempt => Err(StateError::Invalid(format!(
+                "export resync of cluster {cluster} at revision {}: part {part} arrived before part {}; the agent starts the resync over",
+                r.revision, r.next_part
+            ))),
+            _ => Err(StateError::Invalid(format!(
+                "export resync of cluster {cluster}: part {part} belongs to a resync that is no longer under way (another one started); the agent starts the resync over"
+            ))),
+        }
+    }
+
+    /// Applies one part of a resync (checked by [`Self::check_resync_part`]).
+    #[allow(clippy::too_many_arguments)]
+    fn resync_part(
+        &mut self,
+        cluster: &ClusterId,
+        revision: u64,
+        attempt: u64,
+        part: u32,
+        last: bool,
+        upserts: &[Export],
+        touched: &mut BTreeSet<ServiceKey>,
+    ) -> String {
+        let current = self.export_resyncs.get(cluster);
+        if current.is_some_and(|r| r.attempt == attempt && r.complete) {
+            return format!(
+                "cluster {cluster} exports at revision {revision} (part {part} again, ignored)"
+            );
+        }
+        if part == 0 && current.is_none_or(|r| r.attempt != attempt) {
+            self.export_resyncs.insert(
+                cluster.clone(),
+                ExportResync {
+                    attempt,
+                    revision,
+                    next_part: 0,
+                    complete: false,
+                    seen: imbl::OrdSet::new(),
+                },
+            );
+        }
+        let mut seen = match self.export_resyncs.get_mut(cluster) {
+            Some(r) => {
+                r.next_part = r.next_part.max(part.saturating_add(1));
+                std::mem::take(&mut r.seen)
+            }
+            // Checked before: cannot happen.
+            None => imbl::OrdSet::new(),
+        };
+        for e in upserts {
+            seen.insert(e.service.clone());
+            let by = self.exports.entry(e.service.clone()).or_default();
+            if by.get(cluster) != Some(e) {
+                Arc::make_mut(by).insert(cluster.clone(), e.clone());
+                touched.insert(e.service.clone());
+            }
+        }
+        if !last {
+            if let Some(r) = self.export_resyncs.get_mut(cluster) {
+                r.seen = seen;
+            }
+            return format!(
+                "cluster {cluster} exports at revision {revision}: part {part} applied, more to come"
+            );
+        }
+        let stale: Vec<ServiceKey> = self
+            .exports
+            .iter()
+            .filter(|(k, by)| by.contains_key(cluster) && !seen.contains(k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let removed = stale.len();
+        for k in stale {
+            self.remove_export(cluster, &k, touched);
+        }
+        if let Some(r) = self.export_resyncs.get_mut(cluster) {
+            r.complete = true;
+        }
+        self.export_revisions.insert(cluster.clone(), revision);
+        format!(
+            "cluster {cluster} exports at revision {revision}: {} exports in {} parts, {removed} removed",
+            seen.len(),
+            part + 1
+        )
     }
 
     fn remove_export(
@@ -1405,6 +1582,149 @@ mod tests {
         assert!(
             s.exports[&"app/api-v1-multi".parse::<ServiceKey>().unwrap()].contains_key("us-west-1")
         );
+    }
+
+    fn part(attempt: u64, part: u32, last: bool, names: &[&str]) -> Command {
+        Command::ResyncExports {
+            cluster: "us-west-1".into(),
+            revision: 9,
+            attempt,
+            part,
+            last,
+            upserts: names
+                .iter()
+                .map(|n| export("us-west-1", "app", n, 1))
+                .collect(),
+        }
+    }
+
+    fn exported_by_west(s: &State) -> Vec<String> {
+        s.exports
+            .iter()
+            .filter(|(_, by)| by.contains_key("us-west-1"))
+            .map(|(k, _)| k.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_resync_in_parts_removes_what_it_lacks_only_with_its_last_part() {
+        let mut s = playground();
+        assert_eq!(exported_by_west(&s), ["app/api-v1-multi", "app/only-0"]);
+        s.apply(10, &part(5, 0, false, &["a", "b"])).unwrap();
+        s.apply(11, &part(5, 1, false, &["c"])).unwrap();
+        // Upserted as they come; nothing removed, the revision not recorded.
+        assert_eq!(
+            exported_by_west(&s),
+            ["app/a", "app/api-v1-multi", "app/b", "app/c", "app/only-0"]
+        );
+        assert!(s
+            .backends
+            .contains_key(&"app/c".parse::<ServiceKey>().unwrap()));
+        assert_eq!(s.export_revisions["us-west-1"], 1);
+        // A retried proposal of a part already applied changes nothing.
+        let before = s.clone();
+        s.apply(12, &part(5, 1, false, &["c"])).unwrap();
+        s.apply(13, &part(5, 0, false, &["a", "b"])).unwrap();
+        assert_eq!(s.exports, before.exports);
+        assert_eq!(s.export_resyncs, before.export_resyncs);
+        // The last part: exactly the set remains.
+        let out = s.apply(14, &part(5, 2, true, &["api-v1-multi"])).unwrap();
+        assert!(
+            out.lines[0].contains("4 exports in 3 parts, 1 removed"),
+            "{:?}",
+            out.lines
+        );
+        assert_eq!(
+            exported_by_west(&s),
+            ["app/a", "app/api-v1-multi", "app/b", "app/c"]
+        );
+        assert!(!s
+            .backends
+            .contains_key(&"app/only-0".parse::<ServiceKey>().unwrap()));
+        assert_eq!(s.export_revisions["us-west-1"], 9);
+        let done = &s.export_resyncs["us-west-1"];
+        assert!(done.complete && done.seen.is_empty());
+        // Any part of the completed resync again: ignored.
+        let before = s.clone();
+        s.apply(15, &part(5, 0, false, &["only-0"])).unwrap();
+        s.apply(16, &part(5, 2, true, &[])).unwrap();
+        assert_eq!(s.exports, before.exports);
+        // The others' exports were never touched.
+        assert!(s.exports[&"app/only-1".parse::<ServiceKey>().unwrap()].contains_key("us-east-1"));
+    }
+
+    #[test]
+    fn resync_parts_out_of_order_or_of_an_abandoned_resync_are_refused() {
+        let mut s = playground();
+        s.apply(10, &part(5, 0, false, &["a"])).unwrap();
+        let before = s.clone();
+        let gap = s.apply(11, &part(5, 2, true, &[])).unwrap_err().to_string();
+        assert!(gap.contains("part 2 arrived before part 1"), "{gap}");
+        assert_eq!(s, before, "a refused part changes nothing");
+        // A new attempt (the agent reconnected) starts over; the old
+        // attempt's parts no longer apply, and its exports stay upserted.
+        s.apply(12, &part(6, 0, false, &["b"])).unwrap();
+        let stale = s.apply(13, &part(5, 1, true, &[])).unwrap_err().to_string();
+        assert!(stale.contains("no longer under way"), "{stale}");
+        assert_eq!(
+            exported_by_west(&s),
+            ["app/a", "app/api-v1-multi", "app/b", "app/only-0"]
+        );
+        s.apply(14, &part(6, 1, true, &["c"])).unwrap();
+        assert_eq!(exported_by_west(&s), ["app/b", "app/c"]);
+        // A part that continues nothing.
+        let mut fresh = playground();
+        assert!(fresh.apply(10, &part(1, 1, true, &[])).is_err());
+    }
+
+    #[test]
+    fn deltas_and_one_message_resyncs_supersede_an_unfinished_resync() {
+        let mut s = playground();
+        s.apply(10, &part(5, 0, false, &["a"])).unwrap();
+        // A delta older than the resync (a straggler from an old stream)
+        // is ignored; a newer one applies and abandons the resync.
+        let delta = |revision, name: &str| Command::SyncExports {
+            cluster: "us-west-1".into(),
+            revision,
+            full: false,
+            upserts: vec![export("us-west-1", "app", name, 1)],
+            deletes: vec![],
+        };
+        s.apply(11, &delta(8, "old")).unwrap();
+        assert!(!exported_by_west(&s).contains(&"app/old".to_string()));
+        s.apply(12, &delta(10, "new")).unwrap();
+        assert!(exported_by_west(&s).contains(&"app/new".to_string()));
+        assert!(s.export_resyncs.is_empty());
+        assert!(s.apply(13, &part(5, 1, true, &[])).is_err());
+        assert!(exported_by_west(&s).contains(&"app/only-0".to_string()));
+        // A one-message resync does too.
+        s.apply(14, &part(7, 0, false, &["b"])).unwrap();
+        let full = Command::SyncExports {
+            cluster: "us-west-1".into(),
+            revision: 3,
+            full: true,
+            upserts: vec![export("us-west-1", "app", "z", 1)],
+            deletes: vec![],
+        };
+        s.apply(15, &full).unwrap();
+        assert_eq!(exported_by_west(&s), ["app/z"]);
+        assert!(s.apply(16, &part(7, 1, true, &[])).is_err());
+        assert_eq!(exported_by_west(&s), ["app/z"]);
+    }
+
+    #[test]
+    fn an_unfinished_resync_survives_a_snapshot() {
+        let mut s = playground();
+        s.apply(10, &part(5, 0, false, &["a"])).unwrap();
+        let mut restored: State = serde_json::from_slice(&serde_json::to_vec(&s).unwrap()).unwrap();
+        assert_eq!(restored, s);
+        restored.apply(11, &part(5, 1, true, &["b"])).unwrap();
+        assert_eq!(exported_by_west(&restored), ["app/a", "app/b"]);
+        // A snapshot from before resyncs in parts existed reads as none.
+        let mut old = serde_json::to_value(playground()).unwrap();
+        old.as_object_mut().unwrap().remove("export_resyncs");
+        let old: State = serde_json::from_value(old).unwrap();
+        assert!(old.export_resyncs.is_empty());
     }
 
     #[test]

@@ -240,6 +240,7 @@ async fn start_clusters(
             hub: hub.api_addr.to_string(),
             spec: file.spec(),
             auth,
+            ..Default::default()
         };
         let (acked, _) = tokio::sync::watch::channel(Default::default());
         tasks.spawn(agent::run(config, desired, acked, shutdown.child_token()));

@@ -14,7 +14,8 @@ use super::resources::{
     self, MANAGED_BY_LABEL, MANAGER, MCS_SERVICE_NAME_LABEL, SOURCE_CLUSTER_LABEL,
 };
 use crate::model::{Condition, ServiceKey};
-use crate::proto::{self, agent_service_client::AgentServiceClient};
+use crate::proto;
+use crate::wire::{Assembler, PART_BYTES};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
@@ -52,13 +53,23 @@ pub async fn follow_hub(
         let hub = hubs.at(turn);
         let session = async {
             let channel = super::super::stream::connect(hub, &auth).await?;
-            let mut stream = AgentServiceClient::new(channel)
+            let mut stream = super::super::stream::agent_client(channel)
                 .watch_imports(proto::WatchImportsRequest {
                     cluster: cluster.clone(),
+                    max_part_bytes: PART_BYTES as u32,
                 })
                 .await?
                 .into_inner();
-            while let Some(set) = stream.message().await? {
+            // A set comes in parts; only a complete one is applied (a
+            // stream that breaks in between keeps the last complete set).
+            let mut parts = Assembler::default();
+            while let Some(part) = stream.message().await? {
+                let Some(set) = parts
+                    .push(part)
+                    .map_err(|e| tonic::Status::data_loss(format!("import set: {e}")))?
+                else {
+                    continue;
+                };
                 tracing::debug!(
                     version = set.version,
                     services = set.services.len(),
@@ -475,6 +486,7 @@ mod tests {
                 },
             ],
             export_conditions: vec![],
+            more: false,
         }
     }
 

@@ -250,6 +250,7 @@ pub async fn run(
             gateway_addresses: config.gateway_addresses.clone(),
         },
         auth: config.auth.clone(),
+        ..Default::default()
     };
     tokio::spawn(stream::run(
         session,

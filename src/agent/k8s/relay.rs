@@ -8,7 +8,7 @@
 use super::super::stream::{HubAuth, Hubs};
 use super::conditions;
 use crate::model::Condition;
-use crate::proto::{self, agent_service_client::AgentServiceClient};
+use crate::proto;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::ApiResource;
 use kube::runtime::reflector::Store;
@@ -61,7 +61,7 @@ async fn relay_once(
     let channel = super::super::stream::connect(hub, auth)
         .await
         .map_err(|e| e.to_string())?;
-    AgentServiceClient::new(channel)
+    super::super::stream::agent_client(channel)
         .relay_multi_cluster_services(request)
         .await
         .map(|r| r.into_inner())
