@@ -229,70 +229,80 @@ const UDP_BATCH: usize = 32;
 /// one arrives cut and is answered FORMERR or dropped).
 const UDP_QUERY_MAX: usize = 4096;
 
-/// One UDP worker until `stop`: waits for a datagram, takes whatever else
-/// is already queued (up to [`UDP_BATCH`]), answers them all and sends the
-/// answers with one `sendmmsg`, so a busy socket costs one sleep and one
-/// send call per batch, not per query.
+/// One UDP worker until `stop`: one `recvmmsg` waits for a datagram and
+/// takes whatever else is already queued (up to [`UDP_BATCH`]), the batch
+/// is answered, and one `sendmmsg` sends the answers: a busy socket costs
+/// two system calls and at most one sleep per batch, not per query.
 fn udp_worker(
     socket: std::net::UdpSocket,
     catalog: &Catalog,
     metrics: &Arc<Metrics>,
     stop: &CancellationToken,
 ) {
-    use rustix::net::{RecvFlags, SendFlags};
+    use nix::errno::Errno;
+    use nix::sys::socket::{recvmmsg, sendmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+    use std::io::{IoSlice, IoSliceMut};
+    use std::os::fd::AsRawFd;
+    let fd = socket.as_raw_fd();
     let mut tally = Tally::new(metrics, "udp");
-    let mut query = vec![0u8; UDP_QUERY_MAX];
+    let mut queries = vec![[0u8; UDP_QUERY_MAX]; UDP_BATCH];
     let mut answers: Vec<Vec<u8>> = (0..UDP_BATCH).map(|_| Vec::with_capacity(1232)).collect();
-    let mut peers = Vec::with_capacity(UDP_BATCH);
+    let mut recv_headers = MultiHeaders::<SockaddrStorage>::preallocate(UDP_BATCH, None);
+    let mut send_headers = MultiHeaders::<SockaddrStorage>::preallocate(UDP_BATCH, None);
+    let mut received: Vec<(usize, Option<SockaddrStorage>)> = Vec::with_capacity(UDP_BATCH);
+    let mut peers: Vec<Option<SockaddrStorage>> = Vec::with_capacity(UDP_BATCH);
     while !stop.is_cancelled() {
-        peers.clear();
-        while peers.len() < UDP_BATCH {
-            let flags = if peers.is_empty() {
-                RecvFlags::empty()
-            } else {
-                RecvFlags::DONTWAIT
-            };
-            match rustix::net::recvfrom(&socket, &mut query[..], flags) {
-                Ok((len, _, Some(peer))) => {
-                    let len = len.min(UDP_QUERY_MAX);
-                    let out = &mut answers[peers.len()];
-                    if tally.respond(catalog, &query[..len], Transport::Udp, out) {
-                        peers.push(peer);
-                    }
-                }
-                Ok((_, _, None)) => {}
-                Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => break,
-                Err(error) => {
-                    tracing::debug!(%error, "DNS receive failed");
-                    break;
-                }
+        received.clear();
+        {
+            let mut iovs: Vec<[IoSliceMut; 1]> = queries
+                .iter_mut()
+                .map(|q| [IoSliceMut::new(&mut q[..])])
+                .collect();
+            // Blocks (up to the socket's read timeout) for the first only.
+            match recvmmsg(
+                fd,
+                &mut recv_headers,
+                iovs.iter_mut(),
+                MsgFlags::MSG_WAITFORONE,
+                None,
+            ) {
+                Ok(batch) => received.extend(batch.map(|m| (m.bytes, m.address))),
+                Err(Errno::EAGAIN | Errno::EINTR) => {}
+                Err(error) => tracing::debug!(%error, "DNS receive failed"),
             }
         }
-        if peers.is_empty() {
+        if received.is_empty() {
             tally.flush();
             continue;
         }
-        let slices: Vec<_> = answers[..peers.len()]
+        peers.clear();
+        for ((len, peer), query) in received.iter().zip(&queries) {
+            let Some(peer) = peer else { continue };
+            let query = &query[..(*len).min(UDP_QUERY_MAX)];
+            if tally.respond(catalog, query, Transport::Udp, &mut answers[peers.len()]) {
+                peers.push(Some(*peer));
+            }
+        }
+        let slices: Vec<[IoSlice; 1]> = answers[..peers.len()]
             .iter()
-            .map(|a| std::io::IoSlice::new(a))
-            .collect();
-        let mut controls: Vec<_> = (0..peers.len())
-            .map(|_| rustix::net::SendAncillaryBuffer::default())
-            .collect();
-        let mut messages: Vec<_> = peers
-            .iter()
-            .zip(&slices)
-            .zip(&mut controls)
-            .map(|((peer, slice), control)| {
-                rustix::net::MMsgHdr::new_with_addr(peer, std::slice::from_ref(slice), control)
-            })
+            .map(|a| [IoSlice::new(a)])
             .collect();
         let mut sent = 0;
-        while sent < messages.len() {
-            match rustix::net::sendmmsg(&socket, &mut messages[sent..], SendFlags::empty()) {
-                Ok(0) => break,
-                Ok(n) => sent += n,
-                Err(rustix::io::Errno::INTR) => {}
+        while sent < peers.len() {
+            let no_control: [nix::sys::socket::ControlMessage; 0] = [];
+            match sendmmsg(
+                fd,
+                &mut send_headers,
+                slices[sent..].iter(),
+                &peers[sent..],
+                no_control,
+                MsgFlags::empty(),
+            ) {
+                Ok(done) => match done.count() {
+                    0 => break,
+                    n => sent += n,
+                },
+                Err(Errno::EINTR) => {}
                 Err(error) => {
                     // This answer is lost (the client retries); go on.
                     tracing::debug!(%error, "could not send a DNS response");
