@@ -354,11 +354,9 @@ fn run_latency(addr: SocketAddr, file: &Path, secs: u64, rate: u64) -> (f64, f64
         .filter(|l| l.starts_with("> "))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .collect();
-    v.sort_by(f64::total_cmp);
-    let at = |p: f64| v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)));
     (
-        at(0.50).copied().unwrap_or(f64::NAN) * 1000.0,
-        at(0.99).copied().unwrap_or(f64::NAN) * 1000.0,
+        percentile(&mut v, 0.50) * 1000.0,
+        percentile(&mut v, 0.99) * 1000.0,
     )
 }
 
@@ -383,15 +381,7 @@ fn export(service: &str, addresses: &[std::net::Ipv4Addr]) -> Export {
         endpoint_ports: Vec::new(),
         endpoints: addresses
             .iter()
-            .map(|a| Endpoint {
-                address: (*a).into(),
-                hostname: None,
-                pod: None,
-                ready: true,
-                serving: true,
-                terminating: false,
-                zone: None,
-            })
+            .map(|a| Endpoint::ready((*a).into()))
             .collect(),
         created_unix_ms: 0,
     }

@@ -147,6 +147,24 @@ impl Stream {
         self.tx.send(update).await.unwrap();
     }
 
+    /// Sends a whole resync of `names` at `revision` in parts and returns
+    /// what comes back (see [`Stream::ack`]).
+    async fn resync(
+        &mut self,
+        revision: u64,
+        names: &BTreeSet<String>,
+    ) -> Option<Result<u64, Refusal>> {
+        for p in parts(revision, names) {
+            self.send(p).await;
+        }
+        self.ack().await
+    }
+
+    /// The next ack within 10 s (see [`Stream::ack_within`]).
+    async fn ack(&mut self) -> Option<Result<u64, Refusal>> {
+        self.ack_within(Duration::from_secs(10)).await
+    }
+
     /// The next ack's revision, or the status that ended the stream, or
     /// `None` if nothing comes within `wait`.
     async fn ack_within(&mut self, wait: Duration) -> Option<Result<u64, Refusal>> {
@@ -168,13 +186,7 @@ async fn a_resync_in_parts_removes_only_after_its_last_part_and_acks_then() {
     // The first set, in 20 parts: acked once, after the last.
     let first = names(0..20);
     let mut stream = Stream::open(&mut client).await;
-    for p in parts(1, &first) {
-        stream.send(p).await;
-    }
-    assert_eq!(
-        stream.ack_within(Duration::from_secs(10)).await,
-        Some(Ok(1))
-    );
+    assert_eq!(stream.resync(1, &first).await, Some(Ok(1)));
     assert_eq!(exported(&hub.hub.state(), "c"), first);
     assert_eq!(hub.hub.state().export_revisions["c"], 1);
 
@@ -195,10 +207,7 @@ async fn a_resync_in_parts_removes_only_after_its_last_part_and_acks_then() {
     assert_eq!(hub.hub.state().export_revisions["c"], 1);
 
     stream.send(last).await;
-    assert_eq!(
-        stream.ack_within(Duration::from_secs(10)).await,
-        Some(Ok(2))
-    );
+    assert_eq!(stream.ack().await, Some(Ok(2)));
     let state = hub.hub.state();
     assert_eq!(exported(&state, "c"), second, "exactly the new set");
     assert_eq!(state.export_revisions["c"], 2);
@@ -216,10 +225,7 @@ async fn a_resync_in_parts_removes_only_after_its_last_part_and_acks_then() {
             ..Default::default()
         })
         .await;
-    assert_eq!(
-        stream.ack_within(Duration::from_secs(10)).await,
-        Some(Ok(3))
-    );
+    assert_eq!(stream.ack().await, Some(Ok(3)));
     assert!(!exported(&hub.hub.state(), "c").contains("s10"));
     hub.stop().await;
 }
@@ -258,10 +264,7 @@ async fn a_one_message_resync_larger_than_a_raft_entry_goes_in_several() {
             ..Default::default()
         })
         .await;
-    assert_eq!(
-        stream.ack_within(Duration::from_secs(10)).await,
-        Some(Ok(2))
-    );
+    assert_eq!(stream.ack().await, Some(Ok(2)));
     assert_eq!(exported(&hub.hub.state(), "c"), names(1..2));
     hub.stop().await;
 }
@@ -272,13 +275,7 @@ async fn a_stream_cut_in_the_middle_of_a_resync_deletes_nothing() {
     let hub = start_hub(dir.path()).await;
     let mut client = client(&hub).await;
     let mut stream = Stream::open(&mut client).await;
-    for p in parts(1, &names(0..10)) {
-        stream.send(p).await;
-    }
-    assert_eq!(
-        stream.ack_within(Duration::from_secs(10)).await,
-        Some(Ok(1))
-    );
+    assert_eq!(stream.resync(1, &names(0..10)).await, Some(Ok(1)));
 
     // A resync to s5..s15 breaks after 3 of its 10 parts, twice: once by
     // the agent closing its side, once by the connection going away.
@@ -312,13 +309,7 @@ async fn a_stream_cut_in_the_middle_of_a_resync_deletes_nothing() {
 
     // The agent starts over on a new stream: exactly its set.
     let mut stream = Stream::open(&mut client).await;
-    for p in parts(3, &names(5..15)) {
-        stream.send(p).await;
-    }
-    assert_eq!(
-        stream.ack_within(Duration::from_secs(10)).await,
-        Some(Ok(3))
-    );
+    assert_eq!(stream.resync(3, &names(5..15)).await, Some(Ok(3)));
     assert_eq!(exported(&hub.hub.state(), "c"), names(5..15));
     hub.stop().await;
 }
@@ -329,20 +320,14 @@ async fn parts_out_of_order_and_deltas_inside_a_resync_are_refused() {
     let hub = start_hub(dir.path()).await;
     let mut client = client(&hub).await;
     let mut stream = Stream::open(&mut client).await;
-    for p in parts(1, &names(0..4)) {
-        stream.send(p).await;
-    }
-    assert_eq!(
-        stream.ack_within(Duration::from_secs(10)).await,
-        Some(Ok(1))
-    );
+    assert_eq!(stream.resync(1, &names(0..4)).await, Some(Ok(1)));
 
     let next = parts(2, &names(2..6));
     // Part 2 after part 0.
     let mut stream = Stream::open(&mut client).await;
     stream.send(next[0].clone()).await;
     stream.send(next[2].clone()).await;
-    let err = stream.ack_within(Duration::from_secs(10)).await.unwrap();
+    let err = stream.ack().await.unwrap();
     let err = err.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(
@@ -361,11 +346,7 @@ async fn parts_out_of_order_and_deltas_inside_a_resync_are_refused() {
             ..Default::default()
         })
         .await;
-    let err = stream
-        .ack_within(Duration::from_secs(10))
-        .await
-        .unwrap()
-        .unwrap_err();
+    let err = stream.ack().await.unwrap().unwrap_err();
     assert!(
         err.message().contains("before the last part"),
         "{}",
@@ -374,11 +355,7 @@ async fn parts_out_of_order_and_deltas_inside_a_resync_are_refused() {
     // A part without the ones before it.
     let mut stream = Stream::open(&mut client).await;
     stream.send(next[1].clone()).await;
-    let err = stream
-        .ack_within(Duration::from_secs(10))
-        .await
-        .unwrap()
-        .unwrap_err();
+    let err = stream.ack().await.unwrap().unwrap_err();
     assert!(
         err.message().contains("without the parts before it"),
         "{}",
@@ -528,13 +505,7 @@ async fn import_sets_and_gateway_configurations_come_in_parts_when_asked() {
     let hub = start_hub(dir.path()).await;
     let mut client = client(&hub).await;
     let mut stream = Stream::open(&mut client).await;
-    for p in parts(1, &names(0..40)) {
-        stream.send(p).await;
-    }
-    assert_eq!(
-        stream.ack_within(Duration::from_secs(10)).await,
-        Some(Ok(1))
-    );
+    assert_eq!(stream.resync(1, &names(0..40)).await, Some(Ok(1)));
 
     let (whole, legacy) = import_parts(&hub, 0).await;
     assert_eq!(

@@ -88,8 +88,9 @@ impl Catalog {
         *published = backends.clone();
     }
 
-    /// The snapshot in force now.
-    pub fn snapshot(&self) -> Arc<ZoneSnapshot> {
-        self.current.load_full()
+    /// The snapshot in force now, without touching its reference count
+    /// (cheap enough for every query).
+    pub fn load(&self) -> arc_swap::Guard<Arc<ZoneSnapshot>> {
+        self.current.load()
     }
 }

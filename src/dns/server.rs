@@ -4,7 +4,7 @@
 //! Both answer through [`wire::respond`] from the catalog's current snapshot.
 
 use super::wire::{self, rcode, Transport};
-use super::Catalog;
+use super::{Catalog, ZoneSnapshot};
 use crate::metrics::{DnsLabels, Metrics};
 use prometheus_client::metrics::counter::Counter;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -85,19 +85,18 @@ impl Tally {
         }
     }
 
-    /// Answers one query into `out`, counting it; every `FLUSH_EVERY`th is
-    /// timed for the latency histogram.
+    /// Answers one query from `zone` into `out`, counting it; every
+    /// `FLUSH_EVERY`th is timed for the latency histogram.
     fn respond(
         &mut self,
-        catalog: &Catalog,
+        zone: &ZoneSnapshot,
         query: &[u8],
         transport: Transport,
         out: &mut Vec<u8>,
     ) -> bool {
         let timed = self.total.is_multiple_of(FLUSH_EVERY);
         let started = timed.then(Instant::now);
-        let zone = catalog.current.load();
-        let Some(code) = wire::respond(&zone, query, transport, out) else {
+        let Some(code) = wire::respond(zone, query, transport, out) else {
             return false;
         };
         if let Some(started) = started {
@@ -276,10 +275,11 @@ fn udp_worker(
             continue;
         }
         peers.clear();
+        let zone = catalog.load();
         for ((len, peer), query) in received.iter().zip(&queries) {
             let Some(peer) = peer else { continue };
             let query = &query[..(*len).min(UDP_QUERY_MAX)];
-            if tally.respond(catalog, query, Transport::Udp, &mut answers[peers.len()]) {
+            if tally.respond(&zone, query, Transport::Udp, &mut answers[peers.len()]) {
                 peers.push(Some(*peer));
             }
         }
@@ -376,7 +376,7 @@ async fn tcp_connection(
             Ok(result) => usize::from(result?),
         };
         read.read_exact(&mut query[..len]).await?;
-        if tally.respond(catalog, &query[..len], Transport::Tcp, &mut out) {
+        if tally.respond(&catalog.load(), &query[..len], Transport::Tcp, &mut out) {
             write.write_all(&(out.len() as u16).to_be_bytes()).await?;
             write.write_all(&out).await?;
         }

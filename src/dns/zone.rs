@@ -91,27 +91,6 @@ pub fn wire_name(name: &Name) -> Box<[u8]> {
     out.into_boxed_slice()
 }
 
-/// The name a wire-form name spells, with a trailing dot (for logs and tests).
-pub fn display_name(wire: &[u8]) -> String {
-    let mut out = String::new();
-    let mut pos = 0;
-    while let Some(&len) = wire.get(pos) {
-        if len == 0 {
-            break;
-        }
-        let label = wire
-            .get(pos + 1..pos + 1 + len as usize)
-            .unwrap_or_default();
-        out.push_str(&String::from_utf8_lossy(label));
-        out.push('.');
-        pos += 1 + len as usize;
-    }
-    if out.is_empty() {
-        out.push('.');
-    }
-    out
-}
-
 /// The name one label up (`a.b.` → `b.`); the root stays the root.
 fn parent(wire: &[u8]) -> &[u8] {
     match wire.first() {
@@ -825,6 +804,27 @@ mod tests {
         );
         let out = q(&z, "notclusterset.local.", RecordType::A);
         assert_eq!(out.rcode, ResponseCode::Refused);
+    }
+
+    /// The name a wire-form name spells, with a trailing dot.
+    fn display_name(wire: &[u8]) -> String {
+        let mut out = String::new();
+        let mut pos = 0;
+        while let Some(&len) = wire.get(pos) {
+            if len == 0 {
+                break;
+            }
+            let label = wire
+                .get(pos + 1..pos + 1 + len as usize)
+                .unwrap_or_default();
+            out.push_str(&String::from_utf8_lossy(label));
+            out.push('.');
+            pos += 1 + len as usize;
+        }
+        if out.is_empty() {
+            out.push('.');
+        }
+        out
     }
 
     /// Every name with its node, round-robin positions aside.

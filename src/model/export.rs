@@ -73,6 +73,21 @@ fn yes() -> bool {
     true
 }
 
+impl Endpoint {
+    /// A ready, serving endpoint at `address` with nothing else known.
+    pub fn ready(address: IpAddr) -> Self {
+        Self {
+            address,
+            hostname: None,
+            pod: None,
+            ready: true,
+            serving: true,
+            terminating: false,
+            zone: None,
+        }
+    }
+}
+
 /// One cluster's export of a service, as its agent reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

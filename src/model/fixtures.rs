@@ -6,13 +6,8 @@ use std::net::IpAddr;
 /// A ready endpoint.
 pub fn endpoint(address: IpAddr, hostname: Option<&str>) -> Endpoint {
     Endpoint {
-        address,
         hostname: hostname.map(String::from),
-        pod: None,
-        ready: true,
-        serving: true,
-        terminating: false,
-        zone: None,
+        ..Endpoint::ready(address)
     }
 }
 
