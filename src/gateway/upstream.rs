@@ -80,10 +80,19 @@ impl Shared {
         }
     }
 
-    fn failed(&self, route: &Route, cluster: &str, direction: &str, addr: &SocketAddr, why: &str) {
+    /// An attempt begun at `started` failed.
+    fn failed(
+        &self,
+        route: &Route,
+        cluster: &str,
+        direction: &str,
+        addr: &SocketAddr,
+        started: tokio::time::Instant,
+        why: &str,
+    ) {
         let labels = self.labels(route, cluster, direction);
         self.metrics.connect_failures.get_or_create(&labels).inc();
-        if let Verdict::Ejected(period) = self.outliers.failure(addr) {
+        if let Verdict::Ejected(period) = self.outliers.failure(addr, started) {
             self.metrics.ejections.get_or_create(&labels).inc();
             tracing::warn!(service = %route.service, cluster, upstream = %addr, ?period, why, "upstream ejected");
         } else {
@@ -116,12 +125,20 @@ impl Shared {
                 continue;
             }
             *attempts += 1;
+            let started = tokio::time::Instant::now();
             match self.tcp(addr).await {
                 Ok(stream) => {
                     self.outliers.success(&addr);
                     return Some(stream);
                 }
-                Err(e) => self.failed(route, &self.cluster, direction, &addr, &e.to_string()),
+                Err(e) => self.failed(
+                    route,
+                    &self.cluster,
+                    direction,
+                    &addr,
+                    started,
+                    &e.to_string(),
+                ),
             }
         }
         None
@@ -206,21 +223,31 @@ impl Shared {
                         return Ok((Upstream::Plain(s), target.cluster.clone()));
                     }
                 }
-                Via::Gateway(gateway) => match self
-                    .connect_gateway(route, port, &target.cluster, gateway)
-                    .await
-                {
-                    Ok((up, addr)) => {
-                        self.outliers.success(&addr);
-                        return Ok((up, target.cluster.clone()));
-                    }
-                    Err((addr, why)) => {
-                        if let Some(addr) = addr {
-                            attempts += 1;
-                            self.failed(route, &target.cluster, "outbound", &addr, &why);
+                Via::Gateway(gateway) => {
+                    let started = tokio::time::Instant::now();
+                    match self
+                        .connect_gateway(route, port, &target.cluster, gateway)
+                        .await
+                    {
+                        Ok((up, addr)) => {
+                            self.outliers.success(&addr);
+                            return Ok((up, target.cluster.clone()));
+                        }
+                        Err((addr, why)) => {
+                            if let Some(addr) = addr {
+                                attempts += 1;
+                                self.failed(
+                                    route,
+                                    &target.cluster,
+                                    "outbound",
+                                    &addr,
+                                    started,
+                                    &why,
+                                );
+                            }
                         }
                     }
-                },
+                }
             }
         }
         Err(UpstreamError::Exhausted {
