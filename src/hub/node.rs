@@ -91,6 +91,14 @@ const MAX_MSG_BYTES: u64 = 1 << 20;
 /// back applied before it gives up (the message may have been lost); the
 /// caller may retry (commands are idempotent).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
+/// A proposal passed on by another replica that is older than this when it
+/// arrives (by this replica's clock, against the time the proposing replica
+/// stamped in its context) is dropped. The proposer gives up on it after
+/// [`FORWARD_TIMEOUT`] and its client may be told the write failed: a
+/// message held up by a partition (in a queue, in a TCP buffer) must not
+/// commit that write once the partition heals, over whatever was written
+/// since. Replicas' clocks must agree to within the difference, 1 s.
+const FORWARD_MAX_AGE: Duration = Duration::from_secs(1);
 
 /// Why a proposal did not produce a reply.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -577,8 +585,12 @@ impl<S: StateMachine> Node<S> {
 
     fn handle(&mut self, mail: Mail) {
         match mail {
-            Mail::Step(msg) => {
+            Mail::Step(mut msg) => {
                 if msg.get_msg_type() == MessageType::MsgPropose {
+                    drop_stale_proposals(&mut msg, unix_ms());
+                    if msg.entries.is_empty() {
+                        return;
+                    }
                     self.metrics
                         .forwarded_writes
                         .inc_by(msg.entries.len() as u64);
@@ -617,10 +629,19 @@ impl<S: StateMachine> Node<S> {
         self.next_seq
     }
 
-    /// A proposal context: this incarnation and a sequence number.
+    /// A request context: this incarnation and a sequence number.
     fn context(&self, seq: u64) -> Vec<u8> {
         let mut context = self.incarnation.to_be_bytes().to_vec();
         context.extend_from_slice(&seq.to_be_bytes());
+        context
+    }
+
+    /// A proposal's context: [`Self::context`], then when it was proposed
+    /// (Unix milliseconds), so that a replica it is passed to can tell a
+    /// stale one ([`FORWARD_MAX_AGE`]).
+    fn proposal_context(&self, seq: u64) -> Vec<u8> {
+        let mut context = self.context(seq);
+        context.extend_from_slice(&unix_ms().to_be_bytes());
         context
     }
 
@@ -660,7 +681,7 @@ impl<S: StateMachine> Node<S> {
             return;
         }
         let seq = self.next_context();
-        match self.raw.propose(self.context(seq), command) {
+        match self.raw.propose(self.proposal_context(seq), command) {
             Ok(()) => {
                 let forwarded_until =
                     (!leading).then(|| tokio::time::Instant::now() + FORWARD_TIMEOUT);
@@ -849,11 +870,11 @@ impl<S: StateMachine> Node<S> {
 
     /// The sequence number of a context this incarnation made.
     fn own_seq(&self, context: &[u8]) -> Option<u64> {
-        let (incarnation, seq) = context.split_at_checked(8)?;
+        let (incarnation, rest) = context.split_at_checked(8)?;
         if incarnation != self.incarnation.to_be_bytes() {
             return None;
         }
-        Some(u64::from_be_bytes(seq.try_into().ok()?))
+        Some(u64::from_be_bytes(rest.get(..8)?.try_into().ok()?))
     }
 
     fn take_pending(&mut self, context: &[u8]) -> Option<Reply> {
@@ -984,6 +1005,39 @@ impl<S: StateMachine> Node<S> {
         for (_, pending) in self.pending.drain() {
             let _ = pending.reply.send(Err(err.clone()));
         }
+    }
+}
+
+/// Milliseconds since the Unix epoch, by this host's clock.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Removes from a passed-on proposal (`MsgPropose`) the entries stamped
+/// more than [`FORWARD_MAX_AGE`] before `now` (see there). Entries without
+/// a stamp (from a replica of an earlier version) are kept.
+fn drop_stale_proposals(msg: &mut Message, now: u64) {
+    let max_age = FORWARD_MAX_AGE.as_millis() as u64;
+    let mut oldest = 0;
+    let before = msg.entries.len();
+    msg.mut_entries().retain(|e| {
+        let Some(stamp) = e.context.get(16..24).and_then(|b| b.try_into().ok()) else {
+            return true;
+        };
+        let age = now.saturating_sub(u64::from_be_bytes(stamp));
+        oldest = oldest.max(age);
+        age <= max_age
+    });
+    let dropped = before - msg.entries.len();
+    if dropped > 0 {
+        warn!(
+            from = msg.from,
+            dropped,
+            age_ms = oldest,
+            "dropped writes passed on by another replica: older than {FORWARD_MAX_AGE:?}, they were held up (a partition) and their proposer has given up on them; if this repeats without partitions, the replicas' clocks disagree"
+        );
     }
 }
 
@@ -1267,6 +1321,19 @@ mod tests {
         nodes: Mutex<HashMap<u64, NodeHandle>>,
         /// Loses every proposal a follower passes to the leader.
         drop_proposals: std::sync::atomic::AtomicBool,
+        /// Holds every proposal a follower passes to the leader (a
+        /// partition), until `release` delivers them (the heal).
+        hold_proposals: std::sync::atomic::AtomicBool,
+        held: Mutex<Vec<Message>>,
+    }
+
+    impl MemNet {
+        fn release(&self) {
+            let held = std::mem::take(&mut *self.held.lock().unwrap());
+            self.hold_proposals
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            self.send(held);
+        }
     }
 
     impl Transport for MemNet {
@@ -1277,6 +1344,14 @@ mod tests {
                 .load(std::sync::atomic::Ordering::Relaxed);
             for msg in msgs {
                 if drop_proposals && msg.get_msg_type() == MessageType::MsgPropose {
+                    continue;
+                }
+                if msg.get_msg_type() == MessageType::MsgPropose
+                    && self
+                        .hold_proposals
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    self.held.lock().unwrap().push(msg);
                     continue;
                 }
                 if let Some(node) = nodes.get(&msg.to) {
@@ -1360,6 +1435,64 @@ mod tests {
         for (_, node) in nodes {
             node.stop().await;
         }
+    }
+
+    /// A partition holds up a proposal a follower passed to the leader; the
+    /// follower gives up on it (its client is told the write failed), a
+    /// newer write commits, then the partition heals and the held message
+    /// arrives: it must not commit the old write over the newer one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_proposal_held_up_past_its_proposers_timeout_is_not_applied_later() {
+        let net = Arc::new(MemNet::default());
+        let dirs = [tempdir(), tempdir(), tempdir()];
+        let (nodes, leader) = three(&net, &dirs).await;
+        let follower = (1..=3).find(|id| *id != leader).unwrap();
+        net.hold_proposals
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let err = propose(&nodes[&follower].handle, "stale")
+            .await
+            .unwrap_err();
+        assert_eq!(err, ProposeError::Dropped);
+        assert_eq!(net.held.lock().unwrap().len(), 1, "the proposal was held");
+        assert_eq!(propose(&nodes[&leader].handle, "newer").await.unwrap(), "1");
+        net.release();
+        assert_eq!(
+            propose(&nodes[&follower].handle, "after").await.unwrap(),
+            "2"
+        );
+        assert_eq!(nodes[&leader].items(), ["newer", "after"]);
+        assert_eq!(nodes[&follower].items(), ["newer", "after"]);
+        for (_, node) in nodes {
+            node.stop().await;
+        }
+    }
+
+    #[test]
+    fn stale_passed_on_entries_are_dropped_and_unstamped_ones_kept() {
+        let entry = |context: Vec<u8>| Entry {
+            context: context.into(),
+            ..Default::default()
+        };
+        let stamped = |ms: u64| {
+            let mut c = vec![0u8; 16];
+            c.extend_from_slice(&ms.to_be_bytes());
+            entry(c)
+        };
+        let mut msg = Message::default();
+        msg.set_msg_type(MessageType::MsgPropose);
+        msg.set_entries(
+            vec![
+                stamped(10_000),
+                stamped(9_500),
+                stamped(8_999),
+                entry(vec![0u8; 16]),
+                stamped(10_300),
+            ]
+            .into(),
+        );
+        drop_stale_proposals(&mut msg, 10_000);
+        let kept: Vec<usize> = msg.entries.iter().map(|e| e.context.len()).collect();
+        assert_eq!(kept, [24, 24, 16, 24], "only the entry 1,001 ms old goes");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
