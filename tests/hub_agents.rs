@@ -191,3 +191,98 @@ async fn silent_cluster_loses_its_share_and_returns() {
     .await;
     hub.stop().await;
 }
+
+/// A TCP proxy to `upstream` that the returned sender freezes: open
+/// connections stay open but nothing crosses them any more, either way, and
+/// new ones are accepted and never answered. That is what a cut link does
+/// (a closed connection or a refused one would tell the agent at once).
+async fn freezable_proxy(upstream: SocketAddr) -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let mut frozen = rx.clone();
+            tokio::spawn(async move {
+                if *frozen.borrow() {
+                    let _held = client;
+                    return std::future::pending::<()>().await;
+                }
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                tokio::select! {
+                    _ = async {
+                        tokio::join!(
+                            tokio::io::copy(&mut cr, &mut sw),
+                            tokio::io::copy(&mut sr, &mut cw)
+                        )
+                    } => return,
+                    _ = frozen.wait_for(|f| *f) => {}
+                }
+                let _held = (cr, cw, sr, sw);
+                std::future::pending::<()>().await
+            });
+        }
+    });
+    (addr, tx)
+}
+
+/// An agent whose hub replica is cut off (its connection open, nothing
+/// coming back) renews through the next replica of its list before its
+/// lease runs out. It used to wait for TCP to give up: the renewal had no
+/// deadline of its own, and a failed renewal did not even end the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_cut_off_from_its_hub_renews_through_the_next_before_the_lease_runs_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let lease = LeaseConfig {
+        ttl: Duration::from_millis(1200),
+        renew: Duration::from_millis(300),
+    };
+    // Two single-voter hubs stand in for two replicas: each records the
+    // sessions it gets.
+    let first = start_hub(&dir.path().join("1"), "127.0.0.1:0".parse().unwrap(), lease).await;
+    let second = start_hub(&dir.path().join("2"), "127.0.0.1:0".parse().unwrap(), lease).await;
+    let (proxy, freeze) = freezable_proxy(first.api_addr).await;
+    let file = dir.path().join("a.yaml");
+    std::fs::write(&file, cluster_file("a", 56, &["web"])).unwrap();
+    let token = CancellationToken::new();
+    let (f, desired) =
+        agent::watch::follow(file.clone(), Duration::from_millis(50), token.clone()).unwrap();
+    tokio::spawn(agent::run(
+        AgentConfig {
+            hub: format!("{proxy},{}", second.api_addr),
+            spec: f.spec(),
+            ..Default::default()
+        },
+        desired,
+        tokio::sync::watch::channel(Default::default()).0,
+        token.clone(),
+    ));
+    eventually(&first, "the agent's session on the first hub", |s| {
+        s.exports.get(&key("app/web")).is_some_and(|m| m.len() == 1)
+    })
+    .await;
+    assert!(second.hub.state().clusters.is_empty());
+    // Sessions that work are not given up: a few renewals go by.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(second.hub.state().clusters.is_empty(), "left a working hub");
+
+    freeze.send_replace(true);
+    let frozen = std::time::Instant::now();
+    eventually(&second, "the agent's session on the second hub", |s| {
+        s.exports.get(&key("app/web")).is_some_and(|m| m.len() == 1)
+    })
+    .await;
+    let moved = frozen.elapsed();
+    assert!(
+        moved < lease.ttl,
+        "renewed through the next hub {moved:?} after the first was cut off (lease {:?})",
+        lease.ttl
+    );
+    token.cancel();
+    first.stop().await;
+    second.stop().await;
+}

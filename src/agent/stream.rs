@@ -83,6 +83,8 @@ pub enum SessionError {
     Forgotten,
     #[error("export stream closed by the hub")]
     Closed,
+    #[error("the hub did not renew the lease within {0:?}")]
+    RenewTimeout(Duration),
     #[error("cannot send the exports: {0}")]
     TooLarge(#[from] TooLarge),
 }
@@ -115,6 +117,16 @@ impl Hubs {
     /// Every replica, once.
     pub fn iter(&self) -> impl Iterator<Item = &str> {
         self.0.iter().map(String::as_str)
+    }
+
+    /// How many replicas the list names.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the list names none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
@@ -161,15 +173,33 @@ pub async fn run(
         // With several replicas, move to the next one after a failed session.
         let mut one = config.clone();
         one.hub = hubs.at(turn).to_string();
-        match session(&one, desired.clone(), &acked, &shutdown, &mut revision).await {
+        let mut registered = false;
+        let result = session(
+            &one,
+            desired.clone(),
+            &acked,
+            &shutdown,
+            &mut revision,
+            &mut registered,
+        )
+        .await;
+        // A session that had been working ended: try the next replica at
+        // once (the lease runs on meanwhile); back off only when sessions
+        // keep failing.
+        let at_once = registered && hubs.len() > 1 && started.elapsed() >= Duration::from_secs(1);
+        match result {
             Ok(()) => return,
             Err(e) => {
-                tracing::warn!(cluster = %config.spec.id, hub = %one.hub, error = %e, retry_in = ?backoff, "hub session ended");
+                let retry_in = if at_once { Duration::ZERO } else { backoff };
+                tracing::warn!(cluster = %config.spec.id, hub = %one.hub, error = %e, ?retry_in, "hub session ended");
                 turn += 1;
             }
         }
         if started.elapsed() > Duration::from_secs(10) {
             backoff = Duration::from_millis(250);
+        }
+        if at_once {
+            continue;
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -179,12 +209,14 @@ pub async fn run(
     }
 }
 
+/// One session; `registered` is set once the hub took the registration.
 async fn session(
     config: &AgentConfig,
     mut desired: watch::Receiver<Desired>,
     acked: &watch::Sender<Desired>,
     shutdown: &CancellationToken,
     revision: &mut u64,
+    registered: &mut bool,
 ) -> Result<(), SessionError> {
     let channel = connect(&config.hub, &config.auth).await?;
     let mut client = agent_client(channel);
@@ -199,10 +231,13 @@ async fn session(
         .await?
         .into_inner();
     tracing::info!(cluster = %spec.id, lease_ms = reg.lease_ms, "registered with hub");
+    *registered = true;
 
     let renew_every = Duration::from_millis(reg.renew_ms.clamp(50, 60_000));
-    let mut renewer = tokio::spawn(renew_loop(client.clone(), spec.id.clone(), renew_every));
-    let result = stream(
+    // A failed renewal ends the session as surely as a broken stream: the
+    // next session renews through another replica.
+    let renewer = renew_loop(client.clone(), spec.id.clone(), renew_every);
+    let streaming = stream(
         client,
         config,
         &mut desired,
@@ -210,13 +245,19 @@ async fn session(
         shutdown,
         revision,
         reg.applied_revision,
-    )
-    .await;
-    renewer.abort();
-    let _ = (&mut renewer).await;
-    result
+    );
+    tokio::select! {
+        result = streaming => result,
+        error = renewer => Err(error),
+    }
 }
 
+/// Renews the lease every `every` until a renewal fails, which ends the
+/// session (the next one starts on another replica). A renewal gets `every`
+/// to succeed: across a partition the call would otherwise wait as long as
+/// TCP does, while the lease runs out (three intervals by default), so the
+/// agent moves on after two intervals without a renewal and renews through
+/// another replica in time.
 async fn renew_loop(
     mut client: AgentServiceClient<Channel>,
     cluster: String,
@@ -225,15 +266,14 @@ async fn renew_loop(
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
-        match client
-            .renew_lease(proto::LeaseRequest {
-                cluster: cluster.clone(),
-            })
-            .await
-        {
-            Ok(r) if !r.get_ref().known => return SessionError::Forgotten,
-            Ok(_) => {}
-            Err(status) => return SessionError::Rpc(status),
+        let renewal = client.renew_lease(proto::LeaseRequest {
+            cluster: cluster.clone(),
+        });
+        match tokio::time::timeout(every, renewal).await {
+            Ok(Ok(r)) if !r.get_ref().known => return SessionError::Forgotten,
+            Ok(Ok(_)) => {}
+            Ok(Err(status)) => return SessionError::Rpc(status),
+            Err(_) => return SessionError::RenewTimeout(every),
         }
     }
 }

@@ -37,7 +37,9 @@ impl AgentService for AgentApi {
             gateway_addresses: r.gateway_addresses,
         };
         let hub = &self.0;
-        hub.renew_lease(&spec.id).await;
+        // A replica that cannot reach the leader refuses the session: the
+        // agent goes to another one.
+        hub.renew_lease(&spec.id).await?;
         let current = hub.state();
         let unchanged = current
             .clusters
@@ -70,7 +72,7 @@ impl AgentService for AgentApi {
         hub.authorize_cluster(caller.as_ref(), &r.cluster)?;
         let known = hub.state().clusters.contains_key(&r.cluster);
         if known {
-            hub.renew_lease(&r.cluster).await;
+            hub.renew_lease(&r.cluster).await?;
         }
         Ok(Response::new(proto::LeaseResponse {
             lease_ms: hub.leases().config().ttl.as_millis() as u64,

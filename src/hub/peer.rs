@@ -178,7 +178,14 @@ impl Transport for PeerTransport {
 pub fn peer_client(address: &str) -> Result<PeerServiceClient<Channel>, tonic::transport::Error> {
     let endpoint = Endpoint::from_shared(format!("http://{address}"))?
         .connect_timeout(Duration::from_millis(500))
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        // A peer cut off by the network does not close the connection:
+        // pings find out, and the link reconnects (at once when the
+        // partition heals) instead of waiting on TCP's retransmission
+        // backoff, which left a healed replica behind for seconds.
+        .http2_keep_alive_interval(crate::identity::tls::KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(crate::identity::tls::KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
     Ok(PeerServiceClient::new(endpoint.connect_lazy())
         .max_decoding_message_size(MAX_PEER_MESSAGE)
         .max_encoding_message_size(MAX_PEER_MESSAGE))
@@ -294,6 +301,11 @@ impl PeerService for PeerApi {
         req: Request<proto::LeaseRequest>,
     ) -> Result<Response<proto::LeaseResponse>, Status> {
         let cluster = req.into_inner().cluster;
+        // Leases live on the leader: a replica that no longer leads says so
+        // and the sender tries the one that does.
+        if !self.hub.is_leader() {
+            return Err(Status::unavailable("this replica is not the raft leader"));
+        }
         self.hub.leases().renew(&cluster);
         let known = self.hub.state().clusters.contains_key(&cluster);
         Ok(Response::new(proto::LeaseResponse {

@@ -255,24 +255,54 @@ impl Hub {
     }
 
     /// Records a lease renewal; a follower passes it on to the leader,
-    /// where leases live.
-    pub async fn renew_lease(&self, cluster: &str) {
-        let leader = self.status.borrow().leader;
-        if leader == self.id || self.peers.is_none() {
+    /// where leases live. Fails (`UNAVAILABLE`) when no leader took it
+    /// within half a renewal interval: no leader is elected, or none is
+    /// reachable from this replica. The agent then renews through another
+    /// replica before its lease runs out, rather than losing the lease (and
+    /// its cluster's traffic) to a replica cut off from the others.
+    pub async fn renew_lease(&self, cluster: &str) -> Result<(), Status> {
+        if self.peers.is_none() {
             self.leases.renew(cluster);
-            return;
+            return Ok(());
         }
-        if leader == 0 {
-            return;
-        }
-        if let Ok(mut client) = self.leader_client(leader) {
-            let mut req = tonic::Request::new(proto::LeaseRequest {
-                cluster: cluster.to_string(),
-            });
-            req.set_timeout(Duration::from_secs(1));
-            if let Err(status) = client.renew_lease(req).await {
-                tracing::debug!(%status, leader, "could not pass a lease renewal to the leader");
+        let deadline = Instant::now() + self.leases.config().renew / 2;
+        let mut status = self.status.clone();
+        let mut why = String::from("no raft leader is elected");
+        loop {
+            let leader = status.borrow_and_update().leader;
+            if leader == self.id {
+                self.leases.renew(cluster);
+                return Ok(());
             }
+            if leader != 0 {
+                match self.leader_client(leader) {
+                    Ok(mut client) => {
+                        let req = proto::LeaseRequest {
+                            cluster: cluster.to_string(),
+                        };
+                        // A deadline of our own: across a partition the
+                        // call would otherwise wait for TCP to give up.
+                        match tokio::time::timeout_at(deadline, client.renew_lease(req)).await {
+                            Ok(Ok(_)) => return Ok(()),
+                            Ok(Err(status)) => {
+                                why = format!("leader {leader}: {}", status.message());
+                            }
+                            Err(_) => why = format!("leader {leader} did not answer"),
+                        }
+                    }
+                    Err(status) => why = status.message().to_string(),
+                }
+            }
+            if Instant::now() >= deadline {
+                tracing::debug!(cluster, why, "could not pass a lease renewal to a leader");
+                return Err(Status::unavailable(format!(
+                    "this hub replica could not pass the lease renewal of {cluster} to a raft leader ({why}); renew through another replica"
+                )));
+            }
+            // A leader elected or changed meanwhile, or a pause before
+            // trying again.
+            let pause = deadline.min(Instant::now() + Duration::from_millis(50));
+            let _ = tokio::time::timeout_at(pause, status.changed()).await;
         }
     }
 

@@ -158,8 +158,20 @@ pub fn endpoint(
     };
     Ok(endpoint
         .connect_timeout(Duration::from_secs(3))
-        .tcp_nodelay(true))
+        .tcp_nodelay(true)
+        // A hub replica cut off by the network does not close the
+        // connection: HTTP/2 pings find out, so that long-lived streams (a
+        // gateway's configuration, an agent's exports) move to another
+        // replica within seconds instead of waiting on TCP.
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true))
 }
+
+/// How often clients of the hub API ping an HTTP/2 connection.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long they wait for the answer before they drop the connection.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[cfg(test)]
 mod tests {
