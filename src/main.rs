@@ -203,6 +203,24 @@ enum Command {
         #[command(subcommand)]
         action: WeightsAction,
     },
+    /// Serve `GET /` on one address with the JSON of a playground backend
+    /// (`{"cluster", "service", "pod", "address"}`): a stand-in pod for
+    /// end-to-end tests that run the real binary in network namespaces.
+    #[command(hide = true)]
+    Backend {
+        /// The cluster the backend says it runs in.
+        #[arg(long)]
+        cluster: String,
+        /// The service it belongs to, NS/NAME.
+        #[arg(long)]
+        service: String,
+        /// Its pod name.
+        #[arg(long)]
+        pod: String,
+        /// Where to listen (IP:PORT).
+        #[arg(long)]
+        listen: SocketAddr,
+    },
     /// Query the ClusterSet DNS and name each address's cluster.
     Resolve {
         name: String,
@@ -688,6 +706,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Weights {
             action: WeightsAction::Set { mcs, weights, hub },
         } => cli::set_weights(&target(&hub)?, &mcs, &weights).await,
+        Command::Backend {
+            cluster,
+            service,
+            pod,
+            listen,
+        } => run_backend(cluster, service, pod, listen, cli.log_format).await,
         Command::Resolve {
             name,
             rtype,
@@ -749,6 +773,36 @@ async fn agent_auth(
         shutdown.child_token(),
     ));
     Ok(HubAuth::Tls(rx))
+}
+
+/// `switchyard backend`: one playground backend until Ctrl-C or SIGTERM.
+async fn run_backend(
+    cluster: String,
+    service: String,
+    pod: String,
+    listen: SocketAddr,
+    log_format: LogFormat,
+) -> anyhow::Result<()> {
+    init_logging(log_format, "warn");
+    switchyard::model::validate_cluster_id(&cluster)
+        .map_err(|e| anyhow::anyhow!("--cluster: {e}"))?;
+    let key: switchyard::model::ServiceKey = service
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--service {service:?}: {e}"))?;
+    let shutdown = stop_on_signal();
+    let mut tasks = tokio::task::JoinSet::new();
+    let who = playground::backend::BackendIdentity {
+        cluster,
+        service: key.to_string(),
+        pod,
+    };
+    playground::backend::spawn(&mut tasks, listen, who.clone(), shutdown.clone()).await?;
+    eprintln!(
+        "switchyard backend {} of {} in {} on {listen}",
+        who.pod, who.service, who.cluster
+    );
+    while tasks.join_next().await.is_some() {}
+    Ok(())
 }
 
 async fn run_gateway(args: GatewayArgs, log_format: LogFormat) -> anyhow::Result<()> {
