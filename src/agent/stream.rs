@@ -85,6 +85,8 @@ pub enum SessionError {
     Closed,
     #[error("cannot send the exports: {0}")]
     TooLarge(#[from] TooLarge),
+    #[error("the lease renewal task failed")]
+    RenewerFailed,
 }
 
 /// The hub replicas to talk to (`--hub`, comma-separated), tried in turn:
@@ -202,19 +204,24 @@ async fn session(
 
     let renew_every = Duration::from_millis(reg.renew_ms.clamp(50, 60_000));
     let mut renewer = tokio::spawn(renew_loop(client.clone(), spec.id.clone(), renew_every));
-    let result = stream(
-        client,
-        config,
-        &mut desired,
-        acked,
-        shutdown,
-        revision,
-        reg.applied_revision,
-    )
-    .await;
-    renewer.abort();
-    let _ = (&mut renewer).await;
-    result
+    // A failed renewal ends the session as a failed stream does: the lease
+    // is what keeps the cluster reachable.
+    tokio::select! {
+        r = stream(
+            client,
+            config,
+            &mut desired,
+            acked,
+            shutdown,
+            revision,
+            reg.applied_revision,
+        ) => {
+            renewer.abort();
+            let _ = (&mut renewer).await;
+            r
+        }
+        renewal = &mut renewer => Err(renewal.unwrap_or(SessionError::RenewerFailed)),
+    }
 }
 
 async fn renew_loop(
@@ -223,14 +230,16 @@ async fn renew_loop(
     every: Duration,
 ) -> SessionError {
     let mut tick = tokio::time::interval(every);
+    // A renewal that hangs (a hub replica that stopped without closing its
+    // connections) must end the session, not stall the lease.
+    let timeout = (every * 2).max(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        match client
-            .renew_lease(proto::LeaseRequest {
-                cluster: cluster.clone(),
-            })
-            .await
-        {
+        let mut req = tonic::Request::new(proto::LeaseRequest {
+            cluster: cluster.clone(),
+        });
+        req.set_timeout(timeout);
+        match client.renew_lease(req).await {
             Ok(r) if !r.get_ref().known => return SessionError::Forgotten,
             Ok(_) => {}
             Err(status) => return SessionError::Rpc(status),
