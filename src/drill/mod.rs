@@ -222,6 +222,11 @@ pub async fn run(opts: DrillOptions, interrupt: CancellationToken) -> anyhow::Re
         observed.detected = watch(&opts, &before, action_at, hold, &interrupt).await;
     }
     observed.interrupted = interrupt.is_cancelled();
+    if observed.interrupted {
+        observed
+            .notes
+            .push("interrupted (Ctrl-C): restored before the hold ran out".into());
+    }
 
     let restore_at = Instant::now();
     observed.restore_at = Some(restore_at - action_at);

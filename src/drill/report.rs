@@ -94,11 +94,20 @@ fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
 
+/// The shortest run of samples clear of the cluster, up to the restore,
+/// that counts as a shift. DNS answers hold one cluster per answer and
+/// requests are spread by weight, so a few clear samples in a row happen
+/// by chance; ten in a row over half a second do not (at a one-third share,
+/// (2/3)^10 < 2%, and the run lasts as long as the fault).
+const MIN_CLEAR_SAMPLES: usize = 10;
+const MIN_CLEAR: Duration = Duration::from_millis(500);
+
 /// When traffic left `cluster` for good after `action` (and before
 /// `until`): the send time of the first sample after the last one that
 /// still `hit` it, or of the first sample after the action when none did.
-/// `None` when the last sample of the window still hit it, or no sample
-/// was sent in the window.
+/// `None` when the window ends without a clear run long enough to tell a
+/// shift from chance (see [`MIN_CLEAR_SAMPLES`]), or no sample was sent in
+/// it.
 fn shift<T>(
     samples: &[T],
     sent: impl Fn(&T) -> Duration,
@@ -110,12 +119,14 @@ fn shift<T>(
         .iter()
         .filter(|s| sent(s) >= action && sent(s) < until)
         .collect();
-    let last_hit = window.iter().rposition(|s| hit(s));
-    let first_clear = match last_hit {
-        None => window.first(),
-        Some(i) => window.get(i + 1),
-    }?;
-    Some(sent(first_clear).saturating_sub(action))
+    let clear_from = window.iter().rposition(|s| hit(s)).map_or(0, |i| i + 1);
+    let first_clear = sent(window.get(clear_from)?);
+    let run = window.len() - clear_from;
+    let lasted = match until {
+        Duration::MAX => window.last().map_or(Duration::ZERO, |s| sent(s)) - first_clear,
+        until => until - first_clear,
+    };
+    (run >= MIN_CLEAR_SAMPLES && lasted >= MIN_CLEAR).then(|| first_clear.saturating_sub(action))
 }
 
 fn dns_hits(d: &DnsSample, cluster: &str) -> bool {
@@ -361,26 +372,29 @@ mod tests {
 
     #[test]
     fn shifts_are_measured_from_the_action_to_the_first_clear_sample() {
+        let mut dns_samples = vec![
+            dns(900, Some(&["b"])),
+            dns(1500, Some(&["b"])),
+            // One clear answer by chance: not the shift.
+            dns(1600, Some(&["a"])),
+            dns(4000, Some(&["b"])),
+            dns(4100, None),
+        ];
+        // Clear from 4100 to the restore (6000).
+        dns_samples.extend((42..60).map(|t| dns(t * 100, Some(&["a"]))));
+        // After the restore: not part of the shift.
+        dns_samples.push(dns(7500, Some(&["b"])));
+        let mut http_samples = vec![
+            http(800, Ok("b")),
+            http(1200, Ok("a")),
+            http(2000, Err("connect refused")),
+            http(3900, Ok("b")),
+        ];
+        http_samples.extend((0..19).map(|i| http(4050 + i * 100, Ok("a"))));
+        http_samples.push(http(7200, Ok("b")));
         let samples = Samples {
-            dns: vec![
-                dns(900, Some(&["a", "b"])),
-                dns(1500, Some(&["a", "b"])),
-                dns(4000, Some(&["a", "b"])),
-                dns(4100, None),
-                dns(4200, Some(&["a"])),
-                dns(6500, Some(&["a"])),
-                // After the restore: not part of the shift.
-                dns(7500, Some(&["a", "b"])),
-            ],
-            http: vec![
-                http(800, Ok("b")),
-                http(1200, Ok("a")),
-                http(2000, Err("connect refused")),
-                http(3900, Ok("b")),
-                http(4050, Ok("a")),
-                http(5000, Ok("c")),
-                http(7200, Ok("b")),
-            ],
+            dns: dns_samples,
+            http: http_samples,
         };
         let slo = Slo {
             detect_ms: Some(4000),
@@ -392,8 +406,8 @@ mod tests {
         // The failed query at 4100 counts as clear of b: it held no b address.
         assert_eq!(r.dns_shift_ms, Some(3100));
         assert_eq!(r.gateway_shift_ms, Some(3050));
-        assert_eq!((r.failed_requests, r.total_requests), (1, 7));
-        assert_eq!((r.dns_failures, r.dns_queries), (1, 7));
+        assert_eq!((r.failed_requests, r.total_requests), (1, 24));
+        assert_eq!((r.dns_failures, r.dns_queries), (1, 24));
         assert_eq!(r.answered_by["b"], 3);
         let failed: Vec<&str> = r
             .checks
@@ -406,6 +420,25 @@ mod tests {
         let text = render(&r);
         assert!(text.contains("FAIL failed requests"), "{text}");
         assert!(text.contains("verdict: FAIL"), "{text}");
+    }
+
+    #[test]
+    fn a_short_clear_run_before_the_restore_is_no_shift() {
+        // Interrupted early: the last few answers happen to be clear.
+        let mut samples = Samples::default();
+        for t in 0..40 {
+            let c = if t % 3 == 0 { "b" } else { "a" };
+            samples.dns.push(dns(1000 + t * 20, Some(&[c])));
+            samples.http.push(http(1000 + t * 20, Ok(c)));
+        }
+        for t in 0..5 {
+            samples.dns.push(dns(1800 + t * 20, Some(&["a"])));
+            samples.http.push(http(1800 + t * 20, Ok("a")));
+        }
+        let mut o = observed("cluster-down");
+        o.restore_at = Some(Duration::from_millis(900));
+        let r = build(o, &samples, &Slo::default());
+        assert_eq!((r.dns_shift_ms, r.gateway_shift_ms), (None, None));
     }
 
     #[test]
