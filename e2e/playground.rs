@@ -710,3 +710,78 @@ async fn tls_without_certificate(addr: SocketAddr) -> Option<String> {
         _ => None,
     }
 }
+
+/// `switchyard drill` against a running playground (lease 1.5 s): a planned
+/// drain loses no request, a lost cluster stops getting traffic within
+/// lease + 1 s by DNS and by the gateways, a killed hub loses no request,
+/// export or weight; every drill restores by itself, with the JSON report
+/// carrying the figures.
+#[test]
+fn drills_measure_failover_and_restore() {
+    let pg = Playground::start_with(71, &["--lease-ms", "1500", "--renew-ms", "500"]);
+    let data = pg.dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let (ok, _, err) = pg.cli(&["apply", "-f", SEED]);
+    assert!(ok, "{err}");
+    let drill = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["drill"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--playground", data, "-o", "json", "--warmup", "1s"]);
+        let (_, out, err) = pg.cli(&all);
+        let report: serde_json::Value = serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("{args:?}: no JSON report ({e}): {out}\n{err}"));
+        eprintln!("{args:?}: {report}");
+        report
+    };
+    let num = |r: &serde_json::Value, key: &str| r[key].as_u64();
+
+    let r = drill(&["drain", "--cluster", "us-west-1"]);
+    assert_eq!(r["pass"], true, "{r}");
+    assert_eq!(num(&r, "failed_requests"), Some(0));
+    assert!(num(&r, "total_requests").unwrap() > 50);
+    assert!(num(&r, "gateway_shift_ms").unwrap() <= 1000);
+    assert!(num(&r, "dns_shift_ms").unwrap() <= 1000);
+    assert_eq!(r["restored"], true);
+
+    let r = drill(&["cluster-down", "--cluster", "us-east-1"]);
+    assert_eq!(r["pass"], true, "{r}");
+    for key in ["detect_ms", "dns_shift_ms", "gateway_shift_ms"] {
+        let v = num(&r, key).unwrap_or_else(|| panic!("{key} missing: {r}"));
+        assert!(v <= 2500, "{key} {v} ms > lease + 1 s");
+    }
+    // The other gateways retry a refused connection on another cluster.
+    assert_eq!(num(&r, "failed_requests"), Some(0), "{r}");
+    assert!(r["answered_by"]["us-east-1"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["restored"], true);
+
+    let weights = pg.json(&["get", "mcs", "app/api-v1-global", "-o", "json"])["spec"].clone();
+    let r = drill(&["hub-leader"]);
+    assert_eq!(r["pass"], true, "{r}");
+    assert_eq!(num(&r, "failed_requests"), Some(0), "{r}");
+    assert_eq!(r["restored"], true);
+    assert_eq!(
+        pg.json(&["get", "mcs", "app/api-v1-global", "-o", "json"])["spec"],
+        weights
+    );
+
+    // Everything is back: no drill left anything behind.
+    let clusters = pg.json(&["get", "clusters", "-o", "json"]);
+    for c in clusters.as_array().unwrap() {
+        assert_eq!(c["state"], "Healthy", "{c}");
+    }
+    let (ok, out, err) = pg.cli(&["drill", "restore", "--playground", data]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "nothing to restore");
+
+    // Bad input names the problem.
+    let (ok, _, err) = pg.cli(&[
+        "drill",
+        "drain",
+        "--cluster",
+        "nowhere",
+        "--playground",
+        data,
+    ]);
+    assert!(!ok);
+    assert!(err.contains("no cluster \"nowhere\""), "{err}");
+}

@@ -254,10 +254,25 @@ fn cluster_health(
     };
     match cluster.state() {
         ClusterState::Unreachable => {
-            return Err("cluster unreachable: its lease expired".to_string())
+            let why = match cluster.lease_revoked {
+                true => "its lease was revoked by an operator",
+                false => "its lease expired",
+            };
+            // The reason changes on withdrawal, so import watchers see it.
+            let withdrawn = match cluster.withdrawn {
+                true => "; its endpoints were withdrawn after the grace period",
+                false => "",
+            };
+            return Err(format!("cluster unreachable: {why}{withdrawn}"));
         }
         ClusterState::Drained => return Err("cluster drained by an operator".to_string()),
         ClusterState::Healthy => {}
+    }
+    if cluster.drains(input.service) {
+        return Err(format!(
+            "{} drained on this cluster by an operator",
+            input.service
+        ));
     }
     if export.is_none() {
         return Err(format!("does not export {}", input.service));
@@ -638,6 +653,33 @@ mod tests {
         );
         assert_eq!(share(&b, "b"), 1.0);
         assert_eq!(b.clusters[0].reason, "no ready endpoints");
+    }
+
+    #[test]
+    fn a_service_drain_or_a_revoked_lease_moves_that_share_only() {
+        let mut clusters = three();
+        let api = ServiceKey::new("app", "api").unwrap();
+        let other = ServiceKey::new("app", "other").unwrap();
+        let a = clusters.get_mut("a").unwrap();
+        a.drained_services.insert(other);
+        let exports = [export("a", 1, 1), export("b", 1, 2), export("c", 1, 3)];
+        // Draining another service on a changes nothing for this one.
+        let b = run(&clusters, &exports, None);
+        assert!((share(&b, "a") - 1.0 / 3.0).abs() < 1e-12);
+        clusters.get_mut("a").unwrap().drained_services.insert(api);
+        let b = run(&clusters, &exports, None);
+        assert_eq!(share(&b, "a"), 0.0);
+        assert_eq!(share(&b, "b"), 0.5);
+        assert!(b.clusters[0]
+            .reason
+            .contains("app/api drained on this cluster"));
+        // A revoked lease is unreachable, even while `reachable` still holds.
+        let c = clusters.get_mut("c").unwrap();
+        c.lease_revoked = true;
+        assert_eq!(c.state(), ClusterState::Unreachable);
+        let b = run(&clusters, &exports, None);
+        assert_eq!(share(&b, "b"), 1.0);
+        assert!(b.clusters[2].reason.contains("lease was revoked"));
     }
 
     #[test]

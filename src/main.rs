@@ -221,6 +221,13 @@ enum Command {
         #[arg(long)]
         listen: SocketAddr,
     },
+    /// Rehearse a failover with synthetic traffic running, and report the
+    /// timeline, failures and latency against SLOs (exit status 3 when the
+    /// verdict is FAIL). Every drill restores at its end and on Ctrl-C.
+    Drill {
+        #[command(subcommand)]
+        drill: cli::drill::DrillCommand,
+    },
     /// Query the ClusterSet DNS and name each address's cluster.
     Resolve {
         name: String,
@@ -255,6 +262,10 @@ struct ServeArgs {
     /// How often agents renew their lease, milliseconds.
     #[arg(long, default_value_t = 1000)]
     renew_ms: u64,
+    /// How long an unreachable cluster's endpoints stay imported (not
+    /// ready) in other clusters before they are removed, milliseconds.
+    #[arg(long, default_value_t = 30000)]
+    lease_grace_ms: u64,
 }
 
 impl ServeArgs {
@@ -276,6 +287,7 @@ impl ServeArgs {
         Ok(LeaseConfig {
             ttl: Duration::from_millis(self.lease_ms),
             renew: Duration::from_millis(self.renew_ms),
+            grace: Duration::from_millis(self.lease_grace_ms),
         })
     }
 }
@@ -629,6 +641,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Gateway(args) => run_gateway(*args, cli.log_format).await,
+        Command::Drill { drill } => {
+            if !cli::drill::run(drill, credentials.as_deref()).await? {
+                std::process::exit(3);
+            }
+            Ok(())
+        }
         Command::Apply { file, hub } => cli::apply(&target(&hub)?, &file).await,
         Command::Get {
             kind,

@@ -158,6 +158,7 @@ async fn silent_cluster_loses_its_share_and_returns() {
     let lease = LeaseConfig {
         ttl: Duration::from_millis(600),
         renew: Duration::from_millis(150),
+        ..LeaseConfig::default()
     };
     let hub = start_hub(dir.path(), "127.0.0.1:0".parse().unwrap(), lease).await;
     let a = dir.path().join("a.yaml");
@@ -240,6 +241,7 @@ async fn agent_cut_off_from_its_hub_renews_through_the_next_before_the_lease_run
     let lease = LeaseConfig {
         ttl: Duration::from_millis(1200),
         renew: Duration::from_millis(300),
+        ..LeaseConfig::default()
     };
     // Two single-voter hubs stand in for two replicas: each records the
     // sessions it gets.
@@ -285,4 +287,47 @@ async fn agent_cut_off_from_its_hub_renews_through_the_next_before_the_lease_run
     token.cancel();
     first.stop().await;
     second.stop().await;
+}
+
+/// The playground's `drill hub-leader`: the hub is killed in-process and
+/// started again on the same address and data dir; its agent must move to
+/// the new one (the old one's connections may linger, answering nothing
+/// useful) and stay reachable, its exports intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_move_to_a_hub_restarted_after_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let lease = LeaseConfig {
+        ttl: Duration::from_millis(1500),
+        renew: Duration::from_millis(300),
+        ..LeaseConfig::default()
+    };
+    let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let hub = start_hub(dir.path(), api, lease).await;
+    let a = dir.path().join("a.yaml");
+    std::fs::write(&a, cluster_file("a", 56, &["web"])).unwrap();
+    let _ta = start_agent(&a, api);
+    eventually(&hub, "a exports", |s| {
+        s.exports.contains_key(&key("app/web"))
+    })
+    .await;
+    hub.kill().await;
+    let hub = start_hub(dir.path(), api, lease).await;
+    assert!(hub.hub.state().exports.contains_key(&key("app/web")));
+    // Well past a lease: still (or again) reachable, because the agent
+    // renews with the new hub.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    eventually(&hub, "a reachable on the new hub", |s| {
+        s.clusters.get("a").is_some_and(|c| c.reachable)
+            && s.backends[&key("app/web")].clusters[0].share == 1.0
+    })
+    .await;
+    hub.stop().await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -355,7 +355,24 @@ async fn watches_recover_after_410_and_after_an_api_server_restart() {
 
 /// `cluster -> [ready addresses]` of the imported slices of app/`name`.
 fn imported_slices(server: &ApiServer, name: &str) -> Vec<(String, Vec<String>)> {
-    let mut out: Vec<(String, Vec<String>)> = server
+    slices_by(server, name, |e| {
+        e["addresses"][0].as_str().unwrap().to_string()
+    })
+}
+
+/// Each imported slice's source cluster and its endpoints' `ready`.
+fn slice_readiness(server: &ApiServer, name: &str) -> Vec<(String, Vec<bool>)> {
+    slices_by(server, name, |e| e["conditions"]["ready"] == true)
+}
+
+/// Each imported slice of `name`: its source cluster and `each` of its
+/// endpoints, sorted.
+fn slices_by<T: Ord>(
+    server: &ApiServer,
+    name: &str,
+    each: impl Fn(&Value) -> T,
+) -> Vec<(String, Vec<T>)> {
+    let mut out: Vec<(String, Vec<T>)> = server
         .list(&Resource::endpoint_slices())
         .iter()
         .filter(|s| s["metadata"]["labels"]["multicluster.kubernetes.io/service-name"] == name)
@@ -364,13 +381,13 @@ fn imported_slices(server: &ApiServer, name: &str) -> Vec<(String, Vec<String>)>
                 .as_str()
                 .unwrap()
                 .to_string();
-            let addrs = s["endpoints"]
+            let endpoints = s["endpoints"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|e| e["addresses"][0].as_str().unwrap().to_string())
+                .map(&each)
                 .collect();
-            (cluster, addrs)
+            (cluster, endpoints)
         })
         .collect();
     out.sort();
@@ -414,6 +431,7 @@ async fn two_clusters_import_each_other_and_conflicts_show_on_both() {
         LeaseConfig {
             ttl: Duration::from_millis(1500),
             renew: Duration::from_millis(300),
+            grace: Duration::from_millis(1500),
         },
     )
     .await;
@@ -535,10 +553,16 @@ async fn two_clusters_import_each_other_and_conflicts_show_on_both() {
     })
     .await;
 
-    // c2's agent goes away: once its lease expires, c1 stops importing its
-    // endpoints; the ServiceImport stays (c1 still serves it).
+    // c2's agent goes away: once its lease expires, c1 keeps c2's slice
+    // with its endpoints not ready, and after the grace period stops
+    // importing it; the ServiceImport stays (c1 still serves it).
     a2.cancel();
-    eventually("c2's slice removed after its lease expired", || {
+    eventually("c2's endpoints not ready once its lease expired", || {
+        slice_readiness(&c1, "api")
+            == [("c1".into(), vec![true]), ("c2".into(), vec![false, false])]
+    })
+    .await;
+    eventually("c2's slice removed after the grace period", || {
         imported_slices(&c1, "api") == [("c1".into(), vec!["10.1.0.1".into()])]
     })
     .await;

@@ -176,6 +176,51 @@ async fn a_token_joins_once_and_the_certificate_speaks_only_for_its_cluster() {
         err.message()
     );
     admin(&hub, &admin_creds).await.get(get()).await.unwrap();
+    // Nor may an agent drain a cluster or revoke a lease (its own or not).
+    let drain = || proto::DrainRequest {
+        cluster: "c1".into(),
+        service: String::new(),
+        restore: false,
+    };
+    let err = admin(&hub, &c1).await.drain(drain()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    let revoke = proto::RevokeLeaseRequest {
+        cluster: "c1".into(),
+        restore: false,
+    };
+    let err = admin(&hub, &anonymous)
+        .await
+        .revoke_lease(revoke)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    assert!(!hub.hub.state().clusters["c1"].drained);
+    assert!(!hub.hub.state().clusters["c1"].lease_revoked);
+    // An administrator may, with input checked: a service the cluster does
+    // not export and an unknown cluster are refused by name.
+    let mut root = admin(&hub, &admin_creds).await;
+    let err = root
+        .drain(proto::DrainRequest {
+            service: "app/nothing".into(),
+            ..drain()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("c1 does not export app/nothing"),
+        "{}",
+        err.message()
+    );
+    let err = root
+        .revoke_lease(proto::RevokeLeaseRequest {
+            cluster: "c9".into(),
+            restore: false,
+        })
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("c9"), "{}", err.message());
+    root.drain(drain()).await.unwrap();
+    assert!(hub.hub.state().clusters["c1"].drained);
 
     // Renewal: a new certificate for the caller's own cluster, only with
     // the current one.

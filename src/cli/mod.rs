@@ -1,6 +1,7 @@
 //! Client subcommands: `apply`, `get`, `weights set`, `resolve`. Each talks
 //! to a hub's admin API (or its DNS) and prints kubectl-style output.
 
+pub mod drill;
 pub mod install;
 pub mod output;
 pub mod resolve;

@@ -70,6 +70,13 @@ impl AgentService for AgentApi {
         let r = req.into_inner();
         let hub = &self.0;
         hub.authorize_cluster(caller.as_ref(), &r.cluster)?;
+        if !hub.raft_running() {
+            // A stopped replica must not keep a lease alive: the agent
+            // reconnects and finds a live one.
+            return Err(Status::unavailable(
+                "this hub replica's raft node has stopped",
+            ));
+        }
         let known = hub.state().clusters.contains_key(&r.cluster);
         if known {
             hub.renew_lease(&r.cluster).await?;
@@ -655,6 +662,49 @@ impl AdminService for AdminApi {
         let peers = req.into_inner().isolate_from.into_iter().collect();
         self.0.isolate(peers)?;
         Ok(Response::new(proto::FaultResponse {}))
+    }
+
+    async fn drain(
+        &self,
+        req: Request<proto::DrainRequest>,
+    ) -> Result<Response<proto::DrainResponse>, Status> {
+        self.0.authorize_admin(peer_identity(&req).as_ref())?;
+        let r = req.into_inner();
+        validate_cluster_id(&r.cluster).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let cmd = match r.service.as_str() {
+            "" => Command::SetDrained {
+                cluster: r.cluster,
+                drained: !r.restore,
+            },
+            service => Command::DrainService {
+                cluster: r.cluster,
+                service: service
+                    .parse()
+                    .map_err(|e| Status::invalid_argument(format!("--service: {e}")))?,
+                drained: !r.restore,
+            },
+        };
+        let lines = self.0.propose(&cmd).await?;
+        Ok(Response::new(proto::DrainResponse {
+            result: lines.join("\n"),
+        }))
+    }
+
+    async fn revoke_lease(
+        &self,
+        req: Request<proto::RevokeLeaseRequest>,
+    ) -> Result<Response<proto::RevokeLeaseResponse>, Status> {
+        self.0.authorize_admin(peer_identity(&req).as_ref())?;
+        let r = req.into_inner();
+        validate_cluster_id(&r.cluster).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let cmd = Command::RevokeLease {
+            cluster: r.cluster,
+            revoked: !r.restore,
+        };
+        let lines = self.0.propose(&cmd).await?;
+        Ok(Response::new(proto::RevokeLeaseResponse {
+            result: lines.join("\n"),
+        }))
     }
 
     async fn create_token(

@@ -127,6 +127,17 @@ impl RunningHub {
     }
 }
 
+impl RunningHub {
+    /// Kills the replica at once, as `kill -9` would: every task is
+    /// aborted, nothing is flushed or said goodbye to (what was
+    /// acknowledged is already on disk). For drills.
+    pub async fn kill(mut self) {
+        self.shutdown.cancel();
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
 /// Starts a hub replica. A single voter (no `raft` options) waits until it
 /// leads; a replica of a group starts serving at once and follows whatever
 /// leader its peers elect.

@@ -5,7 +5,7 @@
 //! exports. Pure: a function of the applied state.
 
 use super::state::State;
-use crate::model::{Condition, ServiceKey};
+use crate::model::{ClusterState, Condition, ServiceKey};
 use crate::proto;
 use crate::wire::{endpoint_to_proto, field_len, port_to_proto};
 use prost::Message as _;
@@ -21,6 +21,17 @@ fn condition(key: &ServiceKey, c: &Condition) -> proto::ExportCondition {
     }
 }
 
+/// Whether `cluster` lost its lease but is still within the grace period:
+/// the slices imported from it stay, with every endpoint not ready, until
+/// the leader withdraws it (MCS: imported endpoints outlive a short loss of
+/// contact, but get no traffic).
+fn in_grace(state: &State, cluster: &str) -> bool {
+    state
+        .clusters
+        .get(cluster)
+        .is_some_and(|c| c.state() == ClusterState::Unreachable && !c.withdrawn)
+}
+
 /// The import set of `cluster` at the state's applied index.
 pub fn import_set(state: &State, cluster: &str) -> proto::ImportSet {
     let mut services = Vec::with_capacity(state.backends.len());
@@ -30,8 +41,11 @@ pub fn import_set(state: &State, cluster: &str) -> proto::ImportSet {
         let slices = b
             .clusters
             .iter()
-            .filter(|c| c.effective_weight > 0)
-            .map(|c| {
+            .filter_map(|c| {
+                let serving = c.effective_weight > 0;
+                (serving || in_grace(state, &c.cluster)).then_some((c, serving))
+            })
+            .map(|(c, serving)| {
                 let export = exports.and_then(|by| by.get(&c.cluster));
                 proto::SourceSlice {
                     cluster: c.cluster.clone(),
@@ -44,7 +58,18 @@ pub fn import_set(state: &State, cluster: &str) -> proto::ImportSet {
                             port
                         })
                         .collect(),
-                    endpoints: c.endpoints.iter().map(endpoint_to_proto).collect(),
+                    endpoints: c
+                        .endpoints
+                        .iter()
+                        .map(|e| {
+                            let mut e = endpoint_to_proto(e);
+                            // Kept through the grace period, but no
+                            // longer a destination.
+                            e.ready &= serving;
+                            e.serving &= serving;
+                            e
+                        })
+                        .collect(),
                 }
             })
             .collect();
@@ -234,7 +259,7 @@ mod tests {
     }
 
     #[test]
-    fn an_unreachable_cluster_has_no_slice() {
+    fn an_unreachable_clusters_slice_stays_not_ready_until_withdrawn() {
         let mut s = State::default();
         register(&mut s, 1, "a");
         register(&mut s, 2, "b");
@@ -248,6 +273,22 @@ mod tests {
             4,
             fixtures::export("b", "app/api", 80, ["10.0.1.1".parse().unwrap()]),
         );
+        let slices = |s: &State| -> Vec<(String, bool, bool)> {
+            import_set(s, "a").services[0]
+                .slices
+                .iter()
+                .map(|sl| {
+                    (
+                        sl.cluster.clone(),
+                        sl.endpoints[0].ready,
+                        sl.endpoints[0].serving,
+                    )
+                })
+                .collect()
+        };
+        let b = |ready| ("b".to_string(), ready, ready);
+        let a = ("a".to_string(), true, true);
+        assert_eq!(slices(&s), [a.clone(), b(true)]);
         s.apply(
             5,
             &Command::SetReachable {
@@ -256,17 +297,52 @@ mod tests {
             },
         )
         .unwrap();
-        let set = import_set(&s, "a");
-        let clusters: Vec<&str> = set.services[0]
-            .slices
-            .iter()
-            .map(|s| s.cluster.as_str())
-            .collect();
-        assert_eq!(clusters, ["a"]);
-        let c = &set.export_conditions[0];
+        // In the grace period: kept, but not a destination.
+        assert_eq!(slices(&s), [a.clone(), b(false)]);
+        let c = &import_set(&s, "a").export_conditions[0];
         assert_eq!(
             (c.status.as_str(), c.reason.as_str()),
             ("False", "NoConflicts")
         );
+        let withdraw = Command::WithdrawCluster {
+            cluster: "b".into(),
+        };
+        s.apply(6, &withdraw).unwrap();
+        assert_eq!(slices(&s), std::slice::from_ref(&a));
+        // Back: renewals resume and the slice returns, ready.
+        s.apply(
+            7,
+            &Command::SetReachable {
+                cluster: "b".into(),
+                reachable: true,
+            },
+        )
+        .unwrap();
+        assert!(!s.clusters["b"].withdrawn);
+        assert_eq!(slices(&s), [a.clone(), b(true)]);
+        // A reachable cluster is never withdrawn.
+        s.apply(8, &withdraw).unwrap();
+        assert_eq!(slices(&s), [a.clone(), b(true)]);
+        // A revoked lease holds through re-registration; a drained cluster
+        // leaves at once.
+        s.apply(
+            9,
+            &Command::RevokeLease {
+                cluster: "b".into(),
+                revoked: true,
+            },
+        )
+        .unwrap();
+        register(&mut s, 10, "b");
+        assert_eq!(slices(&s), [a.clone(), b(false)]);
+        s.apply(
+            11,
+            &Command::SetDrained {
+                cluster: "b".into(),
+                drained: true,
+            },
+        )
+        .unwrap();
+        assert_eq!(slices(&s), [a]);
     }
 }

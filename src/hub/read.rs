@@ -129,6 +129,8 @@ fn cluster_row(state: &State, c: &crate::model::Cluster) -> Value {
         "state": c.state().to_string(), "exports": exports,
         "exportRevision": state.export_revisions.get(&c.spec.id).copied().unwrap_or(0),
         "gatewayAddresses": c.spec.gateway_addresses,
+        "leaseRevoked": c.lease_revoked, "withdrawn": c.withdrawn,
+        "drainedServices": c.drained_services.iter().map(ToString::to_string).collect::<Vec<_>>(),
     })
 }
 

@@ -156,6 +156,12 @@ impl Hub {
         self.view.clone()
     }
 
+    /// False once this replica's raft node has stopped (shutdown, a fatal
+    /// error, or a drill's kill), while its API may still be answering.
+    pub fn raft_running(&self) -> bool {
+        self.status.has_changed().is_ok()
+    }
+
     /// This replica's raft status.
     pub fn raft_status(&self) -> RaftStatus {
         self.status.borrow().clone()

@@ -10,7 +10,7 @@
 use crate::backends::{self, ServiceBackends, ServiceInputs, WeightError};
 use crate::model::manifest::{mcs_import_key, Resource};
 use crate::model::{
-    validate_cluster_id, Cluster, ClusterBackendRef, ClusterId, ClusterSpec, Export,
+    validate_cluster_id, Cluster, ClusterBackendRef, ClusterId, ClusterSpec, ClusterState, Export,
     MultiClusterService, ServiceImport, ServiceKey, ServiceMap,
 };
 use serde::{Deserialize, Serialize};
@@ -26,6 +26,21 @@ pub enum Command {
     SetReachable { cluster: ClusterId, reachable: bool },
     /// An operator or a drill drains (or restores) a whole cluster.
     SetDrained { cluster: ClusterId, drained: bool },
+    /// An operator or a drill drains (or restores) one service on one
+    /// cluster: that cluster's share of the service moves to the others.
+    DrainService {
+        cluster: ClusterId,
+        service: ServiceKey,
+        drained: bool,
+    },
+    /// An operator or a drill revokes (or restores) a cluster's lease: the
+    /// cluster is unreachable at once, and stays so whatever its agent
+    /// renews, until restored.
+    RevokeLease { cluster: ClusterId, revoked: bool },
+    /// The leader saw a cluster unreachable for longer than the lease grace
+    /// period: other clusters drop the EndpointSlices they import from it.
+    /// Cleared when the cluster is reachable again.
+    WithdrawCluster { cluster: ClusterId },
     /// A cluster's exports: a full resync or a delta.
     SyncExports {
         cluster: ClusterId,
@@ -367,12 +382,28 @@ impl State {
             Command::RegisterCluster { spec } => {
                 validate_cluster_id(&spec.id).map_err(|e| StateError::Invalid(e.to_string()))
             }
-            Command::SetReachable { cluster, .. } | Command::SetDrained { cluster, .. } => {
-                match self.clusters.contains_key(cluster) {
-                    true => Ok(()),
-                    false => Err(StateError::UnknownCluster(cluster.clone())),
-                }
+            Command::DrainService {
+                cluster,
+                service,
+                drained: true,
+            } if self.clusters.contains_key(cluster)
+                && !self
+                    .exports
+                    .get(service)
+                    .is_some_and(|by| by.contains_key(cluster)) =>
+            {
+                Err(StateError::Invalid(format!(
+                    "cluster {cluster} does not export {service}: nothing to drain"
+                )))
             }
+            Command::SetReachable { cluster, .. }
+            | Command::SetDrained { cluster, .. }
+            | Command::DrainService { cluster, .. }
+            | Command::RevokeLease { cluster, .. }
+            | Command::WithdrawCluster { cluster } => match self.clusters.contains_key(cluster) {
+                true => Ok(()),
+                false => Err(StateError::UnknownCluster(cluster.clone())),
+            },
             Command::SyncExports {
                 cluster, upserts, ..
             } => self.check_exports(cluster, upserts),
@@ -516,7 +547,12 @@ impl State {
                     .or_insert_with(|| Cluster::new(spec.clone()));
                 let was_reachable = entry.reachable;
                 entry.spec = spec.clone();
-                entry.reachable = true;
+                // A revoked lease outlasts re-registration: only a restore
+                // ends it.
+                entry.reachable = !entry.lease_revoked;
+                if entry.reachable {
+                    entry.withdrawn = false;
+                }
                 if !was_reachable {
                     touched.extend(self.services_of_cluster(&spec.id));
                 }
@@ -527,8 +563,12 @@ impl State {
                     .clusters
                     .get_mut(cluster)
                     .ok_or_else(|| StateError::UnknownCluster(cluster.clone()))?;
-                if c.reachable != *reachable {
+                let withdrawn = c.withdrawn && *reachable;
+                if c.reachable != *reachable || withdrawn {
                     c.reachable = *reachable;
+                    if *reachable {
+                        c.withdrawn = false;
+                    }
                     touched.extend(self.services_of_cluster(cluster));
                 }
                 out.lines
@@ -545,6 +585,53 @@ impl State {
                 }
                 out.lines
                     .push(format!("cluster {cluster} drained={drained}"));
+            }
+            Command::DrainService {
+                cluster,
+                service,
+                drained,
+            } => {
+                let c = self
+                    .clusters
+                    .get_mut(cluster)
+                    .ok_or_else(|| StateError::UnknownCluster(cluster.clone()))?;
+                let changed = match drained {
+                    true => c.drained_services.insert(service.clone()),
+                    false => c.drained_services.remove(service),
+                };
+                if changed {
+                    touched.insert(service.clone());
+                }
+                out.lines.push(format!(
+                    "service {service} on cluster {cluster} drained={drained}"
+                ));
+            }
+            Command::RevokeLease { cluster, revoked } => {
+                let c = self
+                    .clusters
+                    .get_mut(cluster)
+                    .ok_or_else(|| StateError::UnknownCluster(cluster.clone()))?;
+                if c.lease_revoked != *revoked {
+                    c.lease_revoked = *revoked;
+                    if *revoked {
+                        // Renewals resume reachability after a restore.
+                        c.reachable = false;
+                    }
+                    touched.extend(self.services_of_cluster(cluster));
+                }
+                out.lines
+                    .push(format!("cluster {cluster} lease revoked={revoked}"));
+            }
+            Command::WithdrawCluster { cluster } => {
+                let c = self
+                    .clusters
+                    .get_mut(cluster)
+                    .ok_or_else(|| StateError::UnknownCluster(cluster.clone()))?;
+                if c.state() == ClusterState::Unreachable && !c.withdrawn {
+                    c.withdrawn = true;
+                    touched.extend(self.services_of_cluster(cluster));
+                }
+                out.lines.push(format!("cluster {cluster} withdrawn"));
             }
             Command::SyncExports {
                 cluster,

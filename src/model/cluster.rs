@@ -1,7 +1,8 @@
 //! ClusterSet members and their health state.
 
-use super::key::ClusterId;
+use super::key::{ClusterId, ServiceKey};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 
 /// What a cluster says about itself when its agent registers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -27,6 +28,17 @@ pub struct Cluster {
     pub reachable: bool,
     /// Set by an operator or a drill: the cluster gets no traffic.
     pub drained: bool,
+    /// Set by `drill cluster-down` on a real ClusterSet: the cluster counts
+    /// as unreachable and its renewals are ignored until restored.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lease_revoked: bool,
+    /// Unreachable for longer than the lease grace period: other clusters
+    /// drop its imported EndpointSlices (until it is reachable again).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub withdrawn: bool,
+    /// Services drained on this cluster alone (`drill drain --service`).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub drained_services: BTreeSet<ServiceKey>,
 }
 
 /// The health of a cluster as a whole.
@@ -44,7 +56,15 @@ impl Cluster {
             spec,
             reachable: true,
             drained: false,
+            lease_revoked: false,
+            withdrawn: false,
+            drained_services: BTreeSet::new(),
         }
+    }
+
+    /// Whether `service` is drained here, with the whole cluster or alone.
+    pub fn drains(&self, service: &ServiceKey) -> bool {
+        self.drained || self.drained_services.contains(service)
     }
 
     /// Drained wins over unreachable: an operator's decision is the more
@@ -52,7 +72,7 @@ impl Cluster {
     pub fn state(&self) -> ClusterState {
         if self.drained {
             ClusterState::Drained
-        } else if !self.reachable {
+        } else if !self.reachable || self.lease_revoked {
             ClusterState::Unreachable
         } else {
             ClusterState::Healthy

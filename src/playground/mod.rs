@@ -6,9 +6,11 @@
 //! - `config`: the clusterset description (built in, or `--config FILE`).
 //! - `backend`: the small HTTP servers that stand in for pods.
 //! - `up`: starts everything and stops it in order.
+//! - `control`: the socket through which drills stop and start its parts.
 
 pub mod backend;
 pub mod config;
+pub mod control;
 pub mod up;
 
 pub use config::ClusterSetConfig;

@@ -2,6 +2,7 @@
 
 use super::backend::{self, BackendIdentity};
 use super::config::ClusterSetConfig;
+use super::control;
 use crate::agent::{self, AgentConfig, ClusterFile};
 use crate::dns::DnsConfig;
 use crate::hub::app::{self as hub_app, HubConfig};
@@ -9,9 +10,11 @@ use crate::hub::lease::LeaseConfig;
 use crate::identity::tls::ClientCredentials;
 use crate::identity::Identity;
 use anyhow::{bail, Context};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -91,49 +94,46 @@ pub async fn up(
         (path, _) => write_cluster_files(&opts.data_dir, &load_config(path.as_deref())?)?,
     };
 
-    let hub_shutdown = CancellationToken::new();
-    let hub = hub_app::start(
-        HubConfig {
-            data_dir: opts.data_dir.join("hub"),
-            api: opts.api,
-            dns: opts.dns,
-            dns_config: opts.dns_config.clone(),
-            lease: opts.lease,
-            raft: None,
-            tls: (!opts.insecure).then(hub_app::HubTls::default),
-        },
-        hub_shutdown.clone(),
-    )
-    .await?;
+    let hub_config = HubConfig {
+        data_dir: opts.data_dir.join("hub"),
+        api: opts.api,
+        dns: opts.dns,
+        dns_config: opts.dns_config.clone(),
+        lease: opts.lease,
+        raft: None,
+        tls: (!opts.insecure).then(hub_app::HubTls::default),
+    };
+    let hub = hub_app::start(hub_config.clone(), CancellationToken::new()).await?;
 
     let clusters_shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
-    let mut gateways = Vec::new();
+    let mut agents = HashMap::new();
+    let mut gateways = BTreeMap::new();
     let result = async {
-        start_clusters(&files, &hub, &mut tasks, &clusters_shutdown).await?;
+        agents = start_clusters(&files, &hub, &mut tasks, &clusters_shutdown).await?;
         wait_ready(&hub.hub, &files).await?;
         if opts.network == Network::Gateway {
             gateways = start_gateways(&opts, &files, &hub, &clusters_shutdown).await?;
-            wait_gateways_ready(&hub.hub, &gateways).await?;
+            wait_gateways_ready(&hub.hub, gateways.values()).await?;
         }
         anyhow::Ok(())
     }
     .await;
     if let Err(e) = result {
         clusters_shutdown.cancel();
-        for g in gateways {
+        for (_, g) in gateways {
             g.stop().await;
         }
         while tasks.join_next().await.is_some() {}
         hub.stop().await;
         return Err(e);
     }
-    let _ = ready.send(Bound {
+    let bound = Bound {
         api: hub.api_addr,
         dns: hub.dns_addr,
-        cluster_files: files,
+        cluster_files: files.clone(),
         gateways: gateways
-            .iter()
+            .values()
             .map(|g| GatewayBound {
                 cluster: g.shared.cluster.clone(),
                 inbound: g.inbound,
@@ -141,23 +141,201 @@ pub async fn up(
                 metrics: g.metrics.unwrap_or(hub.api_addr),
             })
             .collect(),
-    });
-
-    let raft_failed = tokio::select! {
-        () = shutdown.cancelled() => false,
-        () = hub.raft_stopped() => true,
     };
+    let (calls_tx, calls) = mpsc::channel(8);
+    let control_dir = opts.data_dir.clone();
+    if let Err(e) = control::serve(&control_dir, calls_tx, clusters_shutdown.child_token()) {
+        tracing::warn!(error = %e, dir = %control_dir.display(), "no control socket: drills cannot drive this playground");
+    }
+    write_info(&opts, &bound);
+    let _ = ready.send(bound);
+
+    let mut running = Running {
+        opts,
+        files,
+        hub_config,
+        hub: Some(hub),
+        agents,
+        gateways,
+        tasks,
+        shutdown: clusters_shutdown,
+    };
+    let raft_failed = running.serve(shutdown, calls).await;
     tracing::info!("stopping: gateways, agents and backends first, then the hub");
-    clusters_shutdown.cancel();
-    for g in gateways {
+    running.shutdown.cancel();
+    for (_, g) in running.gateways {
         g.stop().await;
     }
-    while tasks.join_next().await.is_some() {}
-    hub.stop().await;
+    while running.tasks.join_next().await.is_some() {}
+    if let Some(hub) = running.hub {
+        hub.stop().await;
+    }
+    let _ = std::fs::remove_file(control_dir.join(control::INFO));
     if raft_failed {
         anyhow::bail!("the hub's raft node stopped (the log above says why)");
     }
     Ok(())
+}
+
+/// Writes `DATA_DIR/playground.json` for the clients that drive the
+/// playground (`switchyard drill`).
+fn write_info(opts: &UpOptions, bound: &Bound) {
+    let info = control::Info {
+        api: bound.api,
+        dns: bound.dns,
+        lease_ms: opts.lease.ttl.as_millis() as u64,
+        gateways: bound
+            .gateways
+            .iter()
+            .map(|g| control::GatewayInfo {
+                cluster: g.cluster.clone(),
+                dns: g.dns,
+            })
+            .collect(),
+        clusters: bound
+            .cluster_files
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect(),
+    };
+    let path = opts.data_dir.join(control::INFO);
+    let written = serde_json::to_vec_pretty(&info)
+        .map_err(std::io::Error::other)
+        .and_then(|text| std::fs::write(&path, text));
+    if let Err(e) = written {
+        tracing::warn!(error = %e, path = %path.display(), "cannot describe the playground for drills");
+    }
+}
+
+/// The playground once up: what a drill may stop and start again.
+struct Running {
+    opts: UpOptions,
+    files: Vec<(String, PathBuf)>,
+    hub_config: HubConfig,
+    /// `None` while a drill has the hub killed.
+    hub: Option<hub_app::RunningHub>,
+    /// Each running agent's stop token.
+    agents: HashMap<String, CancellationToken>,
+    gateways: BTreeMap<String, crate::gateway::RunningGateway>,
+    tasks: JoinSet<()>,
+    shutdown: CancellationToken,
+}
+
+impl Running {
+    /// Answers control calls until `shutdown`; true when the hub's raft
+    /// node stopped on its own.
+    async fn serve(
+        &mut self,
+        shutdown: CancellationToken,
+        mut calls: mpsc::Receiver<control::Call>,
+    ) -> bool {
+        loop {
+            let raft_stopped = async {
+                match &self.hub {
+                    Some(hub) => hub.raft_stopped().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return false,
+                () = raft_stopped => return true,
+                Some((request, reply)) = calls.recv() => {
+                    tracing::info!(?request, "playground control");
+                    let answer = match self.handle(&request).await {
+                        Ok(message) => control::Reply { ok: true, message },
+                        Err(e) => control::Reply { ok: false, message: format!("{e:#}") },
+                    };
+                    let _ = reply.send(answer);
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, request: &control::Request) -> anyhow::Result<String> {
+        use control::Request;
+        match request {
+            Request::ClusterDown { cluster } => {
+                self.path_of(cluster)?;
+                let agent = self.agents.remove(cluster);
+                let gateway = self.gateways.remove(cluster);
+                if agent.is_none() && gateway.is_none() {
+                    bail!("cluster {cluster} is already down");
+                }
+                if let Some(token) = agent {
+                    token.cancel();
+                }
+                if let Some(g) = gateway {
+                    g.stop().await;
+                }
+                Ok(format!("stopped the agent and gateway of {cluster}"))
+            }
+            Request::ClusterUp { cluster } => {
+                let path = self.path_of(cluster)?.to_path_buf();
+                let hub = self
+                    .hub
+                    .as_ref()
+                    .context("the hub is down: start it first")?;
+                let mut started = Vec::new();
+                if !self.agents.contains_key(cluster) {
+                    let (_, token) =
+                        start_agent(cluster, &path, hub, &mut self.tasks, &self.shutdown)?;
+                    self.agents.insert(cluster.clone(), token);
+                    started.push("agent");
+                }
+                if self.opts.network == Network::Gateway && !self.gateways.contains_key(cluster) {
+                    let g = start_gateway(&self.opts, cluster, &path, hub, &self.shutdown).await?;
+                    self.gateways.insert(cluster.clone(), g);
+                    started.push("gateway");
+                }
+                match started.is_empty() {
+                    true => bail!("cluster {cluster} is already up"),
+                    false => Ok(format!(
+                        "started the {} of {cluster}",
+                        started.join(" and ")
+                    )),
+                }
+            }
+            Request::HubKill => {
+                let hub = self.hub.take().context("the hub is already down")?;
+                hub.kill().await;
+                Ok("killed the hub".into())
+            }
+            Request::HubStart => {
+                if self.hub.is_some() {
+                    bail!("the hub is already running");
+                }
+                // The killed replica's files may take a moment to let go.
+                let mut tries = 0;
+                let hub = loop {
+                    match hub_app::start(self.hub_config.clone(), CancellationToken::new()).await {
+                        Ok(hub) => break hub,
+                        Err(e) if tries < 20 => {
+                            tries += 1;
+                            tracing::debug!(error = %format!("{e:#}"), "hub restart: retrying");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        Err(e) => return Err(e.context("cannot restart the hub")),
+                    }
+                };
+                self.hub = Some(hub);
+                Ok("started the hub".into())
+            }
+        }
+    }
+
+    fn path_of(&self, cluster: &str) -> anyhow::Result<&Path> {
+        self.files
+            .iter()
+            .find(|(id, _)| id == cluster)
+            .map(|(_, p)| p.as_path())
+            .with_context(|| {
+                let known: Vec<&str> = self.files.iter().map(|(id, _)| id.as_str()).collect();
+                format!(
+                    "no cluster {cluster:?} in the playground (it has {})",
+                    known.join(", ")
+                )
+            })
+    }
 }
 
 /// The cluster files a previous run left in `DATA_DIR/clusters/`.
@@ -209,44 +387,62 @@ fn write_cluster_files(
 /// CA (a real agent joins with a bootstrap token), for a year.
 const AGENT_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// Starts every cluster's backends and agent; returns each agent's stop
+/// token.
 async fn start_clusters(
     files: &[(String, PathBuf)],
     hub: &hub_app::RunningHub,
     tasks: &mut JoinSet<()>,
     shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<HashMap<String, CancellationToken>> {
+    let mut agents = HashMap::new();
     for (id, path) in files {
-        let (file, desired) = agent::watch::follow(
-            path.clone(),
-            Duration::from_millis(200),
-            shutdown.child_token(),
-        )?;
+        let (file, token) = start_agent(id, path, hub, tasks, shutdown)?;
         start_backends(&file, tasks, shutdown).await?;
-        let auth = match hub.hub.authority() {
-            None => agent::stream::HubAuth::Insecure,
-            Some(authority) => {
-                let identity = authority
-                    .ca()
-                    .issue(&Identity::Cluster(id.clone()), &[], AGENT_TTL)
-                    .context("cannot issue a playground agent's certificate")?;
-                let credentials = ClientCredentials {
-                    ca_pem: authority.ca_pem().to_string(),
-                    identity: Some(identity),
-                };
-                agent::stream::HubAuth::Tls(tokio::sync::watch::channel(credentials).1)
-            }
-        };
-        let config = AgentConfig {
-            hub: hub.api_addr.to_string(),
-            spec: file.spec(),
-            auth,
-            ..Default::default()
-        };
-        let (acked, _) = tokio::sync::watch::channel(Default::default());
-        tasks.spawn(agent::run(config, desired, acked, shutdown.child_token()));
-        tracing::info!(cluster = %id, file = %path.display(), "agent started");
+        agents.insert(id.clone(), token);
     }
-    Ok(())
+    Ok(agents)
+}
+
+/// Starts one cluster's agent following its file; returns the file as
+/// read and the agent's stop token.
+fn start_agent(
+    id: &str,
+    path: &Path,
+    hub: &hub_app::RunningHub,
+    tasks: &mut JoinSet<()>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(ClusterFile, CancellationToken)> {
+    let token = shutdown.child_token();
+    let (file, desired) = agent::watch::follow(
+        path.to_path_buf(),
+        Duration::from_millis(200),
+        token.child_token(),
+    )?;
+    let auth = match hub.hub.authority() {
+        None => agent::stream::HubAuth::Insecure,
+        Some(authority) => {
+            let identity = authority
+                .ca()
+                .issue(&Identity::Cluster(id.to_string()), &[], AGENT_TTL)
+                .context("cannot issue a playground agent's certificate")?;
+            let credentials = ClientCredentials {
+                ca_pem: authority.ca_pem().to_string(),
+                identity: Some(identity),
+            };
+            agent::stream::HubAuth::Tls(tokio::sync::watch::channel(credentials).1)
+        }
+    };
+    let config = AgentConfig {
+        hub: hub.api_addr.to_string(),
+        spec: file.spec(),
+        auth,
+        ..Default::default()
+    };
+    let (acked, _) = tokio::sync::watch::channel(Default::default());
+    tasks.spawn(agent::run(config, desired, acked, token.child_token()));
+    tracing::info!(cluster = %id, file = %path.display(), "agent started");
+    Ok((file, token))
 }
 
 /// Where a playground cluster's gateway listens: on its first
@@ -291,71 +487,83 @@ fn gateway_addresses(file: &ClusterFile) -> anyhow::Result<(std::net::Ipv4Addr, 
     Ok((ip, format!("{a}.{b}.{c}.128/26")))
 }
 
-/// Starts one gateway per cluster, each with a certificate issued by the
-/// hub's CA (a real gateway joins with a token of role gateway).
+/// Starts one gateway per cluster, each in its own /24.
 async fn start_gateways(
     opts: &UpOptions,
     files: &[(String, PathBuf)],
     hub: &hub_app::RunningHub,
     shutdown: &CancellationToken,
-) -> anyhow::Result<Vec<crate::gateway::RunningGateway>> {
+) -> anyhow::Result<BTreeMap<String, crate::gateway::RunningGateway>> {
+    let mut out = BTreeMap::new();
+    let mut placed: Vec<(String, String)> = Vec::new();
+    for (id, path) in files {
+        let (_, cidr) = gateway_addresses(&ClusterFile::load(path)?)?;
+        if let Some((other, _)) = placed.iter().find(|(_, c)| *c == cidr) {
+            bail!("the gateways of {other} and {id} would share {cidr}: give one of them gatewayAddresses in its cluster file (another /24)");
+        }
+        placed.push((id.clone(), cidr));
+        let running = start_gateway(opts, id, path, hub, shutdown).await?;
+        out.insert(id.clone(), running);
+    }
+    Ok(out)
+}
+
+/// Starts a cluster's gateway with a certificate issued by the hub's CA (a
+/// real gateway joins with a token of role gateway).
+async fn start_gateway(
+    opts: &UpOptions,
+    id: &str,
+    path: &Path,
+    hub: &hub_app::RunningHub,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<crate::gateway::RunningGateway> {
     let authority = hub
         .hub
         .authority()
         .context("the gateway network needs the hub's CA")?;
-    let mut out: Vec<crate::gateway::RunningGateway> = Vec::new();
-    let mut placed: Vec<(String, String)> = Vec::new();
-    for (id, path) in files {
-        let (ip, cidr) = gateway_addresses(&ClusterFile::load(path)?)?;
-        if let Some((other, _)) = placed.iter().find(|(_, c)| *c == cidr) {
-            bail!("the gateways of {other} and {id} would share {cidr}: give one of them gatewayAddresses in its cluster file (another /24)");
-        }
-        placed.push((id.clone(), cidr.clone()));
-        let identity = authority
-            .ca()
-            .issue(&Identity::Gateway(id.clone()), &[], AGENT_TTL)
-            .context("cannot issue a playground gateway's certificate")?;
-        let credentials = ClientCredentials {
-            ca_pem: authority.ca_pem().to_string(),
-            identity: Some(identity),
-        };
-        let dir = opts.data_dir.join("gateways").join(id);
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        let options = crate::gateway::GatewayOptions {
-            cluster: id.clone(),
-            hub: hub.api_addr.to_string(),
-            credentials: tokio::sync::watch::channel(credentials).1,
-            inbound: SocketAddr::new(ip.into(), 15443),
-            advertise: None,
-            outbound_cidr: cidr,
-            dns: Some(SocketAddr::new(ip.into(), opts.dns.port())),
-            dns_config: opts.dns_config.clone(),
-            metrics: Some(SocketAddr::new(ip.into(), 9090)),
-            settings: Default::default(),
-            outliers: Default::default(),
-            cache: Some(dir.join("config.pb")),
-        };
-        let running = crate::gateway::start(options, shutdown.child_token())
-            .await
-            .with_context(|| format!("cannot start the gateway of {id}"))?;
-        tracing::info!(cluster = %id, inbound = %running.inbound, "gateway started");
-        out.push(running);
-    }
-    Ok(out)
+    let (ip, cidr) = gateway_addresses(&ClusterFile::load(path)?)?;
+    let identity = authority
+        .ca()
+        .issue(&Identity::Gateway(id.to_string()), &[], AGENT_TTL)
+        .context("cannot issue a playground gateway's certificate")?;
+    let credentials = ClientCredentials {
+        ca_pem: authority.ca_pem().to_string(),
+        identity: Some(identity),
+    };
+    let dir = opts.data_dir.join("gateways").join(id);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let options = crate::gateway::GatewayOptions {
+        cluster: id.to_string(),
+        hub: hub.api_addr.to_string(),
+        credentials: tokio::sync::watch::channel(credentials).1,
+        inbound: SocketAddr::new(ip.into(), 15443),
+        advertise: None,
+        outbound_cidr: cidr,
+        dns: Some(SocketAddr::new(ip.into(), opts.dns.port())),
+        dns_config: opts.dns_config.clone(),
+        metrics: Some(SocketAddr::new(ip.into(), 9090)),
+        settings: Default::default(),
+        outliers: Default::default(),
+        cache: Some(dir.join("config.pb")),
+    };
+    let running = crate::gateway::start(options, shutdown.child_token())
+        .await
+        .with_context(|| format!("cannot start the gateway of {id}"))?;
+    tracing::info!(cluster = %id, inbound = %running.inbound, "gateway started");
+    Ok(running)
 }
 
 /// Waits until every gateway routes every service of the ClusterSet on a
 /// listener of its own.
 async fn wait_gateways_ready(
     hub: &crate::hub::api::Hub,
-    gateways: &[crate::gateway::RunningGateway],
+    gateways: impl Iterator<Item = &crate::gateway::RunningGateway> + Clone,
 ) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let services = hub.state().backends.len();
         let pending: Vec<&str> = gateways
-            .iter()
+            .clone()
             .filter(|g| {
                 let table = g.shared.table.load();
                 table.routes().filter(|r| r.listener.is_some()).count() < services
