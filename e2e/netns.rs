@@ -12,8 +12,10 @@
 //! - cluster link cut: c2's link goes down; the hub's DNS and c1's gateway
 //!   stop sending to c2 within lease + 1 s; only requests in flight at the
 //!   cut fail; after the link is back c2 gets traffic again.
-//! - hub leader kill -9: no request fails, no export and no weight is lost,
-//!   a write through a survivor succeeds, the restarted replica catches up.
+//! - hub leader kill -9, made by `switchyard drill hub-leader --command`
+//!   from inside c1: no request fails (the observer's nor the drill's), no
+//!   export and no weight is lost, a write through a survivor succeeds,
+//!   the restarted replica catches up.
 //! - hub minority partition: a follower cut off; no request fails, every
 //!   cluster keeps its traffic, writes through the majority succeed and
 //!   reach the gateways, the isolated replica refuses writes and
@@ -792,8 +794,59 @@ fn hub_leader_kill_9_loses_no_request_no_export_and_no_weight() {
 
     let obs = w.observe(via);
     std::thread::sleep(Duration::from_secs(2));
+    // `switchyard drill hub-leader` from inside c1 makes the kill: its
+    // --command SIGKILLs the replica the hub names as leader (by the pid
+    // files written here); the test restarts it below, so the drill's
+    // restore does nothing. The drill's own traffic and report are checked
+    // at the end.
+    for i in 0..3 {
+        let pid = w.procs.pid(&World::hub_name(i)).expect("hub running");
+        std::fs::write(w.root().join(format!("hub{}.pid", i + 1)), pid.to_string()).unwrap();
+    }
+    let kill = format!(
+        "kill -9 $(cat {}/hub$SWITCHYARD_DRILL_LEADER.pid)",
+        w.root().display()
+    );
+    let hub_dns = SocketAddr::new(IpAddr::V4(w.net.host_ip(&w.hubs[via].host)), 5353);
+    let hubs: Vec<&str> = w.hubs.iter().map(|h| h.api.as_str()).collect();
+    let drill = w
+        .net
+        .command(&w.clusters[0].host, Path::new(BIN))
+        .args([
+            "drill",
+            "hub-leader",
+            "--hub",
+            &hubs.join(","),
+            "--dns",
+            &hub_dns.to_string(),
+            "--via",
+            &w.clusters[0].gateway_dns.to_string(),
+            "--command",
+            &kill,
+            "--restore-command",
+            "true",
+            "--warmup",
+            "1s",
+            "--hold",
+            "4s",
+            "-o",
+            "json",
+        ])
+        .env("SWITCHYARD_CREDENTIALS", &w.credentials)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let asked = Instant::now();
+    while !w.procs.exited(&World::hub_name(leader)) {
+        assert!(
+            asked.elapsed() < Duration::from_secs(15),
+            "the drill did not kill hub{}",
+            leader + 1
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let killed = Instant::now();
-    w.procs.kill(&World::hub_name(leader));
     let new_leader = w.leader(&survivors, Duration::from_secs(10));
     let elected = killed.elapsed();
     // A write through a survivor.
@@ -850,6 +903,39 @@ fn hub_leader_kill_9_loses_no_request_no_export_and_no_weight() {
     let mut expected = weights.clone();
     expected.insert("c3".into(), 25);
     assert_eq!(w.weights_at(via, true), expected, "weights changed");
+
+    // The drill saw the same: no failed request through c1's gateway, a
+    // new leader, nothing lost (the weight written meanwhile is a change,
+    // not a loss).
+    let out = drill.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let drill_report: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "the drill printed no JSON report ({e}): {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    eprintln!(
+        "leader kill -9 (drill hub-leader): detect {} ms, failed {}/{}, DNS failed {}/{}, restored {}, pass {}, notes {}",
+        drill_report["detect_ms"],
+        drill_report["failed_requests"],
+        drill_report["total_requests"],
+        drill_report["dns_failures"],
+        drill_report["dns_queries"],
+        drill_report["restored"],
+        drill_report["pass"],
+        drill_report["notes"]
+    );
+    assert!(out.status.success(), "the drill failed: {drill_report}");
+    assert_eq!(drill_report["pass"], true, "{drill_report}");
+    assert_eq!(drill_report["failed_requests"], 0, "{drill_report}");
+    assert_eq!(drill_report["restored"], true, "{drill_report}");
+    let detect = drill_report["detect_ms"]
+        .as_u64()
+        .expect("a new leader seen");
+    assert!(detect < 10_000, "{drill_report}");
+    let notes = drill_report["notes"].to_string();
+    assert!(!notes.contains("lost"), "{drill_report}");
 
     // The killed replica comes back and catches up (its own state, read
     // locally, not through the leader).

@@ -297,6 +297,19 @@ impl Procs {
         }
     }
 
+    /// The process ID of `name`, while it runs.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.list.get(name)?.child.as_ref().map(Child::id)
+    }
+
+    /// Whether `name` has exited (killed by someone else, say), reaping it.
+    pub fn exited(&mut self, name: &str) -> bool {
+        self.list
+            .get_mut(name)
+            .and_then(|p| p.child.as_mut())
+            .is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))))
+    }
+
     /// Starts `name` again with the same arguments.
     pub fn restart(&mut self, net: &Net, program: &Path, name: &str) {
         self.kill(name);

@@ -143,7 +143,7 @@ struct Before {
     owners: BTreeMap<IpAddr, String>,
     leader: u64,
     exports: Vec<String>,
-    weights: Value,
+    weights: Weights,
 }
 
 /// Runs the drill; `interrupt` (Ctrl-C) cuts the hold short. The fault is
@@ -249,10 +249,17 @@ pub async fn run(opts: DrillOptions, interrupt: CancellationToken) -> anyhow::Re
     }
     if opts.drill == Drill::HubLeader {
         match lost_state(&opts, &before).await {
-            Ok(None) => {}
-            Ok(Some(lost)) => {
-                observed.restored = false;
-                observed.notes.push(lost);
+            Ok((lost, changed)) => {
+                if !lost.is_empty() {
+                    observed.restored = false;
+                    observed.notes.push(format!("lost: {}", lost.join(", ")));
+                }
+                if !changed.is_empty() {
+                    observed.notes.push(format!(
+                        "weights changed during the drill (written meanwhile?): {}",
+                        changed.join(", ")
+                    ));
+                }
             }
             Err(e) => observed
                 .notes
@@ -357,7 +364,7 @@ async fn survey(opts: &DrillOptions) -> anyhow::Result<Before> {
     let leader = hub_status(&opts.hub).await?["leader"].as_u64().unwrap_or(0);
     let (exports, weights) = match opts.drill {
         Drill::HubLeader => state_digest(&opts.hub).await?,
-        _ => (Vec::new(), Value::Null),
+        _ => (Vec::new(), Weights::new()),
     };
     Ok(Before {
         service,
@@ -370,43 +377,70 @@ async fn survey(opts: &DrillOptions) -> anyhow::Result<Before> {
 }
 
 /// The hub's exports (cluster and service of each) and every
-/// MultiClusterService's weights: what a lost leader must not lose.
-async fn state_digest(hub: &HubTarget) -> anyhow::Result<(Vec<String>, Value)> {
+/// MultiClusterService's weight per cluster: what a lost leader must not
+/// lose.
+async fn state_digest(hub: &HubTarget) -> anyhow::Result<(Vec<String>, Weights)> {
     let exports = admin_json(hub, "exports", "").await?;
     let mut names: Vec<String> = exports
         .as_array()
         .into_iter()
         .flatten()
-        .map(|e| format!("{}:{}", e["cluster"], e["service"]))
+        .map(|e| {
+            format!(
+                "{} exports {}",
+                str_of(&e["cluster"]),
+                str_of(&e["service"])
+            )
+        })
         .collect();
     names.sort();
     let mcs = admin_json(hub, "mcs", "").await?;
-    let mut weights = serde_json::Map::new();
+    let mut weights = Weights::new();
     for m in mcs.as_array().into_iter().flatten() {
-        let name = format!("{}/{}", m["metadata"]["namespace"], m["metadata"]["name"]);
-        weights.insert(name, m["spec"]["clusterBackends"].clone());
+        let meta = &m["metadata"];
+        let name = format!("{}/{}", str_of(&meta["namespace"]), str_of(&meta["name"]));
+        for b in m["spec"]["clusterBackends"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let key = format!("{name} {}", str_of(&b["cluster"]));
+            weights.insert(key, b["weight"].as_i64().unwrap_or_default());
+        }
     }
-    Ok((names, Value::Object(weights)))
+    Ok((names, weights))
 }
 
-/// After a `hub-leader` drill: what the hub lost, if anything.
-async fn lost_state(opts: &DrillOptions, before: &Before) -> anyhow::Result<Option<String>> {
+fn str_of(v: &Value) -> &str {
+    v.as_str().unwrap_or_default()
+}
+
+/// "NS/MCS CLUSTER" → weight.
+type Weights = BTreeMap<String, i64>;
+
+/// After a `hub-leader` drill: what the hub lost (an export, a
+/// MultiClusterService or a cluster's weight in one), and which weights
+/// changed (a write during the drill changes them legitimately).
+async fn lost_state(
+    opts: &DrillOptions,
+    before: &Before,
+) -> anyhow::Result<(Vec<String>, Vec<String>)> {
     let (exports, weights) = state_digest(&opts.hub).await?;
-    let missing: Vec<&String> = before
+    let mut lost: Vec<String> = before
         .exports
         .iter()
         .filter(|e| !exports.contains(e))
+        .cloned()
         .collect();
-    if !missing.is_empty() {
-        return Ok(Some(format!("exports lost: {missing:?}")));
+    let mut changed = Vec::new();
+    for (key, was) in &before.weights {
+        match weights.get(key) {
+            None => lost.push(format!("weight of {key}")),
+            Some(now) if now != was => changed.push(format!("{key}: {was} -> {now}")),
+            Some(_) => {}
+        }
     }
-    if weights != before.weights {
-        return Ok(Some(format!(
-            "MultiClusterService weights changed: before {}, after {weights}",
-            before.weights
-        )));
-    }
-    Ok(None)
+    Ok((lost, changed))
 }
 
 /// Makes the fault, or (`restore`) undoes it.
