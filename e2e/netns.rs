@@ -549,6 +549,24 @@ impl World {
 
     /// The last lines of the hubs', agents' and gateways' logs (printed
     /// when a test fails, by `Drop`).
+    /// Starts `switchyard drill ARGS` inside c1: DNS watched on replica
+    /// `dns_hub`, HTTP through c1's gateway, a 1 s warm-up, JSON out.
+    fn drill(&self, dns_hub: usize, args: &[&str]) -> std::process::Child {
+        let hub_dns = SocketAddr::new(IpAddr::V4(self.net.host_ip(&self.hubs[dns_hub].host)), 5353);
+        self.net
+            .command(&self.clusters[0].host, Path::new(BIN))
+            .arg("drill")
+            .args(args)
+            .args(["--dns", &hub_dns.to_string()])
+            .args(["--via", &self.clusters[0].gateway_dns.to_string()])
+            .args(["--warmup", "1s", "-o", "json"])
+            .env("SWITCHYARD_CREDENTIALS", &self.credentials)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     fn logs(&self) -> String {
         self.procs.tails(&["hub", "agent", "gateway"], 25)
     }
@@ -807,36 +825,21 @@ fn hub_leader_kill_9_loses_no_request_no_export_and_no_weight() {
         "kill -9 $(cat {}/hub$SWITCHYARD_DRILL_LEADER.pid)",
         w.root().display()
     );
-    let hub_dns = SocketAddr::new(IpAddr::V4(w.net.host_ip(&w.hubs[via].host)), 5353);
     let hubs: Vec<&str> = w.hubs.iter().map(|h| h.api.as_str()).collect();
-    let drill = w
-        .net
-        .command(&w.clusters[0].host, Path::new(BIN))
-        .args([
-            "drill",
+    let drill = w.drill(
+        via,
+        &[
             "hub-leader",
             "--hub",
             &hubs.join(","),
-            "--dns",
-            &hub_dns.to_string(),
-            "--via",
-            &w.clusters[0].gateway_dns.to_string(),
             "--command",
             &kill,
             "--restore-command",
             "true",
-            "--warmup",
-            "1s",
             "--hold",
             "4s",
-            "-o",
-            "json",
-        ])
-        .env("SWITCHYARD_CREDENTIALS", &w.credentials)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        ],
+    );
     let asked = Instant::now();
     while !w.procs.exited(&World::hub_name(leader)) {
         assert!(
@@ -908,13 +911,7 @@ fn hub_leader_kill_9_loses_no_request_no_export_and_no_weight() {
     // new leader, nothing lost (the weight written meanwhile is a change,
     // not a loss).
     let out = drill.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let drill_report: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-        panic!(
-            "the drill printed no JSON report ({e}): {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let drill_report = drill_report(&out);
     eprintln!(
         "leader kill -9 (drill hub-leader): detect {} ms, failed {}/{}, DNS failed {}/{}, restored {}, pass {}, notes {}",
         drill_report["detect_ms"],
@@ -1123,6 +1120,17 @@ fn hub_minority_partition_leaves_the_data_plane_alone_and_heals() {
     assert_eq!(w.weights_at(isolated, true), want);
 }
 
+/// The JSON report a finished drill printed.
+fn drill_report(out: &std::process::Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "the drill printed no JSON report ({e}): {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
 /// Cluster `id`'s state ("Healthy", "Drained", ...) as replica `i` has it.
 fn cluster_state(w: &World, i: usize, id: &str) -> Option<String> {
     let (ok, out, _) = w.cli(i, &["get", "clusters", id, "-o", "json"]);
@@ -1146,35 +1154,20 @@ fn planned_drain_shifts_without_a_failed_request() {
     // `switchyard drill drain` from inside c1: the hub's Drain RPC, its own
     // traffic through c1's gateway and its report; it restores at its end.
     // The test watches the hub for when c2 is drained and back.
-    let hub_dns = SocketAddr::new(IpAddr::V4(w.net.host_ip(&w.hubs[0].host)), 5353);
-    let drill = w
-        .net
-        .command(&w.clusters[0].host, Path::new(BIN))
-        .args([
-            "drill",
+    let drill = w.drill(
+        0,
+        &[
             "drain",
             "--cluster",
             "c2",
             "--hub",
             &w.hubs[1].api,
-            "--dns",
-            &hub_dns.to_string(),
-            "--via",
-            &w.clusters[0].gateway_dns.to_string(),
             "--lease-ms",
             &LEASE_MS.to_string(),
-            "--warmup",
-            "1s",
             "--hold",
             "3s",
-            "-o",
-            "json",
-        ])
-        .env("SWITCHYARD_CREDENTIALS", &w.credentials)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        ],
+    );
     // Each poll counts from before it asked: the drain took effect at or
     // before the first poll that saw it (up to one poll, ~50 ms, earlier),
     // and was still in force when the last one that saw it asked.
@@ -1208,13 +1201,7 @@ fn planned_drain_shifts_without_a_failed_request() {
     });
     std::thread::sleep(Duration::from_millis(500));
     let rec = obs.stop();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let drill_report: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-        panic!(
-            "the drill printed no JSON report ({e}): {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let drill_report = drill_report(&out);
 
     // The drain is seen (polling) up to 20 ms after it took effect: the
     // shift is measured from there, and bounded by the drill's own SLO (1 s).
@@ -1234,7 +1221,7 @@ fn planned_drain_shifts_without_a_failed_request() {
         drill_report["total_requests"],
         drill_report["pass"],
     );
-    let report = || format!("{}\n{stdout}", rec.summary());
+    let report = || format!("{}\n{drill_report}", rec.summary());
     assert!(
         rec.failures().is_empty(),
         "requests failed: {:?}\n{}",
