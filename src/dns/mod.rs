@@ -4,6 +4,7 @@
 //!
 //! - `zone`: an immutable snapshot of every name with its answers already
 //!   in wire format, built from the computed backends, and the lookup.
+//! - `index`: the flat name table lookups read.
 //! - `wire`: parses a query and writes the response from a snapshot.
 //! - `server`: UDP worker threads on `SO_REUSEPORT` sockets and pipelined
 //!   TCP, with metrics.
@@ -20,6 +21,7 @@
 //! of its share (independent random draws would be off by about 1/√N).
 
 pub mod client;
+pub mod index;
 pub mod server;
 pub mod wire;
 pub mod zone;

@@ -8,6 +8,7 @@
 //! a compression pointer to the question (offset 12), so the server only
 //! copies bytes after the echoed question.
 
+use super::index::FlatIndex;
 use super::DnsConfig;
 use crate::backends::ServiceBackends;
 use crate::model::{ServiceKey, ServiceMap, ServiceType};
@@ -170,6 +171,24 @@ type Nodes = imbl::GenericHashMap<
     imbl::shared_ptr::DefaultSharedPtr,
 >;
 
+/// Names changed since the flat index was built: `Some` added or replaced,
+/// `None` removed.
+type Overlay = imbl::GenericHashMap<
+    Key,
+    Option<Arc<Node>>,
+    foldhash::fast::RandomState,
+    imbl::shared_ptr::DefaultSharedPtr,
+>;
+
+/// The overlay's size (at least) at which a publish builds a new flat
+/// index: a rebuild costs O(names), so it happens once per that many
+/// changed names, and the overlay stays small enough to stay in cache.
+/// Tests use a tiny one, so that their publishes rebuild often.
+#[cfg(not(test))]
+const OVERLAY_MIN: usize = 1024;
+#[cfg(test)]
+const OVERLAY_MIN: usize = 4;
+
 /// An immutable view of the zone. Unchanged services' nodes are shared
 /// between consecutive snapshots (persistent maps of `Arc`s), so a publish
 /// costs O(changed services), and a service's round-robin position carries
@@ -188,7 +207,12 @@ pub struct ZoneSnapshot {
     soa_authority: Box<[u8]>,
     /// SOA MNAME and RNAME in wire form, to stamp a new serial on each publish.
     soa_names: (Key, Key),
+    /// Every name, as publishes change them (persistent: cheap to copy).
     nodes: Nodes,
+    /// What lookups read: `nodes` as of some publish, flat ...
+    index: Arc<FlatIndex<Node>>,
+    /// ... and the names changed since, consulted first.
+    overlay: Overlay,
     /// The names each service put into `nodes`, to take them out again.
     owned: imbl::OrdMap<ServiceKey, Arc<Owned>>,
     /// Services with names per `<ns>.svc.<zone>`; the namespace node (and
@@ -268,10 +292,13 @@ impl ZoneSnapshot {
             ttl,
             soa_names,
             nodes,
+            index: Arc::new(FlatIndex::build(0, std::iter::empty())),
+            overlay: Overlay::default(),
             owned: imbl::OrdMap::new(),
             namespaces: imbl::OrdMap::new(),
         };
         zone_snapshot.stamp(serial);
+        zone_snapshot.reindex();
         zone_snapshot
     }
 
@@ -303,12 +330,46 @@ impl ZoneSnapshot {
         if let Ok(svc) = self.origin_name.prepend_label("svc") {
             let svc = wire_name(&svc);
             if next.namespaces.is_empty() {
-                next.nodes.remove(&svc);
+                next.unset(&svc);
             } else if !next.nodes.contains_key(&svc) {
-                next.nodes.insert(svc, Arc::new(Node::Empty));
+                next.set(svc, Node::Empty);
             }
         }
+        if next.overlay.len() >= OVERLAY_MIN.max(next.nodes.len() / 8) {
+            next.reindex();
+        }
         next
+    }
+
+    /// Adds or replaces a name.
+    fn set(&mut self, name: Key, node: Node) {
+        let node = Arc::new(node);
+        self.nodes.insert(name.clone(), node.clone());
+        self.overlay.insert(name, Some(node));
+    }
+
+    /// Removes a name.
+    fn unset(&mut self, name: &[u8]) {
+        if self.nodes.remove(name).is_some() {
+            self.overlay.insert(name.into(), None);
+        }
+    }
+
+    /// Builds the flat index of every name and empties the overlay.
+    fn reindex(&mut self) {
+        let entries = self.nodes.iter().map(|(k, v)| (&k[..], v));
+        self.index = Arc::new(FlatIndex::build(self.nodes.len(), entries));
+        self.overlay = Overlay::default();
+    }
+
+    /// The node of `qname`: the overlay's word, else the index's.
+    fn node(&self, qname: &[u8]) -> Option<&Arc<Node>> {
+        if !self.overlay.is_empty() {
+            if let Some(changed) = self.overlay.get(qname) {
+                return changed.as_ref();
+            }
+        }
+        self.index.get(qname)
     }
 
     fn remove_service(&mut self, key: &ServiceKey) {
@@ -316,7 +377,7 @@ impl ZoneSnapshot {
             return;
         };
         for n in &owned.names {
-            self.nodes.remove(n);
+            self.unset(n);
         }
         let left = match self.namespaces.get_mut(&owned.namespace) {
             Some(count) => {
@@ -327,7 +388,7 @@ impl ZoneSnapshot {
         };
         if left == 0 {
             self.namespaces.remove(&owned.namespace);
-            self.nodes.remove(&owned.namespace);
+            self.unset(&owned.namespace);
         }
     }
 
@@ -344,18 +405,18 @@ impl ZoneSnapshot {
                 ancestors.push(up.into());
                 up = parent(up);
             }
-            self.nodes.insert(n.clone(), Arc::new(node));
+            self.set(n.clone(), node);
             names.push(n);
         }
         for a in ancestors {
             if !self.nodes.contains_key(&a) {
-                self.nodes.insert(a.clone(), Arc::new(Node::Empty));
+                self.set(a.clone(), Node::Empty);
                 names.push(a);
             }
         }
         *self.namespaces.entry(namespace.clone()).or_insert(0) += 1;
         if !self.nodes.contains_key(&namespace) {
-            self.nodes.insert(namespace.clone(), Arc::new(Node::Empty));
+            self.set(namespace.clone(), Node::Empty);
         }
         self.owned
             .insert(key.clone(), Arc::new(Owned { names, namespace }));
@@ -378,7 +439,7 @@ impl ZoneSnapshot {
         if !in_zone(qname, &self.origin) {
             return Lookup::Refused;
         }
-        let Some(node) = self.nodes.get(qname) else {
+        let Some(node) = self.node(qname) else {
             return Lookup::NxDomain;
         };
         let records = match (node.as_ref(), qtype) {
@@ -887,6 +948,7 @@ mod tests {
             let config = DnsConfig::default();
             let mut backends: ServiceMap<ServiceBackends> = ServiceMap::new();
             let mut zone = ZoneSnapshot::build(&config, 1, &backends);
+            let mut before_names = zone.nodes.clone();
             for (serial, batch) in batches.into_iter().enumerate() {
                 let before = backends.clone();
                 for ((key, b), remove) in batch {
@@ -904,6 +966,14 @@ mod tests {
                 zone = zone.with_changes(serial as u32 + 2, changes);
                 let full = ZoneSnapshot::build(&config, serial as u32 + 2, &backends);
                 prop_assert_eq!(contents(&zone), contents(&full));
+                // What lookups read (index and overlay) is what `nodes` holds.
+                for (name, node) in zone.nodes.iter() {
+                    prop_assert!(zone.node(name).is_some_and(|n| Arc::ptr_eq(n, node)));
+                }
+                for (name, _) in before_names.iter() {
+                    prop_assert_eq!(zone.node(name).is_some(), zone.nodes.contains_key(&name[..]));
+                }
+                before_names = zone.nodes.clone();
             }
         }
     }
