@@ -227,7 +227,6 @@ pub async fn run(cmd: DrillCommand, credentials: Option<&Path>) -> anyhow::Resul
         zone: args.zone,
         dns,
         via,
-        from: args.from,
         rate: args.rate,
         warmup: *args.warmup,
         hold: args.hold.map(|h| *h),

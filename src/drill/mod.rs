@@ -80,22 +80,25 @@ pub struct Commands {
 /// Everything a drill run needs.
 #[derive(Debug, Clone)]
 pub struct DrillOptions {
+    /// Which drill, on what.
     pub drill: Drill,
+    /// The hub's admin API (one or more replicas) and credentials.
     pub hub: HubTarget,
     /// The data dir of a running playground to drive; `None` for a real
     /// ClusterSet (or when `commands` make the fault).
     pub playground: Option<PathBuf>,
+    /// Make and undo the fault with these commands instead.
     pub commands: Option<Commands>,
     /// The service the traffic goes to; by default the drained service, or
     /// the first service the cluster exports.
     pub service: Option<ServiceKey>,
+    /// The ClusterSet DNS zone.
     pub zone: String,
     /// The DNS whose answers are watched (the hub's).
     pub dns: Option<SocketAddr>,
     /// The DNS HTTP clients resolve through (a cluster's gateway DNS).
     pub via: Option<SocketAddr>,
-    /// Playground: the cluster whose gateway the HTTP traffic goes through.
-    pub from: Option<String>,
+    /// DNS queries per second, and as many HTTP requests per second.
     pub rate: u32,
     /// Traffic before the action, for a baseline.
     pub warmup: Duration,

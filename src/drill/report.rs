@@ -28,8 +28,12 @@ pub struct Timeline {
     pub action_at_ms: u64,
     /// How long the action itself took.
     pub action_ms: u64,
+    /// When the hub showed the fault.
     pub detect_ms: Option<u64>,
+    /// When DNS answers stopped naming the cluster, for good.
     pub dns_shift_ms: Option<u64>,
+    /// When requests through the gateways stopped reaching (or failing
+    /// on) the cluster, for good.
     pub gateway_shift_ms: Option<u64>,
     /// When the restore was taken, ms since the action.
     pub restore_at_ms: Option<u64>,
@@ -41,34 +45,48 @@ pub struct Timeline {
 /// One SLO check.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Check {
+    /// What was checked ("detect", "gateway shift", ...).
     pub name: String,
     pub pass: bool,
+    /// The measured value against its limit.
     pub detail: String,
 }
 
 /// The whole report, as `-o json` prints it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// `drain`, `cluster-down` or `hub-leader`.
     pub drill: String,
+    /// The cluster drained or lost (none for `hub-leader`).
     pub cluster: Option<String>,
+    /// The service the traffic went to, NS/NAME.
     pub service: String,
     /// How the fault was made (playground control, hub admin API, command).
     pub method: String,
+    /// Every step's time.
     pub timeline: Timeline,
+    /// The timeline's detection, shifts: repeated at the top level.
     pub detect_ms: Option<u64>,
     pub dns_shift_ms: Option<u64>,
     pub gateway_shift_ms: Option<u64>,
+    /// HTTP requests that failed, of all sent over the whole drill.
     pub failed_requests: u64,
     pub total_requests: u64,
+    /// p99 HTTP latency, failures included.
     pub p99_ms: Option<f64>,
+    /// DNS queries sent, and those unanswered or without an address.
     pub dns_queries: u64,
     pub dns_failures: u64,
     /// Requests answered by each cluster, over the whole drill.
     pub answered_by: std::collections::BTreeMap<String, u64>,
+    /// The restore worked and traffic came back (for `hub-leader`: a
+    /// leader, and nothing lost).
     pub restored: bool,
     /// Ctrl-C cut the drill short (it restored all the same).
     pub interrupted: bool,
+    /// What the reader should know (a failed action, a DNS down by design).
     pub notes: Vec<String>,
+    /// Each SLO check, and whether all passed (the verdict).
     pub checks: Vec<Check>,
     pub pass: bool,
 }
@@ -76,15 +94,21 @@ pub struct Report {
 /// What the drill did and saw, besides the traffic.
 #[derive(Debug, Clone, Default)]
 pub struct Observed {
+    /// As in [`Report`].
     pub drill: String,
     pub cluster: Option<String>,
     pub service: String,
     pub method: String,
+    /// When the action was taken, since traffic began, and how long it took.
     pub action_at: Duration,
     pub action_took: Duration,
+    /// Since the action: when the hub showed the fault, when the restore
+    /// was taken.
     pub detected: Option<Duration>,
     pub restore_at: Option<Duration>,
+    /// Since the restore: when traffic came back.
     pub restored_at: Option<Duration>,
+    /// As in [`Report`].
     pub restored: bool,
     pub interrupted: bool,
     pub notes: Vec<String>,

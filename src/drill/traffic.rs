@@ -24,7 +24,9 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
 /// What the traffic targets and how hard.
 #[derive(Debug, Clone)]
 pub struct TrafficPlan {
+    /// The service every query and request is for.
     pub service: ServiceKey,
+    /// The ClusterSet DNS zone.
     pub zone: String,
     /// The DNS whose answers are watched (the hub's, on a real ClusterSet
     /// the one member clusters forward the zone to).

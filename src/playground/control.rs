@@ -22,11 +22,15 @@ pub const INFO: &str = "playground.json";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Info {
+    /// The hub's API.
     pub api: SocketAddr,
+    /// The hub's ClusterSet DNS.
     pub dns: SocketAddr,
+    /// The cluster lease in force.
     pub lease_ms: u64,
     /// Each cluster's gateway (empty on a flat network).
     pub gateways: Vec<GatewayInfo>,
+    /// Every cluster's ID.
     pub clusters: Vec<String>,
 }
 
@@ -34,6 +38,7 @@ pub struct Info {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GatewayInfo {
+    /// The gateway's cluster.
     pub cluster: String,
     /// The cluster's own ClusterSet DNS, served by its gateway.
     pub dns: SocketAddr,
@@ -57,7 +62,9 @@ pub enum Request {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Reply {
+    /// Done, or refused.
     pub ok: bool,
+    /// What was done, or why not.
     pub message: String,
 }
 
