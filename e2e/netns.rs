@@ -658,6 +658,29 @@ fn windows(
     out
 }
 
+/// No request and no DNS query failed, and all three clusters answered
+/// requests in every second from `from` to `to` (`what` names `from`).
+fn assert_undisturbed(rec: &Record, from: Instant, to: Instant, what: &str) {
+    assert!(
+        rec.failures().is_empty(),
+        "requests failed: {:?}\n{}",
+        rec.failures().first(),
+        rec.summary()
+    );
+    assert!(rec.dns_failures().is_empty(), "{}", rec.summary());
+    for (k, win) in windows(rec, from, to, Duration::from_secs(1))
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(
+            win.len(),
+            3,
+            "second {k} after {what}: {win:?}\n{}",
+            rec.summary()
+        );
+    }
+}
+
 fn ms(d: Duration) -> u128 {
     d.as_millis()
 }
@@ -871,27 +894,9 @@ fn hub_leader_kill_9_loses_no_request_no_export_and_no_weight() {
         rec.dns.len()
     );
     let report = || rec.summary();
-
-    assert!(
-        rec.failures().is_empty(),
-        "requests failed: {:?}\n{}",
-        rec.failures().first(),
-        report()
-    );
-    assert!(rec.dns_failures().is_empty(), "{}", report());
     // No cluster lost its lease to the leader change: all three answered
     // in every second after the kill until the new weights.
-    for (k, win) in windows(&rec, killed, written, Duration::from_secs(1))
-        .iter()
-        .enumerate()
-    {
-        assert_eq!(
-            win.len(),
-            3,
-            "second {k} after the kill: {win:?}\n{}",
-            report()
-        );
-    }
+    assert_undisturbed(&rec, killed, written, "the kill");
     // The gateway follows the write made after the kill.
     let after = rec.counts(written + Duration::from_secs(1), end);
     let want = [("c1", 50), ("c2", 30), ("c3", 25)];
@@ -1067,27 +1072,9 @@ fn hub_minority_partition_leaves_the_data_plane_alone_and_heals() {
         rec.http.len()
     );
     let report = || rec.summary();
-
-    assert!(
-        rec.failures().is_empty(),
-        "requests failed: {:?}\n{}",
-        rec.failures().first(),
-        report()
-    );
-    assert!(rec.dns_failures().is_empty(), "{}", report());
     // Every cluster keeps its traffic: a hub partition takes no healthy
     // cluster out (its agent renews through another replica).
-    for (k, win) in windows(&rec, cut, end, Duration::from_secs(1))
-        .iter()
-        .enumerate()
-    {
-        assert_eq!(
-            win.len(),
-            3,
-            "second {k} after the cut: {win:?}\n{}",
-            report()
-        );
-    }
+    assert_undisturbed(&rec, cut, end, "the cut");
     // The hub's DNS (a majority replica) too: no lease ran out.
     let mut t = cut;
     while t + Duration::from_secs(1) <= end {

@@ -258,7 +258,6 @@ fn cluster_health(
                 true => "its lease was revoked by an operator",
                 false => "its lease expired",
             };
-            // The reason changes on withdrawal, so import watchers see it.
             let withdrawn = match cluster.withdrawn {
                 true => "; its endpoints were withdrawn after the grace period",
                 false => "",

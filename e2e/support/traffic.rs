@@ -219,68 +219,72 @@ impl Drop for Observer {
     }
 }
 
+/// Starts `each()` every `period` until `stop`, each on its own task so a
+/// slow one does not delay the next; then waits for those in flight.
+async fn at_rate<F, Fut>(period: Duration, stop: Arc<AtomicBool>, each: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut out = tokio::task::JoinSet::new();
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !stop.load(Ordering::SeqCst) {
+        tick.tick().await;
+        out.spawn(each());
+        while out.try_join_next().is_some() {}
+    }
+    while out.join_next().await.is_some() {}
+}
+
 async fn run(plan: Plan, stop: Arc<AtomicBool>, record: Arc<Mutex<Record>>) {
     let period = Duration::from_secs(1) / plan.rate.max(1);
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(addr) = plan.http {
-        let (stop, record) = (stop.clone(), record.clone());
+        let record = record.clone();
         let timeout = plan.http_timeout;
-        tasks.spawn(async move {
-            let mut out = tokio::task::JoinSet::new();
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            while !stop.load(Ordering::SeqCst) {
-                tick.tick().await;
-                let record = record.clone();
-                out.spawn(async move {
-                    let start = Instant::now();
-                    let outcome = http_get(addr, timeout).await;
-                    let sample = HttpSample {
-                        start,
-                        end: Instant::now(),
-                        outcome,
-                    };
-                    record.lock().unwrap().http.push(sample);
-                });
-                while out.try_join_next().is_some() {}
+        tasks.spawn(at_rate(period, stop.clone(), move || {
+            let record = record.clone();
+            async move {
+                let start = Instant::now();
+                let outcome = http_get(addr, timeout).await;
+                let sample = HttpSample {
+                    start,
+                    end: Instant::now(),
+                    outcome,
+                };
+                record.lock().unwrap().http.push(sample);
             }
-            while out.join_next().await.is_some() {}
-        });
+        }));
     }
     if let Some(server) = plan.dns {
         let owners = Arc::new(plan.owners.clone());
         let name = plan.dns_name.clone();
-        tasks.spawn(async move {
-            let mut out = tokio::task::JoinSet::new();
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            while !stop.load(Ordering::SeqCst) {
-                tick.tick().await;
-                let (record, owners, name) = (record.clone(), owners.clone(), name.clone());
-                out.spawn(async move {
-                    let at = Instant::now();
-                    let outcome =
-                        match tokio::time::timeout(Duration::from_secs(2), resolve(server, &name))
-                            .await
-                        {
-                            Ok(Ok(addrs)) => Ok(addrs
-                                .iter()
-                                .map(|a| {
-                                    owners
-                                        .get(a)
-                                        .cloned()
-                                        .unwrap_or_else(|| format!("unknown {a}"))
-                                })
-                                .collect()),
-                            Ok(Err(e)) => Err(e),
-                            Err(_) => Err("no DNS answer within 2s".to_string()),
-                        };
-                    record.lock().unwrap().dns.push(DnsSample { at, outcome });
-                });
-                while out.try_join_next().is_some() {}
+        tasks.spawn(at_rate(period, stop, move || {
+            let (record, owners, name) = (record.clone(), owners.clone(), name.clone());
+            async move {
+                let at = Instant::now();
+                let outcome = match tokio::time::timeout(
+                    Duration::from_secs(2),
+                    resolve(server, &name),
+                )
+                .await
+                {
+                    Ok(Ok(addrs)) => Ok(addrs
+                        .iter()
+                        .map(|a| {
+                            owners
+                                .get(a)
+                                .cloned()
+                                .unwrap_or_else(|| format!("unknown {a}"))
+                        })
+                        .collect()),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err("no DNS answer within 2s".to_string()),
+                };
+                record.lock().unwrap().dns.push(DnsSample { at, outcome });
             }
-            while out.join_next().await.is_some() {}
-        });
+        }));
     }
     while tasks.join_next().await.is_some() {}
 }

@@ -489,14 +489,19 @@ async fn send_imports(
 ) {
     let mut view = hub.watch_state();
     let mut last: Option<proto::ImportSet> = None;
-    let mut last_backends = None;
+    let mut last_inputs = None;
     loop {
         let state = view.borrow_and_update().clone();
-        // Backends change whenever anything a cluster imports does (exports,
-        // weights, health, conflicts): skip the rest.
-        let unchanged = last_backends
-            .as_ref()
-            .is_some_and(|b: &crate::model::ServiceMap<_>| b.ptr_eq(&state.backends));
+        // An import set is a function of the backends (exports, weights,
+        // health, conflicts) and of the clusters' states (a lost cluster's
+        // slices stay, not ready, until it is withdrawn): skip the rest
+        // while neither changed.
+        let unchanged =
+            last_inputs
+                .as_ref()
+                .is_some_and(|(b, c): &(crate::model::ServiceMap<_>, _)| {
+                    b.ptr_eq(&state.backends) && *c == state.clusters
+                });
         if !unchanged {
             let set = super::imports::import_set(&state, &cluster);
             let differs = last.as_ref().is_none_or(|l| {
@@ -528,7 +533,7 @@ async fn send_imports(
                 }
                 last = Some(set);
             }
-            last_backends = Some(state.backends.clone());
+            last_inputs = Some((state.backends.clone(), state.clusters.clone()));
         }
         tokio::select! {
             () = tx.closed() => return,

@@ -559,10 +559,7 @@ impl State {
                 out.lines.push(format!("cluster {} registered", spec.id));
             }
             Command::SetReachable { cluster, reachable } => {
-                let c = self
-                    .clusters
-                    .get_mut(cluster)
-                    .ok_or_else(|| StateError::UnknownCluster(cluster.clone()))?;
+                let c = self.cluster_mut(cluster)?;
                 let withdrawn = c.withdrawn && *reachable;
                 if c.reachable != *reachable || withdrawn {
                     c.reachable = *reachable;
@@ -575,10 +572,7 @@ impl State {
                     .push(format!("cluster {cluster} reachable={reachable}"));
             }
             Command::SetDrained { cluster, drained } => {
-                let c = self
-                    .clusters
-                    .get_mut(cluster)
-                    .ok_or_else(|| StateError::UnknownCluster(cluster.clone()))?;
+                let c = self.cluster_mut(cluster)?;
                 if c.drained != *drained {
                     c.drained = *drained;
                     touched.extend(self.services_of_cluster(cluster));
@@ -591,10 +585,7 @@ impl State {
                 service,
                 drained,
             } => {
-                let c = self
-                    .clusters
-                    .get_mut(cluster)
-                    .ok_or_else(|| StateError::UnknownCluster(cluster.clone()))?;
+                let c = self.cluster_mut(cluster)?;
                 let changed = match drained {
                     true => c.drained_services.insert(service.clone()),
                     false => c.drained_services.remove(service),
@@ -607,10 +598,7 @@ impl State {
                 ));
             }
             Command::RevokeLease { cluster, revoked } => {
-                let c = self
-                    .clusters
-                    .get_mut(cluster)
-                    .ok_or_else(|| StateError::UnknownCluster(cluster.clone()))?;
+                let c = self.cluster_mut(cluster)?;
                 if c.lease_revoked != *revoked {
                     c.lease_revoked = *revoked;
                     if *revoked {
@@ -623,10 +611,7 @@ impl State {
                     .push(format!("cluster {cluster} lease revoked={revoked}"));
             }
             Command::WithdrawCluster { cluster } => {
-                let c = self
-                    .clusters
-                    .get_mut(cluster)
-                    .ok_or_else(|| StateError::UnknownCluster(cluster.clone()))?;
+                let c = self.cluster_mut(cluster)?;
                 if c.state() == ClusterState::Unreachable && !c.withdrawn {
                     c.withdrawn = true;
                     touched.extend(self.services_of_cluster(cluster));
@@ -840,6 +825,13 @@ impl State {
 
     /// Services whose backends depend on a cluster: those it exports and
     /// those whose MultiClusterService lists it.
+    /// A member cluster, to change; refused when unknown.
+    fn cluster_mut(&mut self, cluster: &str) -> Result<&mut Cluster, StateError> {
+        self.clusters
+            .get_mut(cluster)
+            .ok_or_else(|| StateError::UnknownCluster(cluster.to_string()))
+    }
+
     fn services_of_cluster(&self, cluster: &str) -> BTreeSet<ServiceKey> {
         let mut set: BTreeSet<ServiceKey> = self
             .exports
