@@ -176,6 +176,10 @@ fn install_asks_a_running_hub_for_the_ca_and_a_token() {
             &api,
             "--credentials",
             creds.to_str().unwrap(),
+            "--gateway-cidr",
+            "10.96.0.128/25",
+            "--gateway-dns-ip",
+            "10.96.0.53",
         ]);
         if ok {
             break out;
@@ -193,6 +197,132 @@ fn install_asks_a_running_hub_for_the_ca_and_a_token() {
         member.contains(ca.lines().nth(1).unwrap()),
         "the hub's CA is in the ConfigMap"
     );
-    assert!(member.contains("sytoken."), "a token was created");
+    let tokens: std::collections::BTreeSet<&str> = member
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("token: "))
+        .collect();
+    assert_eq!(
+        tokens.len(),
+        2,
+        "an agent and a gateway token were created: {tokens:?}"
+    );
+    assert!(tokens.iter().all(|t| t.starts_with("sytoken.")));
     validate(dir.path(), "member.yaml", &member);
+}
+
+/// The value of `key` in the Kubernetes object of `kind` named `name` in a
+/// YAML stream.
+fn object(yaml: &str, kind: &str, name: &str) -> serde_yaml::Value {
+    use serde::Deserialize;
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+#[test]
+fn a_member_with_a_gateway_validates_and_routes_dns_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = switchyard::identity::Ca::generate("test").unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    let token = switchyard::identity::token::Token::generate().to_string();
+    let gateway_token = switchyard::identity::token::Token::generate().to_string();
+    let base = [
+        "install",
+        "--cluster",
+        "eu-1",
+        "--hub",
+        "hub.example.com:7700",
+        "--ca",
+        ca_file.to_str().unwrap(),
+        "--token",
+        &token,
+        "--gateway-token",
+        &gateway_token,
+        "--gateway-cidr",
+        "10.96.0.128/25",
+        "--gateway-dns-ip",
+        "10.96.0.53",
+    ];
+    // A NodePort by default, advertised on each pod's node address.
+    let (ok, member, err) = switchyard(&base);
+    assert!(ok, "{err}");
+    assert_eq!(
+        validate(dir.path(), "gateway.yaml", &member),
+        kinds(&member).len()
+    );
+    let deployment = object(&member, "Deployment", "switchyard-gateway");
+    let args: Vec<&str> = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    for want in [
+        "--outbound-cidr=10.96.0.128/25",
+        "--outbound-ports=20000-29999",
+        "--advertise=$(HOST_IP):31543",
+        "--cluster=eu-1",
+    ] {
+        assert!(args.contains(&want), "{want} not in {args:?}");
+    }
+    let inbound = object(&member, "Service", "switchyard-gateway-inbound");
+    assert_eq!(inbound["spec"]["type"], "NodePort");
+    assert_eq!(inbound["spec"]["ports"][0]["nodePort"], 31543);
+    assert_eq!(
+        object(&member, "Service", "switchyard-gateway-dns")["spec"]["clusterIP"],
+        "10.96.0.53"
+    );
+    object(&member, "PodDisruptionBudget", "switchyard-gateway");
+    assert!(member.contains(&gateway_token) && member.contains(&token));
+    assert!(
+        member.contains("forward . 10.96.0.53:53"),
+        "CoreDNS asks the gateway"
+    );
+    // The agent may write the derived Services in its namespace.
+    let role = object(&member, "Role", "switchyard-agent");
+    assert!(role["rules"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .any(|r| r["resources"][0] == "services"
+            && r["verbs"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .any(|v| v == "create")));
+
+    // A load balancer's address, when given.
+    let mut lb = base.to_vec();
+    lb.extend(["--gateway-advertise", "gw.eu-1.example.com:15443"]);
+    let (ok, member, err) = switchyard(&lb);
+    assert!(ok, "{err}");
+    let inbound = object(&member, "Service", "switchyard-gateway-inbound");
+    assert_eq!(inbound["spec"]["type"], "LoadBalancer");
+    assert!(inbound["spec"]["ports"][0].get("nodePort").is_none());
+    assert!(member.contains("--advertise=gw.eu-1.example.com:15443"));
+    validate(dir.path(), "gateway-lb.yaml", &member);
+
+    // Bad input: named, nothing printed.
+    for (change, why) in [
+        (("--gateway-dns-ip", "10.96.0.130"), "inside --gateway-cidr"),
+        (("--gateway-cidr", "10.96.0.0/8"), "--gateway-cidr"),
+        (("--gateway-ports", "80-90"), "--gateway-ports"),
+        (("--gateway-advertise", "no port"), "--gateway-advertise"),
+    ] {
+        let mut args: Vec<&str> = base.to_vec();
+        match args.iter().position(|a| *a == change.0) {
+            Some(i) => args[i + 1] = change.1,
+            None => args.extend([change.0, change.1]),
+        }
+        let (ok, out, err) = switchyard(&args);
+        assert!(
+            !ok && out.is_empty() && err.contains(why),
+            "{args:?}: {err}"
+        );
+    }
+    let without_dns: Vec<&str> = base[..base.len() - 2].to_vec();
+    let (ok, _, err) = switchyard(&without_dns);
+    assert!(!ok && err.contains("--gateway-dns-ip"), "{err}");
 }

@@ -254,6 +254,19 @@ async fn client(api: &str) -> Result<AdminServiceClient<Channel>, tonic::transpo
     Ok(AdminServiceClient::new(ch))
 }
 
+/// A client of `api`, retried for up to 10 s: a replica may still be
+/// starting (or slow, on a loaded machine) after a leader is elected.
+async fn connected(api: &str) -> AdminServiceClient<Channel> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match client(api).await {
+            Ok(c) => return c,
+            Err(e) if tokio::time::Instant::now() > deadline => panic!("cannot reach {api}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
 fn import(name: &str) -> String {
     format!("apiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceImport\nmetadata: {{name: {name}, namespace: hist}}\nspec: {{type: ClusterSetIP, ports: [{{port: 80}}]}}\n")
 }
@@ -477,9 +490,8 @@ async fn minority_partition_refuses_writes_and_heals_without_divergence() {
         } else {
             vec![g.replicas[leader].id]
         };
-        client(&r.api)
+        connected(&r.api)
             .await
-            .unwrap()
             .inject_fault(FaultRequest { isolate_from })
             .await
             .unwrap();
@@ -522,9 +534,8 @@ async fn minority_partition_refuses_writes_and_heals_without_divergence() {
 
     // Heal; everyone converges on the majority's history.
     for r in &g.replicas {
-        client(&r.api)
+        connected(&r.api)
             .await
-            .unwrap()
             .inject_fault(FaultRequest {
                 isolate_from: vec![],
             })

@@ -111,6 +111,14 @@ enum Command {
         /// in-cluster service account.
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
+        /// Where the cluster's east-west gateway pods run (by default the
+        /// agent's own namespace, $POD_NAMESPACE): with the gateway in port
+        /// mode, the agent derives a Service there per import.
+        #[arg(long, env = "POD_NAMESPACE")]
+        gateway_namespace: Option<String>,
+        /// The gateway pods' labels.
+        #[arg(long, default_value = "app.kubernetes.io/name=switchyard-gateway")]
+        gateway_selector: String,
         #[command(flatten)]
         auth: AgentAuthArgs,
     },
@@ -165,6 +173,30 @@ enum Command {
         /// Hub: extra names for its certificate (the load balancer's name).
         #[arg(long, value_delimiter = ',')]
         tls_san: Vec<String>,
+        /// Run an east-west gateway (for clusters whose pods other clusters
+        /// cannot reach): the ClusterSetIPs of imported services come from
+        /// this range of the cluster's Service CIDR, which its apiserver
+        /// must not hand out (docs/install.md).
+        #[arg(long, requires = "gateway_dns_ip", conflicts_with = "hub_dns")]
+        gateway_cidr: Option<String>,
+        /// Gateway: the ClusterIP of its DNS Service, where CoreDNS forwards
+        /// the zone (in the Service CIDR, outside --gateway-cidr).
+        #[arg(long, requires = "gateway_cidr")]
+        gateway_dns_ip: Option<String>,
+        /// Gateway: its listener ports, one per imported service port.
+        #[arg(long, default_value = "20000-29999")]
+        gateway_ports: String,
+        /// Gateway: where other clusters' gateways reach it (a load
+        /// balancer's HOST:PORT); by default a NodePort (31543) on the
+        /// address of the node of each gateway pod.
+        #[arg(long)]
+        gateway_advertise: Option<String>,
+        #[arg(long, default_value_t = 2)]
+        gateway_replicas: u32,
+        /// Gateway: a bootstrap token of role gateway; one is created on the
+        /// hub when absent.
+        #[arg(long, env = "SWITCHYARD_GATEWAY_TOKEN", hide_env_values = true)]
+        gateway_token: Option<String>,
     },
     /// Bootstrap tokens for agents.
     Token {
@@ -361,9 +393,19 @@ struct GatewayArgs {
     advertise: Option<String>,
     /// IPv4 CIDR the hub allocates this cluster's outbound listener
     /// addresses from (one per imported service; they must be assignable
-    /// on this host).
+    /// on this host). With --outbound-ports, the services' ClusterSetIPs
+    /// instead: a range of the cluster's Service CIDR kept free for them.
     #[arg(long)]
     outbound_cidr: String,
+    /// Port mode, for a gateway in a pod: listen on one port of this range
+    /// (FIRST-LAST) per imported service port, on --outbound-bind; the
+    /// agent derives a Service per import that sends its ClusterSetIP to
+    /// these ports of the gateway's pods.
+    #[arg(long)]
+    outbound_ports: Option<String>,
+    /// Port mode: the address the outbound listeners bind.
+    #[arg(long, default_value = "0.0.0.0", requires = "outbound_ports")]
+    outbound_bind: std::net::IpAddr,
     /// Serve the ClusterSet zone for this cluster's clients here (UDP and
     /// TCP): each name answers with this gateway's listener.
     #[arg(long)]
@@ -586,8 +628,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             region,
             zone,
             kubeconfig,
+            gateway_namespace,
+            gateway_selector,
             auth,
         } => {
+            let gateway_pods = gateway_namespace
+                .map(|ns| switchyard::agent::k8s::derived::GatewayPods::new(&ns, &gateway_selector))
+                .transpose()?;
             init_logging(cli.log_format, "info");
             let client = kube_client(kubeconfig.as_deref()).await?;
             let shutdown = stop_on_signal();
@@ -609,6 +656,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 region,
                 zone,
                 gateway_addresses: Vec::new(),
+                gateway_pods,
             };
             switchyard::agent::k8s::run(client, config, shutdown).await?;
             Ok(())
@@ -701,7 +749,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             service_type,
             storage,
             tls_san,
+            gateway_cidr,
+            gateway_dns_ip,
+            gateway_ports,
+            gateway_advertise,
+            gateway_replicas,
+            gateway_token,
         } => {
+            let gateway = gateway_cidr.map(|cidr| cli::install::GatewayInstall {
+                cidr,
+                ports: gateway_ports,
+                dns_ip: gateway_dns_ip.unwrap_or_default(),
+                advertise: gateway_advertise,
+                replicas: gateway_replicas,
+                token: gateway_token,
+            });
             let opts = cli::install::InstallOptions {
                 cluster,
                 hub_replicas,
@@ -717,6 +779,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 service_type,
                 storage,
                 tls_sans: tls_san,
+                gateway,
             };
             print!("{}", cli::install::install(&opts, &target(&hub)?).await?);
             Ok(())
@@ -880,6 +943,10 @@ async fn run_gateway(args: GatewayArgs, log_format: LogFormat) -> anyhow::Result
         inbound: args.inbound,
         advertise: args.advertise.clone(),
         outbound_cidr: args.outbound_cidr.clone(),
+        outbound_ports: args
+            .outbound_ports
+            .clone()
+            .map(|range| (range, args.outbound_bind)),
         dns: args.dns,
         dns_config: DnsConfig {
             zone: args.zone.clone(),

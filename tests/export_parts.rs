@@ -536,6 +536,7 @@ async fn import_sets_and_gateway_configurations_come_in_parts_when_asked() {
             cluster: "c".into(),
             inbound: "127.0.0.1:15443".into(),
             outbound_cidr: "127.0.3.0/24".into(),
+            outbound_ports: String::new(),
             max_part_bytes: 250,
         })),
     };

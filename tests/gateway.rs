@@ -282,6 +282,15 @@ impl World {
     }
 
     async fn start_gateway(&self, cluster: &'static str) -> RunningGateway {
+        self.start_gateway_with(cluster, None).await
+    }
+
+    /// A gateway; in port mode when `ports` (range, bind address) is given.
+    async fn start_gateway_with(
+        &self,
+        cluster: &'static str,
+        ports: Option<(String, IpAddr)>,
+    ) -> RunningGateway {
         let o = octet(cluster);
         let b = self.block;
         let options = gateway::GatewayOptions {
@@ -294,6 +303,7 @@ impl World {
             inbound: format!("127.{b}.{o}.250:0").parse().unwrap(),
             advertise: None,
             outbound_cidr: format!("127.{b}.{o}.128/26"),
+            outbound_ports: ports,
             dns: Some(format!("127.{b}.{o}.250:0").parse().unwrap()),
             dns_config: DnsConfig::default(),
             metrics: None,
@@ -797,4 +807,70 @@ async fn wait_for(
         Ok(Ok(s)) => s.clone(),
         _ => panic!("timed out; gateways: {:?}", w.hub().hub.state().gateways),
     }
+}
+
+/// A gateway in port mode (as in a pod): it listens on the port the hub
+/// allocated for the service port, on its own address, not on the
+/// ClusterSetIP (which the derived Service holds, and which its DNS names),
+/// and routes by the weights as in address mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_in_port_mode_listens_on_its_ports_and_routes_by_the_weights() {
+    let mut w = World::start(
+        65,
+        &[
+            Export {
+                cluster: "west",
+                service: "web",
+                port: 8080,
+                hosts: &[1, 2],
+            },
+            Export {
+                cluster: "east",
+                service: "web",
+                port: 8080,
+                hosts: &[1],
+            },
+        ],
+    )
+    .await;
+    w.apply(WEB_MCS).await;
+    let address_mode = w.gateways.remove("east").unwrap();
+    address_mode.stop().await;
+    let bind = IpAddr::V4(Ipv4Addr::new(127, 65, 2, 251));
+    let g = w
+        .start_gateway_with("east", Some(("21000-21009".into(), bind)))
+        .await;
+    w.gateways.insert("east", g);
+    let cluster_set_ip = w
+        .listener("east", "app/web", 8080, |ws| west_part(ws) == Some(0.75))
+        .await
+        .ip();
+    let key: ServiceKey = "app/web".parse().unwrap();
+    let listeners = loop {
+        let table = w.gateways["east"].shared.table.load_full();
+        let l: Vec<SocketAddr> = table.listener_addresses().copied().collect();
+        if !l.is_empty() && table.route(&key).is_some() {
+            break l;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(listeners, [SocketAddr::new(bind, 21000)]);
+    assert!(
+        TcpStream::connect(SocketAddr::new(cluster_set_ip, 8080))
+            .await
+            .is_err(),
+        "the ClusterSetIP is not the gateway's to bind"
+    );
+    let answer = switchyard::dns::client::query(
+        w.gateways["east"].dns.unwrap(),
+        "web.app.svc.clusterset.local",
+        hickory_proto::rr::RecordType::A,
+        false,
+    )
+    .await
+    .unwrap();
+    let ips: Vec<String> = answer.answers.iter().map(|r| r.data.to_string()).collect();
+    assert_eq!(ips, [cluster_set_ip.to_string()]);
+    let counts = spread(listeners[0], 200).await;
+    assert!((share(&counts, "west") - 0.75).abs() <= 0.02, "{counts:?}");
 }

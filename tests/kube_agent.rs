@@ -655,3 +655,139 @@ async fn multi_cluster_services_are_relayed_and_get_accepted_or_why_not() {
     })
     .await;
 }
+
+/// A derived Service: name, clusterIP, uid, [(port, targetPort)].
+type Derived = (String, String, String, Vec<(u64, u64)>);
+
+/// The derived Services in the gateway's namespace.
+fn derived_services(server: &ApiServer) -> Vec<Derived> {
+    let mut out: Vec<_> = server
+        .list(&Resource::services())
+        .iter()
+        .filter(|s| s["metadata"]["namespace"] == "switchyard")
+        .map(|s| {
+            let ports = s["spec"]["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    (
+                        p["port"].as_u64().unwrap(),
+                        p["targetPort"].as_u64().unwrap(),
+                    )
+                })
+                .collect();
+            (
+                s["metadata"]["name"].as_str().unwrap().to_string(),
+                s["spec"]["clusterIP"].as_str().unwrap_or("").to_string(),
+                s["metadata"]["uid"].as_str().unwrap_or("").to_string(),
+                ports,
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A gateway in port mode (in pods): the agent derives, per import, a
+/// Service selecting the gateway pods with the hub's ClusterSetIP and the
+/// gateway's listener ports, names that address in the ServiceImport,
+/// recreates the Service when the hub moves the address, and deletes it
+/// with the import.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_in_port_mode_gets_a_derived_service_per_import() {
+    use switchyard::hub::state::Command;
+    let dir = tempfile::tempdir().unwrap();
+    let hub = start_hub(dir.path()).await;
+    let east = start_cluster(served()).await;
+    let west = start_cluster(served()).await;
+    west.create(
+        &Resource::namespaces(),
+        json!({"metadata": {"name": "switchyard"}}),
+    )
+    .unwrap();
+    export_service(&east, "v1beta1", "api", &[("10.1.0.1", true)]);
+    let _east_agent = start_agent(&east, &hub, Some("east"));
+    let west_stop = CancellationToken::new();
+    {
+        let client =
+            kube::Client::try_from(kube::Config::new(west.url().parse().unwrap())).unwrap();
+        let config = KubeAgentConfig {
+            hub: hub.api_addr.to_string(),
+            cluster: Some("west".into()),
+            gateway_pods: Some(
+                k8s::derived::GatewayPods::new(
+                    "switchyard",
+                    "app.kubernetes.io/name=switchyard-gateway",
+                )
+                .unwrap(),
+            ),
+            ..Default::default()
+        };
+        let stop = west_stop.clone();
+        tokio::spawn(async move { k8s::run(client, config, stop).await.unwrap() });
+    }
+    eventually_state(&hub, "both clusters registered", |s| {
+        s.clusters.contains_key("west") && s.backends.contains_key(&"app/api".parse().unwrap())
+    })
+    .await;
+    let register = |cidr: &str| Command::RegisterGateway {
+        cluster: "west".into(),
+        inbound: "192.0.2.10:15443".into(),
+        outbound_cidr: cidr.into(),
+        outbound_ports: "20000-20999".into(),
+    };
+    hub.hub.propose(&register("10.96.0.128/28")).await.unwrap();
+
+    eventually("a derived Service for app/api", || {
+        let d = derived_services(&west);
+        d.len() == 1 && d[0].1 == "10.96.0.129" && d[0].3 == [(80, 20000)]
+    })
+    .await;
+    let service = west
+        .list(&Resource::services())
+        .into_iter()
+        .find(|s| s["metadata"]["namespace"] == "switchyard")
+        .unwrap();
+    assert_eq!(
+        service["spec"]["selector"]["app.kubernetes.io/name"],
+        "switchyard-gateway"
+    );
+    assert_eq!(
+        service["metadata"]["labels"]["multicluster.kubernetes.io/service-name"],
+        "api"
+    );
+    assert_eq!(
+        service["metadata"]["labels"]["switchyard.io/import-namespace"],
+        "app"
+    );
+    let si = west.get(&service_imports("v1beta1"), "app", "api").unwrap();
+    assert_eq!(si["spec"]["ips"], json!(["10.96.0.129"]));
+    let first_uid = derived_services(&west)[0].2.clone();
+
+    // The hub moves the ClusterSetIP (a new range): the Service is created
+    // again with the new address (a ClusterIP cannot change in place).
+    hub.hub.propose(&register("10.96.1.0/28")).await.unwrap();
+    eventually("the derived Service recreated on the new address", || {
+        let d = derived_services(&west);
+        d.len() == 1 && d[0].1 == "10.96.1.1" && d[0].2 != first_uid
+    })
+    .await;
+    eventually("the ServiceImport names the new address", || {
+        west.get(&service_imports("v1beta1"), "app", "api")
+            .is_some_and(|si| si["spec"]["ips"] == json!(["10.96.1.1"]))
+    })
+    .await;
+
+    // The export goes away: the import and its derived Service with it.
+    east.delete(&service_exports("v1beta1"), "app", "api")
+        .unwrap();
+    eventually("the derived Service deleted with the import", || {
+        derived_services(&west).is_empty()
+            && west
+                .get(&service_imports("v1beta1"), "app", "api")
+                .is_none()
+    })
+    .await;
+    west_stop.cancel();
+}

@@ -13,6 +13,7 @@ const SERVICE_EXPORTS: &str = include_str!("../../deploy/crds/serviceexports.yam
 const SERVICE_IMPORTS: &str = include_str!("../../deploy/crds/serviceimports.yaml");
 const MULTI_CLUSTER_SERVICES: &str = include_str!("../../deploy/crds/multiclusterservices.yaml");
 const AGENT: &str = include_str!("../../deploy/agent.yaml");
+const GATEWAY: &str = include_str!("../../deploy/gateway.yaml");
 const COREDNS: &str = include_str!("../../deploy/coredns.yaml");
 const HUB: &str = include_str!("../../deploy/hub.yaml");
 
@@ -51,7 +52,31 @@ pub struct InstallOptions {
     pub storage: String,
     /// Hub manifests: extra names for the hub's certificate.
     pub tls_sans: Vec<String>,
+    /// The cluster's east-west gateway, when its network is not flat.
+    pub gateway: Option<GatewayInstall>,
 }
+
+/// A member cluster's east-west gateway (a Deployment in port mode).
+#[derive(Debug, Clone)]
+pub struct GatewayInstall {
+    /// ClusterSetIPs: a range of the cluster's Service CIDR that its
+    /// apiserver does not hand out (the low, static band).
+    pub cidr: String,
+    /// The gateway's listener ports, one per imported service port.
+    pub ports: String,
+    /// The ClusterIP of the gateway's DNS Service, which CoreDNS forwards
+    /// the zone to: in the Service CIDR, outside `cidr`.
+    pub dns_ip: String,
+    /// Where other clusters' gateways reach it (a load balancer's
+    /// HOST:PORT); a NodePort on each node's address when absent.
+    pub advertise: Option<String>,
+    pub replicas: u32,
+    /// A bootstrap token of role gateway; created on the hub when absent.
+    pub token: Option<String>,
+}
+
+/// The inbound NodePort when no load balancer address is given.
+const INBOUND_NODE_PORT: u16 = 31543;
 
 /// Replaces every `${NAME}` in `template`; a name without a value is a bug.
 fn render(template: &str, values: &BTreeMap<&str, String>) -> anyhow::Result<String> {
@@ -135,26 +160,15 @@ pub async fn install(opts: &InstallOptions, target: &HubTarget) -> anyhow::Resul
     if crate::identity::ca::not_after_unix(&ca_pem).is_none() {
         bail!("the ClusterSet CA is not a PEM certificate");
     }
-    let token = match &opts.token {
-        Some(t) => {
-            crate::identity::token::Token::parse(t).map_err(|e| anyhow!("--token: {e}"))?;
-            t.clone()
-        }
-        None => {
-            admin(target)
-                .await?
-                .create_token(crate::proto::CreateTokenRequest {
-                    cluster: cluster.to_string(),
-                    ttl_seconds: 3600,
-                    role: "agent".into(),
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .token
-        }
+    if let Some(g) = &opts.gateway {
+        check_gateway(g)?;
+    }
+    let token = bootstrap_token(opts.token.as_deref(), "--token", cluster, "agent", target).await?;
+    let hub_dns = match &opts.gateway {
+        Some(g) => format!("{}:53", g.dns_ip),
+        None => hub_dns,
     };
-    let values: BTreeMap<&str, String> = [
+    let mut values: BTreeMap<&str, String> = [
         ("NAMESPACE", opts.namespace.clone()),
         ("CLUSTER", cluster.to_string()),
         ("HUB", hub.clone()),
@@ -189,8 +203,106 @@ pub async fn install(opts: &InstallOptions, target: &HubTarget) -> anyhow::Resul
         }))?,
     );
     docs.extend(agent);
+    if let Some(g) = &opts.gateway {
+        let token = bootstrap_token(
+            g.token.as_deref(),
+            "--gateway-token",
+            cluster,
+            "gateway",
+            target,
+        )
+        .await?;
+        docs.extend(gateway_manifests(g, &mut values, &token, &labels)?);
+    }
     docs.extend(documents(&render(COREDNS, &values)?)?);
     stream(&docs)
+}
+
+/// A token given on the command line (checked), or a new one of `role`
+/// from the hub.
+async fn bootstrap_token(
+    given: Option<&str>,
+    flag: &str,
+    cluster: &str,
+    role: &str,
+    target: &HubTarget,
+) -> anyhow::Result<String> {
+    if let Some(t) = given {
+        crate::identity::token::Token::parse(t).map_err(|e| anyhow!("{flag}: {e}"))?;
+        return Ok(t.to_string());
+    }
+    Ok(admin(target)
+        .await?
+        .create_token(crate::proto::CreateTokenRequest {
+            cluster: cluster.to_string(),
+            ttl_seconds: 3600,
+            role: role.into(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .token)
+}
+
+/// Refuses a gateway that could not work, naming the flag.
+fn check_gateway(g: &GatewayInstall) -> anyhow::Result<()> {
+    let range =
+        crate::hub::state::cidr_hosts(&g.cidr).map_err(|e| anyhow!("--gateway-cidr: {e}"))?;
+    crate::hub::state::port_range(&g.ports).map_err(|e| anyhow!("--gateway-ports: {e}"))?;
+    let dns: std::net::Ipv4Addr = g
+        .dns_ip
+        .parse()
+        .map_err(|_| anyhow!("--gateway-dns-ip {:?} is not an IPv4 address", g.dns_ip))?;
+    if range.contains(&u32::from(dns)) {
+        bail!(
+            "--gateway-dns-ip {dns} is inside --gateway-cidr {}: the hub would give it to a service too",
+            g.cidr
+        );
+    }
+    if let Some(a) = &g.advertise {
+        crate::model::host_port(a).map_err(|e| anyhow!("--gateway-advertise: {e}"))?;
+    }
+    if g.replicas == 0 {
+        bail!("--gateway-replicas must be at least 1");
+    }
+    Ok(())
+}
+
+/// The gateway's documents: the Deployment and its Services from the
+/// template, its bootstrap token, and the inbound NodePort when no load
+/// balancer address is given.
+fn gateway_manifests(
+    g: &GatewayInstall,
+    values: &mut BTreeMap<&str, String>,
+    token: &str,
+    labels: &serde_json::Value,
+) -> anyhow::Result<Vec<serde_yaml::Value>> {
+    let namespace = values.get("NAMESPACE").cloned().unwrap_or_default();
+    let (advertise, inbound_type) = match &g.advertise {
+        Some(a) => (a.clone(), "LoadBalancer"),
+        // Kubernetes expands $(HOST_IP) from the pod's environment.
+        None => (format!("$(HOST_IP):{INBOUND_NODE_PORT}"), "NodePort"),
+    };
+    values.insert("GATEWAY_REPLICAS", g.replicas.to_string());
+    values.insert("GATEWAY_CIDR", g.cidr.clone());
+    values.insert("GATEWAY_PORTS", g.ports.clone());
+    values.insert("GATEWAY_DNS_IP", g.dns_ip.clone());
+    values.insert("GATEWAY_ADVERTISE", advertise);
+    values.insert("INBOUND_SERVICE_TYPE", inbound_type.into());
+    let mut docs = vec![yaml(json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": "switchyard-gateway-bootstrap", "namespace": namespace, "labels": labels},
+        "stringData": {"token": token},
+    }))?];
+    for mut doc in documents(&render(GATEWAY, values)?)? {
+        let inbound =
+            doc["kind"] == "Service" && doc["metadata"]["name"] == "switchyard-gateway-inbound";
+        if inbound && g.advertise.is_none() {
+            doc["spec"]["ports"][0]["nodePort"] = serde_yaml::Value::from(INBOUND_NODE_PORT);
+        }
+        docs.push(doc);
+    }
+    Ok(docs)
 }
 
 fn hub_manifests(opts: &InstallOptions, replicas: u32) -> anyhow::Result<String> {

@@ -32,7 +32,7 @@ pub struct Programming {
     pub hubs: String,
     pub auth: HubAuth,
     pub hello: proto::GatewayHello,
-    pub outbound: std::ops::RangeInclusive<u32>,
+    pub outbound: super::routes::Outbound,
     pub cache: Option<PathBuf>,
     pub dns: Option<Arc<crate::dns::Catalog>>,
 }

@@ -95,8 +95,12 @@ pub struct GatewayOptions {
     pub inbound: SocketAddr,
     /// Where other gateways reach it (HOST:PORT); `inbound` by default.
     pub advertise: Option<String>,
-    /// IPv4 CIDR for outbound listener addresses.
+    /// IPv4 CIDR for outbound listener addresses (port mode: for the
+    /// services' ClusterSetIPs).
     pub outbound_cidr: String,
+    /// Port mode (a gateway in a pod): the range of listener ports
+    /// (`FIRST-LAST`) and the address the listeners bind.
+    pub outbound_ports: Option<(String, std::net::IpAddr)>,
     /// Cluster-local ClusterSet DNS.
     pub dns: Option<SocketAddr>,
     pub dns_config: crate::dns::DnsConfig,
@@ -153,8 +157,18 @@ pub async fn start(
 ) -> anyhow::Result<RunningGateway> {
     crate::model::validate_cluster_id(&options.cluster)
         .map_err(|e| anyhow::anyhow!("--cluster: {e}"))?;
-    let outbound = crate::hub::state::cidr_hosts(&options.outbound_cidr)
-        .map_err(|e| anyhow::anyhow!("--outbound-cidr: {e}"))?;
+    let outbound = routes::Outbound {
+        addresses: crate::hub::state::cidr_hosts(&options.outbound_cidr)
+            .map_err(|e| anyhow::anyhow!("--outbound-cidr: {e}"))?,
+        ports: match &options.outbound_ports {
+            Some((range, bind)) => Some((
+                crate::hub::state::port_range(range)
+                    .map_err(|e| anyhow::anyhow!("--outbound-ports: {e}"))?,
+                *bind,
+            )),
+            None => None,
+        },
+    };
     let (tls_client, tls_server) = tls_configs(&options.credentials.borrow())?;
     let metrics = Arc::new(metrics::GatewayMetrics::new());
     let shared = Arc::new(Shared {
@@ -234,6 +248,11 @@ pub async fn start(
                 .clone()
                 .unwrap_or_else(|| inbound_addr.to_string()),
             outbound_cidr: options.outbound_cidr.clone(),
+            outbound_ports: options
+                .outbound_ports
+                .as_ref()
+                .map(|(range, _)| range.clone())
+                .unwrap_or_default(),
             max_part_bytes: crate::wire::PART_BYTES as u32,
         },
         outbound,

@@ -102,18 +102,32 @@ pub struct RouteTable {
     listeners: HashMap<SocketAddr, (Arc<Route>, u16)>,
 }
 
-/// The addresses `range` (an IPv4 CIDR) holds.
-fn in_range(ip: Ipv4Addr, range: &std::ops::RangeInclusive<u32>) -> bool {
-    range.contains(&u32::from(ip))
+/// Where the gateway's outbound listeners are.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    /// The addresses the hub allocates from (an IPv4 CIDR's hosts). In
+    /// address mode the gateway binds them; in port mode they are the
+    /// services' ClusterSetIPs, which the derived Services hold.
+    pub addresses: std::ops::RangeInclusive<u32>,
+    /// Port mode: the range of listener ports, and the address the
+    /// listeners bind (a pod's, or every address).
+    pub ports: Option<(std::ops::RangeInclusive<u16>, IpAddr)>,
+}
+
+impl Outbound {
+    /// Address mode over `addresses`.
+    pub fn addresses(addresses: std::ops::RangeInclusive<u32>) -> Self {
+        Self {
+            addresses,
+            ports: None,
+        }
+    }
 }
 
 impl RouteTable {
-    /// Checks and builds a table; `outbound` is the range the gateway's
-    /// listeners may use. Any problem refuses the whole configuration.
-    pub fn build(
-        config: &proto::GatewayConfig,
-        outbound: &std::ops::RangeInclusive<u32>,
-    ) -> Result<Self, String> {
+    /// Checks and builds a table; `outbound` is where the gateway's
+    /// listeners may be. Any problem refuses the whole configuration.
+    pub fn build(config: &proto::GatewayConfig, outbound: &Outbound) -> Result<Self, String> {
         let mut table = RouteTable {
             version: config.version,
             ..Default::default()
@@ -140,7 +154,7 @@ impl RouteTable {
                     let ip: Ipv4Addr = text.parse().map_err(|_| {
                         format!("{service}: listener {text:?} is not an IPv4 address")
                     })?;
-                    if !in_range(ip, outbound) {
+                    if !outbound.addresses.contains(&u32::from(ip)) {
                         return Err(format!(
                             "{service}: listener {ip} is outside this gateway's outbound range"
                         ));
@@ -208,13 +222,40 @@ impl RouteTable {
                 next_cluster: AtomicUsize::new(0),
                 next_endpoint: AtomicUsize::new(0),
             });
-            if let Some(ip) = listener {
-                for p in &ports {
-                    let addr = SocketAddr::new(IpAddr::V4(ip), *p);
-                    if table.listeners.insert(addr, (route.clone(), *p)).is_some() {
-                        return Err(format!("listener {addr} is given to two services"));
+            let mut listen = |addr: SocketAddr, port: u16| match table
+                .listeners
+                .insert(addr, (route.clone(), port))
+            {
+                Some(_) => Err(format!("listener {addr} is given to two services")),
+                None => Ok(()),
+            };
+            match (&outbound.ports, listener) {
+                (Some((range, bind)), _) => {
+                    for lp in &s.listener_ports {
+                        let service_port = u16::try_from(lp.port)
+                            .ok()
+                            .filter(|p| ports.contains(p))
+                            .ok_or_else(|| {
+                                format!("{service}: listener port for {}, not a TCP port of the service", lp.port)
+                            })?;
+                        let on = u16::try_from(lp.listener_port)
+                            .ok()
+                            .filter(|p| range.contains(p))
+                            .ok_or_else(|| {
+                                format!(
+                                    "{service}: listener port {} is outside this gateway's outbound ports",
+                                    lp.listener_port
+                                )
+                            })?;
+                        listen(SocketAddr::new(*bind, on), service_port)?;
                     }
                 }
+                (None, Some(ip)) => {
+                    for p in &ports {
+                        listen(SocketAddr::new(IpAddr::V4(ip), *p), *p)?;
+                    }
+                }
+                (None, None) => {}
             }
             table.routes.insert(service, route);
         }
@@ -286,6 +327,7 @@ mod tests {
                     },
                 ],
                 local_target_ports: vec![port(9090)],
+                listener_ports: vec![],
                 clusters: vec![
                     proto::ClusterRoute {
                         cluster: "west".into(),
@@ -305,8 +347,42 @@ mod tests {
         }
     }
 
-    fn range() -> std::ops::RangeInclusive<u32> {
-        crate::hub::state::cidr_hosts("127.0.2.128/25").unwrap()
+    fn range() -> Outbound {
+        Outbound::addresses(crate::hub::state::cidr_hosts("127.0.2.128/25").unwrap())
+    }
+
+    #[test]
+    fn port_mode_listens_on_the_allocated_ports_of_its_own_address() {
+        let mut c = config();
+        c.services[0].listener_ports = vec![proto::ListenerPort {
+            port: 8080,
+            listener_port: 20007,
+        }];
+        let outbound = Outbound {
+            ports: Some((20000..=20009, "127.0.0.1".parse().unwrap())),
+            ..range()
+        };
+        let t = RouteTable::build(&c, &outbound).unwrap();
+        let addrs: Vec<_> = t.listener_addresses().map(ToString::to_string).collect();
+        assert_eq!(addrs, ["127.0.0.1:20007"], "the ClusterSetIP is not bound");
+        let (route, port) = t.by_listener(&"127.0.0.1:20007".parse().unwrap()).unwrap();
+        assert_eq!(
+            (route.listener.unwrap().to_string(), *port),
+            ("127.0.2.129".into(), 8080)
+        );
+        // A port outside the range, or for a port the service lacks, is
+        // refused whole.
+        c.services[0].listener_ports[0].listener_port = 30000;
+        assert!(RouteTable::build(&c, &outbound)
+            .unwrap_err()
+            .contains("outside"));
+        c.services[0].listener_ports[0] = proto::ListenerPort {
+            port: 9999,
+            listener_port: 20001,
+        };
+        assert!(RouteTable::build(&c, &outbound)
+            .unwrap_err()
+            .contains("9999"));
     }
 
     #[test]

@@ -493,14 +493,16 @@ async fn send_imports(
     loop {
         let state = view.borrow_and_update().clone();
         // An import set is a function of the backends (exports, weights,
-        // health, conflicts) and of the clusters' states (a lost cluster's
-        // slices stay, not ready, until it is withdrawn): skip the rest
-        // while neither changed.
+        // health, conflicts), of the clusters' states (a lost cluster's
+        // slices stay, not ready, until it is withdrawn) and of the
+        // addresses and ports the cluster's gateway was given: skip the
+        // rest while none changed.
+        let allocations = state.gateways.get(&cluster).map(|g| g.allocations);
         let unchanged =
             last_inputs
                 .as_ref()
-                .is_some_and(|(b, c): &(crate::model::ServiceMap<_>, _)| {
-                    b.ptr_eq(&state.backends) && *c == state.clusters
+                .is_some_and(|(b, c, a): &(crate::model::ServiceMap<_>, _, _)| {
+                    b.ptr_eq(&state.backends) && *c == state.clusters && *a == allocations
                 });
         if !unchanged {
             let set = super::imports::import_set(&state, &cluster);
@@ -533,7 +535,7 @@ async fn send_imports(
                 }
                 last = Some(set);
             }
-            last_inputs = Some((state.backends.clone(), state.clusters.clone()));
+            last_inputs = Some((state.backends.clone(), state.clusters.clone(), allocations));
         }
         tokio::select! {
             () = tx.closed() => return,

@@ -79,14 +79,16 @@ impl GatewayService for GatewayApi {
         let hub = self.0.clone();
         hub.authorize_gateway(caller.as_ref(), &hello.cluster)?;
         let known = hub.state().gateways.get(&hello.cluster).cloned();
-        if known
-            .as_ref()
-            .is_none_or(|g| g.inbound != hello.inbound || g.outbound_cidr != hello.outbound_cidr)
-        {
+        if known.as_ref().is_none_or(|g| {
+            g.inbound != hello.inbound
+                || g.outbound_cidr != hello.outbound_cidr
+                || g.outbound_ports != hello.outbound_ports
+        }) {
             hub.propose(&Command::RegisterGateway {
                 cluster: hello.cluster.clone(),
                 inbound: hello.inbound.clone(),
                 outbound_cidr: hello.outbound_cidr.clone(),
+                outbound_ports: hello.outbound_ports.clone(),
             })
             .await?;
         }

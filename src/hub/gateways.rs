@@ -66,6 +66,10 @@ pub fn routes(state: &State, cluster: &str) -> Vec<proto::GatewayRoute> {
                     })
                     .unwrap_or_default(),
                 clusters,
+                listener_ports: gateway
+                    .and_then(|g| g.ports.get(key))
+                    .map(super::imports::listener_ports)
+                    .unwrap_or_default(),
             }
         })
         .collect()
@@ -102,6 +106,7 @@ mod tests {
                     cluster: id.into(),
                     inbound: format!("127.0.{octet}.254:15443"),
                     outbound_cidr: format!("127.0.{octet}.128/30"),
+                    outbound_ports: String::new(),
                 },
             );
         }
@@ -214,6 +219,7 @@ mod tests {
             cluster: "a".into(),
             inbound: "x y".into(),
             outbound_cidr: "127.0.0.0/24".into(),
+            outbound_ports: String::new(),
         };
         assert!(s
             .validate(&bad)
@@ -224,7 +230,135 @@ mod tests {
             cluster: "zz".into(),
             inbound: "127.0.0.1:1".into(),
             outbound_cidr: "127.0.0.0/24".into(),
+            outbound_ports: String::new(),
         };
         assert!(s.validate(&unknown).is_err());
+    }
+
+    /// Port mode: a listener port per TCP service port, stable while both
+    /// exist, freed with its service or its port, none when the range is
+    /// full; the import set carries them and the ClusterSetIP.
+    #[test]
+    fn port_mode_gives_each_tcp_service_port_a_stable_listener_port() {
+        let mut s = state_with_gateways();
+        let key = |n: &str| n.parse::<crate::model::ServiceKey>().unwrap();
+        s.apply(
+            30,
+            &Command::RegisterGateway {
+                cluster: "a".into(),
+                inbound: "127.0.1.254:15443".into(),
+                outbound_cidr: "127.0.1.128/29".into(),
+                outbound_ports: "20000-20002".into(),
+            },
+        )
+        .unwrap();
+        let ports = |s: &State, name: &str| s.gateways["a"].ports.get(&key(name)).cloned();
+        assert_eq!(ports(&s, "app/api").unwrap()[&80], 20000);
+        let export = |ports: &[(u16, &str)]| {
+            let mut e = fixtures::export("a", "app/web", 80, ["10.0.1.9".parse().unwrap()]);
+            e.ports = ports
+                .iter()
+                .map(|(p, proto)| crate::model::Port {
+                    name: format!("p{p}"),
+                    protocol: (*proto).into(),
+                    app_protocol: String::new(),
+                    port: *p,
+                })
+                .collect();
+            e.endpoint_ports = e.ports.clone();
+            e
+        };
+        let sync = |s: &mut State, index: u64, upserts, deletes| {
+            s.apply(
+                index,
+                &Command::SyncExports {
+                    cluster: "a".into(),
+                    revision: index,
+                    full: false,
+                    upserts,
+                    deletes,
+                },
+            )
+            .unwrap();
+        };
+        // Two TCP ports get one each; the UDP port none.
+        sync(
+            &mut s,
+            31,
+            vec![export(&[(80, "TCP"), (443, "TCP"), (53, "UDP")])],
+            vec![],
+        );
+        let web = ports(&s, "app/web").unwrap();
+        assert_eq!(web.len(), 2);
+        assert_eq!((web[&80], web[&443]), (20001, 20002));
+        // The range is full: a third service gets no port.
+        let mut other = fixtures::export("a", "app/zzz", 80, ["10.0.1.8".parse().unwrap()]);
+        other.endpoint_ports = other.ports.clone();
+        sync(&mut s, 32, vec![other], vec![]);
+        assert_eq!(ports(&s, "app/zzz"), None);
+        assert!(s.gateways["a"].ports_exhausted);
+        // A port dropped frees its listener port, which goes at once to
+        // zzz, waiting for one; api and web:80 keep theirs.
+        sync(&mut s, 33, vec![export(&[(80, "TCP")])], vec![]);
+        assert_eq!(
+            ports(&s, "app/web")
+                .unwrap()
+                .into_iter()
+                .collect::<Vec<_>>(),
+            [(80, 20001)]
+        );
+        assert_eq!(ports(&s, "app/zzz").unwrap()[&80], 20002);
+        assert!(!s.gateways["a"].ports_exhausted);
+        assert_eq!(ports(&s, "app/api").unwrap()[&80], 20000);
+        // What the gateway and the agent are told.
+        let route = routes(&s, "a")
+            .into_iter()
+            .find(|r| r.name == "web")
+            .unwrap();
+        assert_eq!(route.listener_ports.len(), 1);
+        assert_eq!(
+            (
+                route.listener_ports[0].port,
+                route.listener_ports[0].listener_port
+            ),
+            (80, 20001)
+        );
+        let set = crate::hub::imports::import_set(&s, "a");
+        let web = set.services.iter().find(|i| i.name == "web").unwrap();
+        assert_eq!(web.ips, std::slice::from_ref(&route.listener));
+        assert_eq!(web.gateway_ports, route.listener_ports);
+        // Back to address mode: the ports are gone.
+        s.apply(
+            35,
+            &Command::RegisterGateway {
+                cluster: "a".into(),
+                inbound: "127.0.1.254:15443".into(),
+                outbound_cidr: "127.0.1.128/29".into(),
+                outbound_ports: String::new(),
+            },
+        )
+        .unwrap();
+        assert!(s.gateways["a"].ports.is_empty());
+    }
+
+    #[test]
+    fn bad_port_ranges_are_refused_by_name() {
+        use crate::hub::state::port_range;
+        assert_eq!(port_range("20000-20009").unwrap().count(), 10);
+        assert!(port_range("80-90").unwrap_err().contains("1024"));
+        assert!(port_range("3000-2000").unwrap_err().contains("above"));
+        assert!(port_range("20000").unwrap_err().contains("FIRST-LAST"));
+        let s = state_with_gateways();
+        let bad = Command::RegisterGateway {
+            cluster: "a".into(),
+            inbound: "127.0.0.1:1".into(),
+            outbound_cidr: "127.0.0.0/24".into(),
+            outbound_ports: "x-y".into(),
+        };
+        assert!(s
+            .validate(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("outbound ports"));
     }
 }

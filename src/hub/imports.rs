@@ -32,8 +32,20 @@ fn in_grace(state: &State, cluster: &str) -> bool {
         .is_some_and(|c| c.state() == ClusterState::Unreachable && !c.withdrawn)
 }
 
+/// Port mode: each service port with the gateway's listener port for it.
+pub fn listener_ports(by_port: &std::collections::BTreeMap<u16, u16>) -> Vec<proto::ListenerPort> {
+    by_port
+        .iter()
+        .map(|(port, listener)| proto::ListenerPort {
+            port: u32::from(*port),
+            listener_port: u32::from(*listener),
+        })
+        .collect()
+}
+
 /// The import set of `cluster` at the state's applied index.
 pub fn import_set(state: &State, cluster: &str) -> proto::ImportSet {
+    let gateway = state.gateways.get(cluster);
     let mut services = Vec::with_capacity(state.backends.len());
     let mut export_conditions = Vec::new();
     for (key, b) in state.backends.iter() {
@@ -79,7 +91,14 @@ pub fn import_set(state: &State, cluster: &str) -> proto::ImportSet {
             r#type: b.service_type.to_string(),
             session_affinity: format!("{:?}", b.session_affinity),
             ports: b.ports.iter().map(port_to_proto).collect(),
-            ips: Vec::new(),
+            ips: gateway
+                .and_then(|g| g.listeners.get(key))
+                .map(|ip| vec![ip.to_string()])
+                .unwrap_or_default(),
+            gateway_ports: gateway
+                .and_then(|g| g.ports.get(key))
+                .map(listener_ports)
+                .unwrap_or_default(),
             clusters: exports
                 .map(|by| by.keys().cloned().collect())
                 .unwrap_or_default(),

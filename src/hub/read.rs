@@ -146,6 +146,7 @@ fn gateway_row(cluster: &str, g: &super::state::GatewayRecord) -> Value {
         "cluster": cluster,
         "inbound": g.inbound,
         "outboundCidr": g.outbound_cidr,
+        "outboundPorts": g.outbound_ports,
         "listeners": g.listeners.len(),
         "offeredVersion": g.offered_version,
         "appliedVersion": g.applied_version,
@@ -193,10 +194,12 @@ fn import_view(state: &State, key: &ServiceKey, cluster: &str) -> Value {
         },
     };
     let mut view = serde_json::to_value(si).unwrap_or(Value::Null);
-    let listener = state
-        .gateways
-        .get(cluster)
-        .and_then(|g| g.listeners.get(key));
+    let gateway = state.gateways.get(cluster);
+    let listener = gateway.and_then(|g| g.listeners.get(key));
+    let gateway_ports = gateway.and_then(|g| g.ports.get(key));
+    if let Some(ip) = listener {
+        view["spec"]["ips"] = json!([ip.to_string()]);
+    }
     if let (Some(ip), Some(ports)) = (
         listener,
         view.pointer_mut("/spec/ports")
@@ -205,6 +208,13 @@ fn import_view(state: &State, key: &ServiceKey, cluster: &str) -> Value {
         for port in ports {
             let number = port["port"].as_u64().unwrap_or(0);
             port["gatewayListener"] = json!(format!("{ip}:{number}"));
+            // Port mode: the port the gateway's pods listen on for it.
+            if let Some(p) = u16::try_from(number)
+                .ok()
+                .and_then(|n| gateway_ports.and_then(|m| m.get(&n)))
+            {
+                port["gatewayPort"] = json!(p);
+            }
         }
     }
     view

@@ -113,11 +113,15 @@ pub enum Command {
         now_unix_ms: i64,
     },
     /// A cluster's east-west gateway announced itself: where other gateways
-    /// reach it, and the range its outbound listeners get addresses from.
+    /// reach it, the range its outbound listeners get addresses from, and
+    /// in port mode (a gateway in a pod) the range of ports it listens on
+    /// instead, one per imported service port.
     RegisterGateway {
         cluster: ClusterId,
         inbound: String,
         outbound_cidr: String,
+        #[serde(default)]
+        outbound_ports: String,
     },
     /// Where a gateway's configuration stands: the version last offered
     /// to it, the last it applied, and the last it refused (and why), as of
@@ -139,8 +143,26 @@ pub enum Command {
 pub struct GatewayRecord {
     pub inbound: String,
     pub outbound_cidr: String,
-    /// The outbound listener address of each imported service.
+    /// The outbound listener address of each imported service: where the
+    /// gateway listens, or in port mode the service's ClusterSetIP in the
+    /// cluster (the ClusterIP the agent gives the Service it derives).
     pub listeners: BTreeMap<ServiceKey, std::net::Ipv4Addr>,
+    /// Port mode: the range of listener ports (`FIRST-LAST`); empty in
+    /// address mode.
+    #[serde(default)]
+    pub outbound_ports: String,
+    /// Port mode: the gateway's listener port of each imported service
+    /// port (TCP), by service port.
+    #[serde(default)]
+    pub ports: BTreeMap<ServiceKey, BTreeMap<u16, u16>>,
+    /// Counts the changes to `listeners` and `ports`, so that watchers of
+    /// the allocations compare one number, not the maps.
+    #[serde(default)]
+    pub allocations: u64,
+    /// Port mode: the range ran out, so some service port waits for a
+    /// listener port; the next one freed goes to it.
+    #[serde(default)]
+    pub ports_exhausted: bool,
     /// The last configuration version offered to the gateway.
     #[serde(default)]
     pub offered_version: u64,
@@ -151,6 +173,104 @@ pub struct GatewayRecord {
     /// Since when it has been behind the offered version (unix ms).
     #[serde(default)]
     pub behind_since_unix_ms: Option<i64>,
+}
+
+impl GatewayRecord {
+    /// Port mode: see `State::allocate_ports`. Whether anything changed.
+    fn allocate_ports(
+        &mut self,
+        backends: &ServiceMap<ServiceBackends>,
+        touched: Option<&BTreeSet<ServiceKey>>,
+    ) -> bool {
+        let Ok(range) = port_range(&self.outbound_ports) else {
+            let had = !self.ports.is_empty();
+            self.ports.clear();
+            return had;
+        };
+        let mut keys: Vec<ServiceKey> = match touched {
+            Some(t) => t.iter().cloned().collect(),
+            None => self.ports.keys().chain(backends.keys()).cloned().collect(),
+        };
+        let tcp_ports = |key: &ServiceKey| {
+            backends.get(key).map(|b| {
+                b.ports
+                    .iter()
+                    .filter(|p| p.is_tcp())
+                    .map(|p| p.port)
+                    .collect::<BTreeSet<u16>>()
+            })
+        };
+        // Free first, so that a port freed here can be given again.
+        let mut changed = false;
+        let mut missing = false;
+        for key in &keys {
+            let Some(wanted) = tcp_ports(key) else {
+                changed |= self.ports.remove(key).is_some();
+                continue;
+            };
+            let by_port = self.ports.entry(key.clone()).or_default();
+            let before = by_port.len();
+            by_port.retain(|p, _| wanted.contains(p));
+            changed |= by_port.len() != before;
+            missing |= wanted.iter().any(|p| !by_port.contains_key(p));
+            if by_port.is_empty() {
+                self.ports.remove(key);
+            }
+        }
+        if changed && self.ports_exhausted && touched.is_some() {
+            // Ports were freed while others wait: every service is looked at.
+            keys = backends.keys().cloned().collect();
+            missing = true;
+        }
+        if !missing {
+            return changed;
+        }
+        self.ports_exhausted = false;
+        let used: BTreeSet<u16> = self
+            .ports
+            .values()
+            .flat_map(|m| m.values().copied())
+            .collect();
+        let mut free = range.filter(|p| !used.contains(p));
+        for key in &keys {
+            for port in tcp_ports(key).unwrap_or_default() {
+                if self.ports.get(key).is_some_and(|m| m.contains_key(&port)) {
+                    continue;
+                }
+                // The range is full: the port gets no listener here (its
+                // configuration says so) until one is freed.
+                let Some(listener) = free.next() else {
+                    self.ports_exhausted = true;
+                    return changed;
+                };
+                self.ports
+                    .entry(key.clone())
+                    .or_default()
+                    .insert(port, listener);
+                changed = true;
+            }
+        }
+        changed
+    }
+}
+
+/// The ports of a `FIRST-LAST` range (both included, 1024 to 65535).
+pub fn port_range(range: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let (first, last) = range
+        .split_once('-')
+        .ok_or_else(|| format!("{range:?} is not a port range (FIRST-LAST)"))?;
+    let parse = |p: &str| {
+        p.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p >= 1024)
+            .ok_or_else(|| format!("{range:?}: {p:?} is not a port from 1024 to 65535"))
+    };
+    let (first, last) = (parse(first)?, parse(last)?);
+    if first > last {
+        return Err(format!("{range:?}: the first port is above the last"));
+    }
+    Ok(first..=last)
 }
 
 /// An IPv4 CIDR's usable addresses (network and broadcast excluded below /31).
@@ -442,6 +562,7 @@ impl State {
                 cluster,
                 inbound,
                 outbound_cidr,
+                outbound_ports,
             } => {
                 if !self.clusters.contains_key(cluster) {
                     return Err(StateError::UnknownCluster(cluster.clone()));
@@ -449,9 +570,15 @@ impl State {
                 crate::model::host_port(inbound).map_err(|e| {
                     StateError::Invalid(format!("gateway of {cluster}: inbound {e}"))
                 })?;
-                cidr_hosts(outbound_cidr).map(|_| ()).map_err(|e| {
+                cidr_hosts(outbound_cidr).map_err(|e| {
                     StateError::Invalid(format!("gateway of {cluster}: outbound range {e}"))
-                })
+                })?;
+                if !outbound_ports.is_empty() {
+                    port_range(outbound_ports).map_err(|e| {
+                        StateError::Invalid(format!("gateway of {cluster}: outbound ports {e}"))
+                    })?;
+                }
+                Ok(())
             }
             Command::GatewayStatus { cluster, .. } => match self.gateways.contains_key(cluster) {
                 true => Ok(()),
@@ -665,6 +792,7 @@ impl State {
                 cluster,
                 inbound,
                 outbound_cidr,
+                outbound_ports,
             } => {
                 let record =
                     self.gateways
@@ -673,6 +801,10 @@ impl State {
                             inbound: inbound.clone(),
                             outbound_cidr: outbound_cidr.clone(),
                             listeners: BTreeMap::new(),
+                            outbound_ports: outbound_ports.clone(),
+                            ports: BTreeMap::new(),
+                            allocations: 0,
+                            ports_exhausted: false,
                             offered_version: 0,
                             applied_version: 0,
                             rejected: None,
@@ -680,9 +812,15 @@ impl State {
                         });
                 if record.outbound_cidr != *outbound_cidr {
                     record.listeners.clear();
+                    record.allocations += 1;
+                }
+                if record.outbound_ports != *outbound_ports {
+                    record.ports.clear();
+                    record.allocations += 1;
                 }
                 record.inbound = inbound.clone();
                 record.outbound_cidr = outbound_cidr.clone();
+                record.outbound_ports = outbound_ports.clone();
                 out.lines.push(format!("gateway of {cluster} at {inbound}"));
                 // Other clusters route to it now: their configurations change.
                 touched.extend(self.services_of_cluster(cluster));
@@ -787,9 +925,11 @@ impl State {
             keys_changed |= had != self.backends.contains_key(key);
         }
         keys_changed |= before != self.backends.len();
-        if keys_changed || matches!(cmd, Command::RegisterGateway { .. }) {
+        let registered = matches!(cmd, Command::RegisterGateway { .. });
+        if keys_changed || registered {
             self.allocate_listeners();
         }
+        self.allocate_ports(if registered { None } else { Some(&touched) });
         self.applied_index = index;
         out.recomputed = touched;
         Ok(out)
@@ -800,7 +940,11 @@ impl State {
     /// of services that are gone. Existing addresses never move.
     fn allocate_listeners(&mut self) {
         for g in self.gateways.values_mut() {
+            let before = g.listeners.len();
             g.listeners.retain(|k, _| self.backends.contains_key(k));
+            if g.listeners.len() != before {
+                g.allocations += 1;
+            }
             let Ok(range) = cidr_hosts(&g.outbound_cidr) else {
                 continue;
             };
@@ -814,11 +958,25 @@ impl State {
                     Some(ip) => {
                         g.listeners
                             .insert(key.clone(), std::net::Ipv4Addr::from(ip));
+                        g.allocations += 1;
                     }
                     // The range is full: the service has no listener here
                     // (its configuration says so) until one is freed.
                     None => break,
                 }
+            }
+        }
+    }
+
+    /// Port mode: gives every gateway a listener port for each TCP port of
+    /// each service with backends (the lowest free one in its range), for
+    /// the services in `touched` (all of them when `None`), and frees the
+    /// ports of services and service ports that are gone. A port stays with
+    /// its service port for as long as both exist.
+    fn allocate_ports(&mut self, touched: Option<&BTreeSet<ServiceKey>>) {
+        for g in self.gateways.values_mut() {
+            if g.allocate_ports(&self.backends, touched) {
+                g.allocations += 1;
             }
         }
     }

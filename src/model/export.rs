@@ -46,6 +46,13 @@ pub struct Port {
     pub port: u16,
 }
 
+impl Port {
+    /// Whether the port carries TCP (what the gateway proxies).
+    pub fn is_tcp(&self) -> bool {
+        self.protocol.is_empty() || self.protocol.eq_ignore_ascii_case("TCP")
+    }
+}
+
 fn default_protocol() -> String {
     "TCP".to_string()
 }

@@ -539,6 +539,7 @@ async fn start_gateway(
         inbound: SocketAddr::new(ip.into(), 15443),
         advertise: None,
         outbound_cidr: cidr,
+        outbound_ports: None,
         dns: Some(SocketAddr::new(ip.into(), opts.dns.port())),
         dns_config: opts.dns_config.clone(),
         metrics: Some(SocketAddr::new(ip.into(), 9090)),

@@ -10,13 +10,14 @@
 //! the last set in force (the data plane goes on) until a new one arrives.
 
 use super::conditions;
+use super::derived::{self, GatewayPods};
 use super::resources::{
     self, MANAGED_BY_LABEL, MANAGER, MCS_SERVICE_NAME_LABEL, SOURCE_CLUSTER_LABEL,
 };
 use crate::model::{Condition, ServiceKey};
 use crate::proto;
 use crate::wire::{Assembler, PART_BYTES};
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::core::ApiResource;
@@ -104,6 +105,9 @@ pub struct Desired {
     /// EndpointSlices by namespace/name, with the ServiceImport they
     /// belong to (their owner).
     pub slices: BTreeMap<(String, String), (ServiceKey, Value)>,
+    /// Gateway port mode: the Services derived for imports, by name (in
+    /// the gateway's namespace).
+    pub services: BTreeMap<String, Value>,
 }
 
 fn slice_name(service: &str, cluster: &str, family: &str) -> String {
@@ -135,11 +139,13 @@ fn condition_of(c: &proto::ExportCondition) -> Condition {
     }
 }
 
-/// The objects `set` asks for, in the namespaces that exist.
+/// The objects `set` asks for, in the namespaces that exist; with the
+/// gateway's pods known, the Services derived for a gateway in port mode.
 pub fn desired(
     set: &proto::ImportSet,
     namespaces: &BTreeSet<String>,
     api_version: &str,
+    gateway: Option<&GatewayPods>,
 ) -> Desired {
     let mut out = Desired::default();
     for svc in &set.services {
@@ -168,6 +174,9 @@ pub fn desired(
             "clusters": svc.clusters.iter().map(|c| json!({"cluster": c})).collect::<Vec<_>>(),
         });
         out.imports.insert(key.clone(), (object, status));
+        if let Some(service) = gateway.and_then(|pods| derived::desired(svc, &key, pods)) {
+            out.services.insert(derived::name(&key), service);
+        }
         for source in &svc.slices {
             let mut by_family: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
             for ep in &source.endpoints {
@@ -225,7 +234,7 @@ pub fn export_conflicts(set: &proto::ImportSet) -> BTreeMap<ServiceKey, Conditio
 
 /// Whether `existing` already has every field `want` sets (the fields the
 /// agent owns; what others added is left alone).
-fn covers(existing: &Value, want: &Value) -> bool {
+pub(super) fn covers(existing: &Value, want: &Value) -> bool {
     match (existing, want) {
         (Value::Object(e), Value::Object(w)) => w
             .iter()
@@ -239,6 +248,8 @@ pub struct Stores {
     pub namespaces: Store<Namespace>,
     pub imports: Store<DynamicObject>,
     pub slices: Store<EndpointSlice>,
+    /// The Services the agent derived (gateway port mode).
+    pub derived: Option<(GatewayPods, Store<Service>)>,
 }
 
 /// Makes the cluster match `set`: creates or updates what is missing or
@@ -256,7 +267,11 @@ pub async fn reconcile(
         .filter(|n| n.metadata.deletion_timestamp.is_none())
         .filter_map(|n| n.metadata.name.clone())
         .collect();
-    let want = desired(set, &namespaces, &import_resource.api_version);
+    let gateway = stores.derived.as_ref().map(|(pods, _)| pods);
+    let want = desired(set, &namespaces, &import_resource.api_version, gateway);
+    if gateway.is_none() && set.services.iter().any(|s| !s.gateway_ports.is_empty()) {
+        tracing::warn!("the cluster's gateway runs in port mode, but the agent does not know its pods (--gateway-namespace): no Service is derived for the imports");
+    }
     let conditions_by_key: BTreeMap<ServiceKey, Vec<Condition>> = set
         .services
         .iter()
@@ -366,6 +381,10 @@ pub async fn reconcile(
         if let Err(error) = api.patch(name, &apply, &Patch::Apply(&slice)).await {
             tracing::warn!(%error, slice = %name, namespace, "cannot write an imported EndpointSlice; retrying later");
         }
+    }
+
+    if let Some((pods, existing)) = &stores.derived {
+        derived::reconcile(client, pods, existing, &want.services).await;
     }
 
     // Whatever the agent wrote and no longer should.
@@ -493,7 +512,7 @@ mod tests {
     #[test]
     fn one_import_and_a_slice_per_source_cluster_and_family_in_existing_namespaces() {
         let namespaces = BTreeSet::from(["app".to_string()]);
-        let d = desired(&set(), &namespaces, "multicluster.x-k8s.io/v1beta1");
+        let d = desired(&set(), &namespaces, "multicluster.x-k8s.io/v1beta1", None);
         assert_eq!(d.imports.len(), 1, "no namespace 'elsewhere' here");
         let (import, status) = &d.imports[&"app/api".parse::<ServiceKey>().unwrap()];
         assert_eq!(import["apiVersion"], "multicluster.x-k8s.io/v1beta1");

@@ -8,6 +8,8 @@
 //! - `cluster_id`: the cluster's ID (ClusterProperty or kube-system UID).
 //! - `exports`: the pure computation of exports and `Valid` conditions.
 //! - `imports`: the import stream from the hub and the objects it asks for.
+//! - `derived`: the Services derived for imports when the gateway runs in
+//!   pods (port mode).
 //! - `relay`: MultiClusterServices relayed to the hub, `Accepted` written back.
 //! - `conditions`: merging conditions into an object's status.
 //!
@@ -18,6 +20,7 @@
 
 pub mod cluster_id;
 pub mod conditions;
+pub mod derived;
 pub mod exports;
 pub mod imports;
 pub mod relay;
@@ -52,6 +55,9 @@ pub struct KubeAgentConfig {
     pub gateway_addresses: Vec<String>,
     /// How the agent authenticates to the hub.
     pub auth: stream::HubAuth,
+    /// The cluster's gateway pods, for the Services derived for imports
+    /// when the gateway runs in port mode.
+    pub gateway_pods: Option<derived::GatewayPods>,
 }
 
 /// Why the agent cannot run.
@@ -199,6 +205,20 @@ pub async fn run(
             import_changed.clone(),
             &shutdown,
         ),
+        derived: config.gateway_pods.clone().map(|pods| {
+            let store = reflect::<Service>(
+                Api::namespaced(client.clone(), &pods.namespace),
+                watcher::Config::default().labels(&format!(
+                    "{}={}",
+                    imports::OWNED_LABEL,
+                    imports::OWNED_VALUE
+                )),
+                (),
+                import_changed.clone(),
+                &shutdown,
+            );
+            (pods, store)
+        }),
     };
     let (sets_tx, mut sets) = watch::channel(None);
     tokio::spawn(imports::follow_hub(
