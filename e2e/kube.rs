@@ -3,7 +3,10 @@
 //! project's Kubernetes API server for tests). The agent joins with the
 //! token, keeps its certificate in a Secret, exports what a ServiceExport
 //! names, writes the ServiceImport back, and after a restart without the
-//! token (spent) goes on with the stored certificate.
+//! token (spent) goes on with the stored certificate. `switchyard gateway`
+//! in port mode (as in a pod) gets a listener port for the import, the agent
+//! derives the Service that sends the ClusterSetIP there, and a connection to
+//! that port reaches the service's endpoint.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -77,7 +80,7 @@ async fn agent_binary_joins_exports_imports_and_restarts_on_its_stored_certifica
         .create(&Resource::endpoint_slices(), json!({
             "metadata": {"name": "api-1", "namespace": "app", "labels": {"kubernetes.io/service-name": "api"}},
             "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],
-            "endpoints": [{"addresses": ["10.8.0.1"], "conditions": {"ready": true}}]}))
+            "endpoints": [{"addresses": ["127.0.44.1"], "conditions": {"ready": true}}]}))
         .unwrap();
     let export = Resource::new(
         "multicluster.x-k8s.io",
@@ -153,7 +156,7 @@ async fn agent_binary_joins_exports_imports_and_restarts_on_its_stored_certifica
     let first = agent(Some(&token));
     let exported = || {
         let (ok, out, _) = cli(&["get", "exports", "-o", "json"]);
-        ok && out.contains("\"cluster\": \"c1\"") && out.contains("10.8.0.1")
+        ok && out.contains("\"cluster\": \"c1\"") && out.contains("127.0.44.1")
     };
     eventually("the hub has c1's export", exported).await;
     let import = Resource::new(
@@ -172,6 +175,90 @@ async fn agent_binary_joins_exports_imports_and_restarts_on_its_stored_certifica
     assert!(server
         .get(&secret, "switchyard-system", "switchyard-agent-identity")
         .is_some());
+
+    // The gateway binary in port mode, as deploy/gateway.yaml runs it: the
+    // hub gives it a listener port for api:80 and a ClusterSetIP, the agent
+    // derives the Service that sends one to the other, and a connection to
+    // the listener port reaches the service's endpoint.
+    let backend = tokio::net::TcpListener::bind("127.0.44.1:8080")
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = backend.accept().await {
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut conn, b"api in c1\n").await;
+        }
+    });
+    let (ok, gateway_token, err) = cli(&[
+        "token",
+        "create",
+        "--cluster",
+        "c1",
+        "--role",
+        "gateway",
+        "--ttl",
+        "10m",
+    ]);
+    assert!(ok, "gateway token: {err}");
+    let _gateway = Killed(
+        Command::new(BIN)
+            .args(["gateway", "--cluster", "c1", "--hub", &api])
+            .args(["--token", &gateway_token])
+            .args(["--inbound", &format!("127.0.0.1:{}", free_port())])
+            .args(["--outbound-cidr", "10.96.0.128/28"])
+            .args([
+                "--outbound-ports",
+                "20000-20099",
+                "--outbound-bind",
+                "127.0.44.2",
+            ])
+            .arg("--ca")
+            .arg(creds.join("ca.pem"))
+            .arg("--data-dir")
+            .arg(dir.path().join("gateway"))
+            .env_remove("SWITCHYARD_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    eventually("the agent derives a Service for the import", || {
+        server.list(&Resource::services()).iter().any(|s| {
+            s["metadata"]["namespace"] == "switchyard-system"
+                && s["spec"]["clusterIP"] == "10.96.0.129"
+                && s["spec"]["ports"][0]["port"] == 80
+                && s["spec"]["ports"][0]["targetPort"] == 20000
+                && s["spec"]["selector"]["app.kubernetes.io/name"] == "switchyard-gateway"
+        })
+    })
+    .await;
+    assert_eq!(
+        server.get(&import, "app", "api").unwrap()["spec"]["ips"],
+        json!(["10.96.0.129"])
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let greeting = async {
+            let mut conn = tokio::net::TcpStream::connect("127.0.44.2:20000")
+                .await
+                .ok()?;
+            let mut line = String::new();
+            tokio::io::AsyncBufReadExt::read_line(
+                &mut tokio::io::BufReader::new(&mut conn),
+                &mut line,
+            )
+            .await
+            .ok()?;
+            Some(line)
+        };
+        if greeting.await.as_deref() == Some("api in c1\n") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no answer through the gateway's listener port"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     drop(first);
 
     // Restart without a token (it was spent): the Secret carries on. A

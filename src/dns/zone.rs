@@ -128,7 +128,7 @@ pub enum Lookup<'a> {
 }
 
 /// A cluster's records for one service.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 struct ClusterRecords {
     a: Records,
     aaaa: Records,
@@ -157,6 +157,26 @@ enum Node {
     Txt(Records),
     /// An empty non-terminal: exists, but holds no records.
     Empty,
+}
+
+impl Node {
+    /// The same records as `other` (a service's round-robin position
+    /// aside): replacing one with the other changes no answer.
+    fn same(&self, other: &Node) -> bool {
+        match (self, other) {
+            (Node::Apex, Node::Apex) | (Node::Empty, Node::Empty) => true,
+            (Node::Service(a), Node::Service(b)) => {
+                a.service_type == b.service_type
+                    && a.clusters == b.clusters
+                    && a.all == b.all
+                    && a.schedule_a == b.schedule_a
+                    && a.schedule_aaaa == b.schedule_aaaa
+            }
+            (Node::Endpoint(a, r), Node::Endpoint(b, s)) => a == b && r == s,
+            (Node::Srv(a), Node::Srv(b)) | (Node::Txt(a), Node::Txt(b)) => a == b,
+            _ => false,
+        }
+    }
 }
 
 /// A lower-cased wire-form name, the key of every node.
@@ -322,9 +342,9 @@ impl ZoneSnapshot {
         let mut next = self.clone();
         next.stamp(serial);
         for (key, backends) in changes {
-            next.remove_service(key);
-            if let Some(b) = backends {
-                next.add_service(key, b);
+            match backends {
+                Some(b) => next.replace_service(key, b),
+                None => next.remove_service(key),
             }
         }
         if let Ok(svc) = self.origin_name.prepend_label("svc") {
@@ -390,6 +410,62 @@ impl ZoneSnapshot {
             self.namespaces.remove(&owned.namespace);
             self.unset(&owned.namespace);
         }
+    }
+
+    /// Serves `b` in place of what `key` served: only the names whose
+    /// records changed are written (an endpoint change touches a few names
+    /// of a service, not all of them), names it no longer has are removed.
+    fn replace_service(&mut self, key: &ServiceKey, b: &ServiceBackends) {
+        let Some(old) = self.owned.get(key).cloned() else {
+            self.add_service(key, b);
+            return;
+        };
+        let new = service_nodes(&self.zone, self.ttl, b);
+        let Some((namespace, nodes)) = new.filter(|(ns, _)| *ns == old.namespace) else {
+            self.remove_service(key);
+            self.add_service(key, b);
+            return;
+        };
+        let had: std::collections::HashSet<&[u8]> = old.names.iter().map(|n| &n[..]).collect();
+        let mut names: Vec<Key> = Vec::with_capacity(nodes.len());
+        let mut kept: std::collections::HashSet<Key> = std::collections::HashSet::new();
+        let mut ancestors: Vec<Key> = Vec::new();
+        for (n, node) in nodes {
+            let mut up = parent(&n);
+            while up != &namespace[..] && in_zone(up, &namespace) {
+                ancestors.push(up.into());
+                up = parent(up);
+            }
+            let unchanged = had.contains(&n[..])
+                && self
+                    .nodes
+                    .get(&n)
+                    .is_some_and(|current| current.same(&node));
+            if !unchanged {
+                self.set(n.clone(), node);
+            }
+            if kept.insert(n.clone()) {
+                names.push(n);
+            }
+        }
+        for a in ancestors {
+            if kept.contains(&a) {
+                continue;
+            }
+            // Still this service's, or free to take.
+            if had.contains(&a[..]) || !self.nodes.contains_key(&a) {
+                if !self.nodes.contains_key(&a) {
+                    self.set(a.clone(), Node::Empty);
+                }
+                kept.insert(a.clone());
+                names.push(a);
+            }
+        }
+        for n in old.names.iter().filter(|n| !kept.contains(*n)) {
+            self.unset(n);
+        }
+        self.owned
+            .insert(key.clone(), Arc::new(Owned { names, namespace }));
     }
 
     fn add_service(&mut self, key: &ServiceKey, b: &ServiceBackends) {

@@ -26,6 +26,25 @@ pub struct Machine {
     metrics: Arc<Metrics>,
     /// The replica's DNS zone (see [`Machine::with_dns`]).
     dns: Option<Arc<Catalog>>,
+    /// The exports the `exports` gauge was last counted on, and the count:
+    /// each batch counts only what changed since (a diff of persistent
+    /// maps), not every service.
+    counted: (ExportMap, i64),
+}
+
+type ExportMap = crate::model::ServiceMap<
+    std::collections::BTreeMap<crate::model::ClusterId, crate::model::Export>,
+>;
+
+/// The number of exports in `now`, from `count` exports in `before`.
+fn recount(before: &ExportMap, count: i64, now: &ExportMap) -> i64 {
+    use imbl::ordmap::DiffItem;
+    let len = |m: &Arc<std::collections::BTreeMap<_, _>>| m.len() as i64;
+    before.diff(now).fold(count, |n, item| match item {
+        DiffItem::Add(_, v) => n + len(v),
+        DiffItem::Remove(_, v) => n - len(v),
+        DiffItem::Update { old, new } => n - len(old.1) + len(new.1),
+    })
 }
 
 impl Machine {
@@ -39,6 +58,7 @@ impl Machine {
                 changed: false,
                 metrics,
                 dns: None,
+                counted: (ExportMap::default(), 0),
             },
             rx,
         )
@@ -84,7 +104,10 @@ impl StateMachine for Machine {
 
     fn after_batch(&mut self) {
         if std::mem::take(&mut self.changed) {
-            self.metrics.exports.set(self.state.export_count() as i64);
+            let (before, count) = &self.counted;
+            let count = recount(before, *count, &self.state.exports);
+            self.counted = (self.state.exports.clone(), count);
+            self.metrics.exports.set(count);
             self.metrics.clusters.set(self.state.clusters.len() as i64);
             if let Some(catalog) = &self.dns {
                 catalog.publish(&self.state.backends);
@@ -164,5 +187,55 @@ mod tests {
             "restore publishes the view"
         );
         assert!(restored.restore(3, b"{not json").is_err());
+    }
+
+    /// The exports gauge, counted from each batch's changes only, agrees
+    /// with a full count through adds, updates, deletes and a restore.
+    #[test]
+    fn the_exports_gauge_counts_changes_only_and_stays_exact() {
+        let metrics = Arc::new(Metrics::new());
+        let (mut m, _view) = Machine::new(metrics.clone());
+        let mut index = 0;
+        let mut run = |m: &mut Machine, c: Command| {
+            index += 1;
+            m.apply(index, &serde_json::to_vec(&c).unwrap()).unwrap();
+            m.after_batch();
+        };
+        for id in ["a", "b"] {
+            let spec = ClusterSpec {
+                id: id.into(),
+                ..Default::default()
+            };
+            run(&mut m, Command::RegisterCluster { spec });
+        }
+        let export = |c: &str, s: &str| {
+            crate::model::fixtures::export(c, s, 80, ["127.0.0.9".parse().unwrap()])
+        };
+        let sync = |c: &str, full, upserts, deletes: Vec<&str>| Command::SyncExports {
+            cluster: c.into(),
+            revision: 1,
+            full,
+            upserts,
+            deletes: deletes.iter().map(|d| d.parse().unwrap()).collect(),
+        };
+        let steps = [
+            sync(
+                "a",
+                true,
+                vec![export("a", "app/x"), export("a", "app/y")],
+                vec![],
+            ),
+            sync("b", true, vec![export("b", "app/x")], vec![]),
+            sync("a", false, vec![export("a", "app/z")], vec!["app/x"]),
+            sync("b", true, vec![], vec![]),
+        ];
+        for (step, expected) in steps.into_iter().zip([2, 3, 3, 2]) {
+            run(&mut m, step);
+            assert_eq!(metrics.exports.get(), expected);
+            assert_eq!(m.state.export_count() as i64, expected);
+        }
+        let (mut restored, _) = Machine::new(metrics.clone());
+        restored.restore(9, &m.snapshot()).unwrap();
+        assert_eq!(metrics.exports.get(), 2);
     }
 }
