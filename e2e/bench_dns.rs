@@ -33,7 +33,9 @@
 //! computation, DNS publish).
 //!
 //! `BENCH_SIZES` (default `1000,10000,100000`), `BENCH_ROUNDS` (3),
-//! `BENCH_SECS` (5), `BENCH_RATE`, `BENCH_ONLY` (a server's name).
+//! `BENCH_SECS` (5), `BENCH_RATE`, `BENCH_ONLY` (a server's name),
+//! `BENCH_CHURN` (changes/s, 1000) and `BENCH_CHURN_BATCH` (changes per
+//! message, 10).
 
 #[path = "support/bench.rs"]
 mod bench;
@@ -362,8 +364,12 @@ fn run_latency(addr: SocketAddr, file: &Path, secs: u64, rate: u64) -> (f64, f64
 
 /// Services the churn cluster exports (the first ones of the set).
 const CHURN_SERVICES: usize = 1000;
-/// Endpoint changes per batch (one batch every 10 ms at 1,000/s).
-const CHURN_BATCH: usize = 10;
+/// Endpoint changes per batch: 10 by default (one batch every 10 ms at
+/// 1,000/s), `BENCH_CHURN_BATCH` otherwise (50: what the Kubernetes agent's
+/// 50 ms debounce sends at 1,000 changes/s).
+fn churn_batch() -> usize {
+    env_or("BENCH_CHURN_BATCH", 10).max(1) as usize
+}
 
 /// The churn cluster's export of `service` ("ns/name") on port 80.
 fn export(service: &str, addresses: &[std::net::Ipv4Addr]) -> Export {
@@ -564,12 +570,13 @@ struct ChurnFigures {
 }
 
 /// Changes `rate` endpoints a second for `secs` (batches of
-/// [`CHURN_BATCH`]), and measures the answer lag of the probe every 100 ms
+/// [`churn_batch`]), and measures the answer lag of the probe every 100 ms
 /// meanwhile (a new address sent, then asked for every millisecond).
 async fn churn(agent: &mut ChurnAgent, dns: SocketAddr, rate: u64, secs: u64) -> ChurnFigures {
     let started = Instant::now();
     let until = started + Duration::from_secs(secs);
-    let batches_per_sec = (rate as usize).div_ceil(CHURN_BATCH).max(1);
+    let per_batch = churn_batch();
+    let batches_per_sec = (rate as usize).div_ceil(per_batch).max(1);
     let mut tick = tokio::time::interval(Duration::from_secs(1) / batches_per_sec as u32);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let probe = Probe::new(dns).await;
@@ -583,8 +590,8 @@ async fn churn(agent: &mut ChurnAgent, dns: SocketAddr, rate: u64, secs: u64) ->
     while Instant::now() < until {
         tokio::select! {
             _ = tick.tick() => {
-                let mut batch = Vec::with_capacity(CHURN_BATCH);
-                for _ in 0..CHURN_BATCH {
+                let mut batch = Vec::with_capacity(per_batch);
+                for _ in 0..per_batch {
                     if next_service == 0 {
                         generation += 1;
                     }
