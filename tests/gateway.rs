@@ -306,7 +306,7 @@ impl World {
             outbound_ports: ports,
             dns: Some(format!("127.{b}.{o}.250:0").parse().unwrap()),
             dns_config: DnsConfig::default(),
-            metrics: None,
+            metrics: Some(format!("127.{b}.{o}.250:0").parse().unwrap()),
             settings: Settings {
                 drain_timeout: DRAIN,
                 ..Default::default()
@@ -873,4 +873,18 @@ async fn a_gateway_in_port_mode_listens_on_its_ports_and_routes_by_the_weights()
     assert_eq!(ips, [cluster_set_ip.to_string()]);
     let counts = spread(listeners[0], 200).await;
     assert!((share(&counts, "west") - 0.75).abs() <= 0.02, "{counts:?}");
+
+    // Ready (for the pod's readiness probe) with a configuration in force.
+    let mut conn = TcpStream::connect(w.gateways["east"].metrics.unwrap())
+        .await
+        .unwrap();
+    conn.write_all(b"GET /readyz HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reply = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut conn, &mut reply)
+        .await
+        .unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("in force"), "{reply}");
 }

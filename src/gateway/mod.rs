@@ -149,6 +149,23 @@ fn tls_configs(
     ))
 }
 
+/// `/readyz`: ready once a configuration is in force (from the hub or
+/// the one kept on disk), so that a Service does not send clients to a
+/// replica that has no listeners yet.
+pub fn readiness(table: &routes::RouteTable) -> (axum::http::StatusCode, String) {
+    if table.version > 0 {
+        (
+            axum::http::StatusCode::OK,
+            format!("configuration {} in force\n", table.version),
+        )
+    } else {
+        (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "no configuration yet\n".to_string(),
+        )
+    }
+}
+
 /// Starts a gateway: binds its listeners, follows the hub, serves DNS and
 /// metrics.
 pub async fn start(
@@ -283,13 +300,22 @@ pub async fn start(
                 .with_context(|| format!("cannot listen on {addr} for metrics"))?;
             let bound = listener.local_addr()?;
             let (gw, dns) = (metrics.clone(), dns_metrics.clone());
-            let router = axum::Router::new().route(
-                "/metrics",
-                axum::routing::get(move || {
-                    let (gw, dns) = (gw.clone(), dns.clone());
-                    async move { gw.encode(&dns) }
-                }),
-            );
+            let table = shared.clone();
+            let router = axum::Router::new()
+                .route(
+                    "/metrics",
+                    axum::routing::get(move || {
+                        let (gw, dns) = (gw.clone(), dns.clone());
+                        async move { gw.encode(&dns) }
+                    }),
+                )
+                .route(
+                    "/readyz",
+                    axum::routing::get(move || {
+                        let shared = table.clone();
+                        async move { readiness(&shared.table.load()) }
+                    }),
+                );
             let stop = shutdown.child_token();
             tasks.spawn(async move {
                 let _ = axum::serve(listener, router)

@@ -352,6 +352,14 @@ mod tests {
     }
 
     #[test]
+    fn not_ready_until_a_configuration_is_in_force() {
+        let (status, _) = crate::gateway::readiness(&RouteTable::default());
+        assert_eq!(status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        let t = RouteTable::build(&config(), &range()).unwrap();
+        assert_eq!(crate::gateway::readiness(&t).0, axum::http::StatusCode::OK);
+    }
+
+    #[test]
     fn port_mode_listens_on_the_allocated_ports_of_its_own_address() {
         let mut c = config();
         c.services[0].listener_ports = vec![proto::ListenerPort {
