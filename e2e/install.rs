@@ -37,6 +37,18 @@ fn validate(dir: &Path, name: &str, yaml: &str) -> usize {
     report.matches(" passed for resource ").count()
 }
 
+/// A ClusterSet CA written to `dir` and a bootstrap token, for rendering
+/// without a hub.
+fn offline_credentials(dir: &Path) -> (std::path::PathBuf, String) {
+    let ca = switchyard::identity::Ca::generate("test").unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    (
+        ca_file,
+        switchyard::identity::token::Token::generate().to_string(),
+    )
+}
+
 fn kinds(yaml: &str) -> Vec<String> {
     yaml.lines()
         .filter_map(|l| l.strip_prefix("kind: "))
@@ -47,10 +59,7 @@ fn kinds(yaml: &str) -> Vec<String> {
 #[test]
 fn member_and_hub_manifests_validate_strictly() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = switchyard::identity::Ca::generate("test").unwrap();
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
-    let token = switchyard::identity::token::Token::generate().to_string();
+    let (ca_file, token) = offline_credentials(dir.path());
 
     let (ok, member, err) = switchyard(&[
         "install",
@@ -223,10 +232,7 @@ fn object(yaml: &str, kind: &str, name: &str) -> serde_yaml::Value {
 #[test]
 fn a_member_with_a_gateway_validates_and_routes_dns_to_it() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = switchyard::identity::Ca::generate("test").unwrap();
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
-    let token = switchyard::identity::token::Token::generate().to_string();
+    let (ca_file, token) = offline_credentials(dir.path());
     let gateway_token = switchyard::identity::token::Token::generate().to_string();
     let base = [
         "install",

@@ -129,6 +129,22 @@ struct Export {
     hosts: &'static [u8],
 }
 
+/// app/web: two endpoints in west, one in east.
+const WEB_EXPORTS: &[Export] = &[
+    Export {
+        cluster: "west",
+        service: "web",
+        port: 8080,
+        hosts: &[1, 2],
+    },
+    Export {
+        cluster: "east",
+        service: "web",
+        port: 8080,
+        hosts: &[1],
+    },
+];
+
 fn octet(cluster: &str) -> u8 {
     match cluster {
         "west" => 1,
@@ -391,6 +407,19 @@ fn west_part(ws: &HashMap<String, u64>) -> Option<f64> {
     Some(w / (w + e))
 }
 
+/// What the gateway's DNS answers for app/web (A).
+async fn web_addresses(g: &RunningGateway) -> Vec<String> {
+    let answer = switchyard::dns::client::query(
+        g.dns.unwrap(),
+        "web.app.svc.clusterset.local",
+        hickory_proto::rr::RecordType::A,
+        false,
+    )
+    .await
+    .unwrap();
+    answer.answers.iter().map(|r| r.data.to_string()).collect()
+}
+
 /// Opens `n` connections to `addr`; counts them by the cluster that answered.
 async fn spread(addr: SocketAddr, n: usize) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
@@ -418,24 +447,7 @@ fn route_labels(service: &str, cluster: &str, direction: &str) -> RouteLabels {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weights_pick_the_cluster_per_connection_and_open_connections_outlive_changes() {
-    let w = World::start(
-        61,
-        &[
-            Export {
-                cluster: "west",
-                service: "web",
-                port: 8080,
-                hosts: &[1, 2],
-            },
-            Export {
-                cluster: "east",
-                service: "web",
-                port: 8080,
-                hosts: &[1],
-            },
-        ],
-    )
-    .await;
+    let w = World::start(61, WEB_EXPORTS).await;
     w.apply(WEB_MCS).await;
     let listener = w
         .listener("east", "app/web", 8080, |ws| west_part(ws) == Some(0.75))
@@ -443,16 +455,7 @@ async fn weights_pick_the_cluster_per_connection_and_open_connections_outlive_ch
 
     // The cluster-local DNS names the listener.
     let east = &w.gateways["east"];
-    let answer = switchyard::dns::client::query(
-        east.dns.unwrap(),
-        "web.app.svc.clusterset.local",
-        hickory_proto::rr::RecordType::A,
-        false,
-    )
-    .await
-    .unwrap();
-    let ips: Vec<String> = answer.answers.iter().map(|r| r.data.to_string()).collect();
-    assert_eq!(ips, vec![listener.ip().to_string()]);
+    assert_eq!(web_addresses(east).await, [listener.ip().to_string()]);
 
     // 75/25 by connection; the west share went through west's gateway.
     let counts = spread(listener, 400).await;
@@ -815,24 +818,7 @@ async fn wait_for(
 /// and routes by the weights as in address mode.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_in_port_mode_listens_on_its_ports_and_routes_by_the_weights() {
-    let mut w = World::start(
-        65,
-        &[
-            Export {
-                cluster: "west",
-                service: "web",
-                port: 8080,
-                hosts: &[1, 2],
-            },
-            Export {
-                cluster: "east",
-                service: "web",
-                port: 8080,
-                hosts: &[1],
-            },
-        ],
-    )
-    .await;
+    let mut w = World::start(65, WEB_EXPORTS).await;
     w.apply(WEB_MCS).await;
     let address_mode = w.gateways.remove("east").unwrap();
     address_mode.stop().await;
@@ -861,16 +847,10 @@ async fn a_gateway_in_port_mode_listens_on_its_ports_and_routes_by_the_weights()
             .is_err(),
         "the ClusterSetIP is not the gateway's to bind"
     );
-    let answer = switchyard::dns::client::query(
-        w.gateways["east"].dns.unwrap(),
-        "web.app.svc.clusterset.local",
-        hickory_proto::rr::RecordType::A,
-        false,
-    )
-    .await
-    .unwrap();
-    let ips: Vec<String> = answer.answers.iter().map(|r| r.data.to_string()).collect();
-    assert_eq!(ips, [cluster_set_ip.to_string()]);
+    assert_eq!(
+        web_addresses(&w.gateways["east"]).await,
+        [cluster_set_ip.to_string()]
+    );
     let counts = spread(listeners[0], 200).await;
     assert!((share(&counts, "west") - 0.75).abs() <= 0.02, "{counts:?}");
 

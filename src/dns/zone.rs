@@ -100,6 +100,16 @@ fn parent(wire: &[u8]) -> &[u8] {
     }
 }
 
+/// The names between `name` and `namespace` (both excluded), which belong
+/// to the service that owns `name` too (empty non-terminals).
+fn push_ancestors(name: &[u8], namespace: &[u8], out: &mut Vec<Key>) {
+    let mut up = parent(name);
+    while up != namespace && in_zone(up, namespace) {
+        out.push(up.into());
+        up = parent(up);
+    }
+}
+
 /// True when `name` is `zone` or below it (both lower-cased wire forms).
 pub fn in_zone(name: &[u8], zone: &[u8]) -> bool {
     let mut rest = name;
@@ -431,11 +441,7 @@ impl ZoneSnapshot {
         let mut kept: std::collections::HashSet<Key> = std::collections::HashSet::new();
         let mut ancestors: Vec<Key> = Vec::new();
         for (n, node) in nodes {
-            let mut up = parent(&n);
-            while up != &namespace[..] && in_zone(up, &namespace) {
-                ancestors.push(up.into());
-                up = parent(up);
-            }
+            push_ancestors(&n, &namespace, &mut ancestors);
             let unchanged = had.contains(&n[..])
                 && self
                     .nodes
@@ -475,12 +481,7 @@ impl ZoneSnapshot {
         let mut names = Vec::with_capacity(nodes.len());
         let mut ancestors: Vec<Key> = Vec::new();
         for (n, node) in nodes {
-            // Ancestors below the namespace belong to this service too.
-            let mut up = parent(&n);
-            while up != &namespace[..] && in_zone(up, &namespace) {
-                ancestors.push(up.into());
-                up = parent(up);
-            }
+            push_ancestors(&n, &namespace, &mut ancestors);
             self.set(n.clone(), node);
             names.push(n);
         }
