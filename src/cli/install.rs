@@ -212,7 +212,13 @@ pub async fn install(opts: &InstallOptions, target: &HubTarget) -> anyhow::Resul
             target,
         )
         .await?;
-        docs.extend(gateway_manifests(g, &mut values, &token, &labels)?);
+        docs.extend(gateway_manifests(
+            g,
+            &opts.namespace,
+            &mut values,
+            &token,
+            &labels,
+        )?);
     }
     docs.extend(documents(&render(COREDNS, &values)?)?);
     stream(&docs)
@@ -273,11 +279,11 @@ fn check_gateway(g: &GatewayInstall) -> anyhow::Result<()> {
 /// balancer address is given.
 fn gateway_manifests(
     g: &GatewayInstall,
+    namespace: &str,
     values: &mut BTreeMap<&str, String>,
     token: &str,
     labels: &serde_json::Value,
 ) -> anyhow::Result<Vec<serde_yaml::Value>> {
-    let namespace = values.get("NAMESPACE").cloned().unwrap_or_default();
     let (advertise, inbound_type) = match &g.advertise {
         Some(a) => (a.clone(), "LoadBalancer"),
         // Kubernetes expands $(HOST_IP) from the pod's environment.

@@ -125,7 +125,7 @@ async fn serve(
         let unchanged = last_backends
             .as_ref()
             .is_some_and(|b| b.ptr_eq(&state.backends))
-            && last_gateways.as_ref() == Some(&state.gateways);
+            && last_gateways.as_ref() == Some(&gateways::layout(&state));
         if !unchanged {
             let routes = gateways::routes(&state, &cluster);
             if last.as_ref() != Some(&routes) {
@@ -160,7 +160,7 @@ async fn serve(
                 last = Some(routes);
             }
             last_backends = Some(state.backends.clone());
-            last_gateways = Some(state.gateways.clone());
+            last_gateways = Some(gateways::layout(&state));
         }
         let flush_at = recorded + ACK_INTERVAL;
         tokio::select! {

@@ -9,6 +9,18 @@ use super::state::State;
 use crate::proto;
 use crate::wire::{endpoint_to_proto, port_to_proto};
 
+/// What routes depend on besides the backends: every gateway's inbound
+/// address and the count of changes to its allocations. Cheap to compare,
+/// unlike the gateway records (whose status fields change on every
+/// acknowledgement and whose allocation maps grow with the services).
+pub fn layout(state: &State) -> Vec<(String, String, u64)> {
+    state
+        .gateways
+        .iter()
+        .map(|(cluster, g)| (cluster.clone(), g.inbound.clone(), g.allocations))
+        .collect()
+}
+
 /// The routes of `cluster`'s gateway at the state's applied index.
 pub fn routes(state: &State, cluster: &str) -> Vec<proto::GatewayRoute> {
     let gateway = state.gateways.get(cluster);

@@ -182,7 +182,12 @@ impl GatewayRecord {
         backends: &ServiceMap<ServiceBackends>,
         touched: Option<&BTreeSet<ServiceKey>>,
     ) -> bool {
-        let Ok(range) = port_range(&self.outbound_ports) else {
+        // Address mode is checked first: this runs on every applied command.
+        let range = match self.outbound_ports.is_empty() {
+            true => None,
+            false => port_range(&self.outbound_ports).ok(),
+        };
+        let Some(range) = range else {
             let had = !self.ports.is_empty();
             self.ports.clear();
             return had;

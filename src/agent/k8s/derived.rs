@@ -70,14 +70,12 @@ impl GatewayPods {
 /// DNS-1035 label (the service name starts it; 58 characters at most).
 pub fn name(key: &ServiceKey) -> String {
     let short = |s: &str, n: usize| s[..s.len().min(n)].trim_end_matches('-').to_string();
-    let mut h: u32 = 0x811c_9dc5;
-    for b in format!("{}/{}", key.namespace, key.name).bytes() {
-        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
-    }
+    let h = super::imports::stable_hash(&format!("{}/{}", key.namespace, key.name));
     format!(
-        "{}-{}-{h:08x}",
+        "{}-{}-{:08x}",
         short(&key.name, 24),
-        short(&key.namespace, 24)
+        short(&key.namespace, 24),
+        h & 0xffff_ffff
     )
 }
 

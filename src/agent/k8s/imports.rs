@@ -110,12 +110,18 @@ pub struct Desired {
     pub services: BTreeMap<String, Value>,
 }
 
-fn slice_name(service: &str, cluster: &str, family: &str) -> String {
-    // FNV-1a: stable across builds, so names do not change on upgrade.
+/// FNV-1a of `text`: stable across builds and platforms, so the names
+/// derived from it do not change on upgrade.
+pub(super) fn stable_hash(text: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in format!("{service}/{cluster}/{family}").bytes() {
+    for b in text.bytes() {
         h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     }
+    h
+}
+
+fn slice_name(service: &str, cluster: &str, family: &str) -> String {
+    let h = stable_hash(&format!("{service}/{cluster}/{family}"));
     format!("{service}-{:010x}", h & 0xff_ffff_ffff)
 }
 
