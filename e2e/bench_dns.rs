@@ -36,6 +36,10 @@
 //! `BENCH_SECS` (5), `BENCH_RATE`, `BENCH_ONLY` (a server's name),
 //! `BENCH_CHURN` (changes/s, 1000) and `BENCH_CHURN_BATCH` (changes per
 //! message, 10).
+//!
+//! Before the churned rounds, the churn runs alone for `BENCH_SECS`: the
+//! hub's CPU over that window, per change, is the control plane's cost.
+//! `BENCH_CHURN_ONLY=1` measures just that (no dnsperf at all).
 
 #[path = "support/bench.rs"]
 mod bench;
@@ -580,6 +584,8 @@ async fn churn(agent: &mut ChurnAgent, dns: SocketAddr, rate: u64, secs: u64) ->
     let mut tick = tokio::time::interval(Duration::from_secs(1) / batches_per_sec as u32);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let probe = Probe::new(dns).await;
+    // Ticks only while a probe is out: an idle 1 ms timer would cost this
+    // process (which shares the cores with the server) a wake-up per tick.
     let mut poll = tokio::time::interval(Duration::from_millis(1));
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let (mut generation, mut next_service, mut changes) = (agent.revision, 0usize, 0u64);
@@ -601,23 +607,21 @@ async fn churn(agent: &mut ChurnAgent, dns: SocketAddr, rate: u64, secs: u64) ->
                 agent.upsert(&batch).await;
                 changes += batch.len() as u64;
             }
-            _ = poll.tick() => match waiting {
-                None if last_probe.elapsed() >= Duration::from_millis(100) => {
-                    probe_k += 1;
-                    let addr = probe_addr(probe_k);
-                    last_probe = Instant::now();
-                    agent.upsert(&[probe_export(addr)]).await;
-                    waiting = Some((addr, last_probe));
+            _ = tokio::time::sleep_until((last_probe + Duration::from_millis(100)).into()), if waiting.is_none() => {
+                probe_k += 1;
+                let addr = probe_addr(probe_k);
+                last_probe = Instant::now();
+                agent.upsert(&[probe_export(addr)]).await;
+                waiting = Some((addr, last_probe));
+                poll.reset_immediately();
+            }
+            _ = poll.tick(), if waiting.is_some() => if let Some((addr, sent)) = waiting {
+                if probe.answer().await == Some(addr) {
+                    lags.push(sent.elapsed().as_secs_f64() * 1000.0);
+                    waiting = None;
+                } else {
+                    assert!(sent.elapsed() < Duration::from_secs(5), "the probe's change never showed in DNS");
                 }
-                Some((addr, sent)) => {
-                    if probe.answer().await == Some(addr) {
-                        lags.push(sent.elapsed().as_secs_f64() * 1000.0);
-                        waiting = None;
-                    } else {
-                        assert!(sent.elapsed() < Duration::from_secs(5), "the probe's change never showed in DNS");
-                    }
-                }
-                None => {}
             }
         }
     }
@@ -640,6 +644,22 @@ async fn churn_rounds(s: &Server, n: usize, queries: &Path, rounds: usize, secs:
     let Some(api) = &s.api else { return };
     let churn_rate = env_or("BENCH_CHURN", 1000);
     let mut agent = start_churn_agent(api, s.addr, n).await;
+    // The control plane's cost alone: the hub's CPU while it takes the
+    // churn with no dnsperf running (the probe's queries included).
+    let cpu = cpu_seconds(&s.pids);
+    let alone = churn(&mut agent, s.addr, churn_rate, secs).await;
+    let used = cpu_seconds(&s.pids) - cpu;
+    let changes = alone.changes_per_sec * secs as f64;
+    println!(
+        "\n{n} services, churn alone: {:.0} changes/s for {secs} s, the hub used {:.2} CPU-s ({:.0}% of a core), {:.0} µs per change",
+        alone.changes_per_sec,
+        used,
+        used / secs as f64 * 100.0,
+        used / changes * 1e6
+    );
+    if std::env::var_os("BENCH_CHURN_ONLY").is_some() {
+        return;
+    }
     let (mut quiet_qps, mut churn_qps, mut quiet_p99, mut churn_p99) =
         (vec![], vec![], vec![], vec![]);
     let (mut churn_lost, mut applied, mut lags) = (vec![], vec![], vec![]);
@@ -748,6 +768,12 @@ async fn one_size(n: usize, rounds: usize, secs: u64, rate: u64) {
         servers.push(server);
     }
     let mut figures = vec![Figures::default(); servers.len()];
+    if std::env::var_os("BENCH_CHURN_ONLY").is_some() {
+        if let Some(sy) = servers.iter().find(|s| s.name == "switchyard") {
+            churn_rounds(sy, n, &queries, rounds, secs, rate).await;
+        }
+        return;
+    }
     for round in 0..rounds {
         for k in 0..servers.len() {
             let i = (k + round) % servers.len();

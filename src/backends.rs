@@ -65,11 +65,35 @@ impl ServiceBackends {
 
     /// Equality ignoring `revision`: used to decide whether to bump it.
     pub fn same_as(&self, other: &ServiceBackends) -> bool {
-        let mut a = self.clone();
-        a.revision = other.revision;
-        &a == other
+        // Spelled out (no clone): a field added later must be named here.
+        let Self {
+            service,
+            service_type,
+            ports,
+            session_affinity,
+            multi_cluster_service,
+            clusters,
+            conditions,
+            revision: _,
+        } = self;
+        *service == other.service
+            && *service_type == other.service_type
+            && *ports == other.ports
+            && *session_affinity == other.session_affinity
+            && *multi_cluster_service == other.multi_cluster_service
+            && *clusters == other.clusters
+            && *conditions == other.conditions
     }
 }
+
+/// `share` is the only float, and it is never NaN: it is set only when the
+/// total weight is above zero, and JSON cannot carry a NaN. With `Eq`,
+/// comparing two `Arc`s of the same backends is a pointer comparison, which
+/// keeps the diffs of consecutive backend maps (DNS publish) cheap.
+impl Eq for ClusterBackend {}
+
+/// See [`ClusterBackend`]'s `Eq`.
+impl Eq for ServiceBackends {}
 
 /// The longest weighted schedule kept per service; larger weight sums are
 /// scaled down proportionally.
@@ -591,6 +615,22 @@ mod tests {
         );
         assert!((share(&b, "a") - 80.0 / 110.0).abs() < 1e-12);
         assert!((share(&b, "b") - 30.0 / 110.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn same_as_ignores_the_revision_only() {
+        let b = run(&three(), &[export("a", 1, 1), export("b", 1, 2)], None);
+        let mut bumped = b.clone();
+        bumped.revision += 1;
+        assert!(b.same_as(&bumped) && bumped.same_as(&b));
+        let mut moved = b.clone();
+        moved.clusters[0]
+            .addresses
+            .push("127.0.0.99".parse().unwrap());
+        assert!(!b.same_as(&moved));
+        let mut typed = b.clone();
+        typed.service_type = crate::model::ServiceType::Headless;
+        assert!(!b.same_as(&typed));
     }
 
     #[test]

@@ -198,8 +198,8 @@ fn field_err(service: &str, field: &'static str, value: &str, reason: impl ToStr
 /// Model export → wire.
 pub fn export_to_proto(e: &Export) -> proto::Export {
     proto::Export {
-        namespace: e.service.namespace.clone(),
-        name: e.service.name.clone(),
+        namespace: e.service.namespace.to_string(),
+        name: e.service.name.to_string(),
         r#type: e.service_type.to_string(),
         session_affinity: format!("{:?}", e.session_affinity),
         ports: e.ports.iter().map(port_to_proto).collect(),

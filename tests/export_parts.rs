@@ -51,7 +51,7 @@ fn exported(state: &State, cluster: &str) -> BTreeSet<String> {
         .exports
         .iter()
         .filter(|(_, by)| by.contains_key(cluster))
-        .map(|(k, _)| k.name.clone())
+        .map(|(k, _)| k.name.to_string())
         .collect()
 }
 
@@ -211,7 +211,7 @@ async fn a_resync_in_parts_removes_only_after_its_last_part_and_acks_then() {
     let state = hub.hub.state();
     assert_eq!(exported(&state, "c"), second, "exactly the new set");
     assert_eq!(state.export_revisions["c"], 2);
-    assert!(!state.backends.keys().any(|k| k.name == "s0"));
+    assert!(!state.backends.keys().any(|k| &*k.name == "s0"));
 
     // Deltas follow on the same stream as before.
     stream

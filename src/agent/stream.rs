@@ -412,8 +412,8 @@ pub fn delta(
         .keys()
         .filter(|k| !new.contains_key(*k))
         .map(|k| proto::ServiceRef {
-            namespace: k.namespace.clone(),
-            name: k.name.clone(),
+            namespace: k.namespace.to_string(),
+            name: k.name.to_string(),
         })
         .collect();
     if upserts.is_empty() && deletes.is_empty() {

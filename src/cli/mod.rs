@@ -190,8 +190,8 @@ pub async fn set_weights(hub: &HubTarget, mcs: &str, args: &[String]) -> anyhow:
     let mut client = admin(hub).await?;
     let reply = client
         .set_weights(crate::proto::SetWeightsRequest {
-            namespace: key.namespace,
-            name: key.name,
+            namespace: key.namespace.to_string(),
+            name: key.name.to_string(),
             weights,
         })
         .await

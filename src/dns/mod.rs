@@ -2,12 +2,13 @@
 //! (default `clusterset.local`), per the MCS DNS specification (KEP-1645
 //! `specification.md`, schema 1.0.0).
 //!
-//! - `zone`: an immutable snapshot of every name with its answers already
-//!   in wire format, built from the computed backends, and the lookup.
+//! - `zone`: every name with its answers already in wire format, built
+//!   from the computed backends: the publisher's mutable [`Zone`] and the
+//!   immutable snapshots it hands to lookups.
 //! - `index`: the flat name table lookups read.
 //! - `wire`: parses a query and writes the response from a snapshot.
-//! - `server`: UDP worker threads on `SO_REUSEPORT` sockets and pipelined
-//!   TCP, with metrics.
+//! - `server`: UDP worker threads sharing a socket (several `SO_REUSEPORT`
+//!   sockets on large machines) and pipelined TCP, with metrics.
 //! - `client`: a small DNS client for `switchyard resolve` and tests.
 //!
 //! Readers never take a lock: [`Catalog::publish`] builds a new snapshot
@@ -34,7 +35,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use server::{serve, DnsError};
-pub use zone::ZoneSnapshot;
+pub use zone::{Zone, ZoneSnapshot};
 
 /// What the DNS serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,36 +59,48 @@ impl Default for DnsConfig {
 pub struct Catalog {
     serial: AtomicU32,
     current: ArcSwap<ZoneSnapshot>,
-    /// The backends the current snapshot was built from, to find what
-    /// changed on the next publish.
-    published: Mutex<ServiceMap<ServiceBackends>>,
+    /// The publisher's side, one publish at a time.
+    published: Mutex<Published>,
+}
+
+/// What the current snapshot was built from and by.
+struct Published {
+    /// The backends, to find what changed on the next publish.
+    backends: ServiceMap<ServiceBackends>,
+    /// The zone's writer.
+    zone: Zone,
 }
 
 impl Catalog {
     /// A catalog serving an empty zone.
     pub fn new(config: DnsConfig) -> Self {
-        let empty = ZoneSnapshot::build(&config, 1, &ServiceMap::new());
+        let zone = Zone::new(&config, 1);
         Self {
             serial: AtomicU32::new(1),
-            current: ArcSwap::from_pointee(empty),
-            published: Mutex::new(ServiceMap::new()),
+            current: ArcSwap::from_pointee(zone.snapshot()),
+            published: Mutex::new(Published {
+                backends: ServiceMap::new(),
+                zone,
+            }),
         }
     }
 
     /// Brings the zone up to date with the computed backends and swaps the
     /// new snapshot in; the SOA serial increases with every publish. Only
     /// services whose backends changed since the last publish are rebuilt
-    /// (the maps share unchanged subtrees, so finding them is cheap too).
+    /// (the maps share unchanged subtrees and compare shared values by
+    /// pointer, so finding them is cheap too).
     pub fn publish(&self, backends: &ServiceMap<ServiceBackends>) {
-        let mut published = self.published.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.published.lock().unwrap_or_else(|e| e.into_inner());
+        let published = &mut *guard;
         let serial = self.serial.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
-        let changes = published.diff(backends).map(|item| match item {
+        let changes = published.backends.diff(backends).map(|item| match item {
             DiffItem::Add(k, b) | DiffItem::Update { new: (k, b), .. } => (k, Some(b.as_ref())),
             DiffItem::Remove(k, _) => (k, None),
         });
-        let next = self.current.load().with_changes(serial, changes);
-        self.current.store(Arc::new(next));
-        *published = backends.clone();
+        published.zone.apply(serial, changes);
+        self.current.store(Arc::new(published.zone.snapshot()));
+        published.backends = backends.clone();
     }
 
     /// The snapshot in force now, without touching its reference count

@@ -42,6 +42,14 @@ const UDP_POLL: Duration = Duration::from_millis(100);
 const FLUSH_EVERY: u64 = 64;
 /// Most UDP worker threads, whatever the core count.
 const MAX_UDP_WORKERS: usize = 8;
+/// Workers reading one UDP socket. `SO_REUSEPORT` spreads clients over
+/// sockets by a hash of their address and port, so a few busy clients (a
+/// handful of resolvers, a load generator's 4 sockets) can leave one
+/// socket idle and another saturated; workers sharing a socket take
+/// whatever is queued, whoever is free. Past a few readers the socket's
+/// queue lock costs more than the imbalance, so larger machines get
+/// several sockets.
+const WORKERS_PER_SOCKET: usize = 4;
 
 /// The response codes counted, with their metric labels.
 const CODES: [(u16, &str); 7] = [
@@ -136,14 +144,21 @@ pub async fn serve(
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(MAX_UDP_WORKERS);
-    let (udp, tcp) = bind(listen, workers)?;
+    let (udp, tcp) = bind(listen, workers.div_ceil(WORKERS_PER_SOCKET))?;
     let addr = tcp.local_addr().map_err(|source| DnsError::Bind {
         transport: "TCP",
         addr: listen,
         source,
     })?;
-    let mut threads = Vec::with_capacity(udp.len());
-    for (i, socket) in udp.into_iter().enumerate() {
+    let mut threads = Vec::with_capacity(workers);
+    for i in 0..workers {
+        let socket = udp[i % udp.len()]
+            .try_clone()
+            .map_err(|source| DnsError::Bind {
+                transport: "UDP",
+                addr,
+                source,
+            })?;
         let (catalog, metrics, stop) = (catalog.clone(), metrics.clone(), shutdown.clone());
         let thread = std::thread::Builder::new()
             .name(format!("dns-udp-{i}"))
@@ -170,12 +185,12 @@ pub async fn serve(
     Ok((addr, task))
 }
 
-/// Binds `workers` UDP sockets sharing one port (`SO_REUSEPORT`: the kernel
+/// Binds `count` UDP sockets sharing one port (`SO_REUSEPORT`: the kernel
 /// spreads clients over them) and a TCP listener on the same port; with
 /// port 0, retries until a port is free for both.
 fn bind(
     listen: SocketAddr,
-    workers: usize,
+    count: usize,
 ) -> Result<(Vec<std::net::UdpSocket>, TcpListener), DnsError> {
     let udp_error = |addr, source| DnsError::Bind {
         transport: "UDP",
@@ -205,7 +220,7 @@ fn bind(
             }
         };
         let mut sockets = vec![first];
-        for _ in 1..workers {
+        for _ in 1..count {
             sockets.push(udp_socket(addr).map_err(|e| udp_error(addr, e))?);
         }
         return Ok((sockets, tcp));

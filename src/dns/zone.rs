@@ -92,6 +92,11 @@ pub fn wire_name(name: &Name) -> Box<[u8]> {
     out.into_boxed_slice()
 }
 
+/// `name` as a node's key.
+fn key(name: &Name) -> Key {
+    wire_name(name).into()
+}
+
 /// The name one label up (`a.b.` → `b.`); the root stays the root.
 fn parent(wire: &[u8]) -> &[u8] {
     match wire.first() {
@@ -189,17 +194,14 @@ impl Node {
     }
 }
 
-/// A lower-cased wire-form name, the key of every node.
-type Key = Box<[u8]>;
+/// A lower-cased wire-form name, the key of every node. Shared: the
+/// overlay, a persistent map, copies keys whenever a change copies one of
+/// its nodes.
+type Key = Arc<[u8]>;
 
-/// Names to nodes. Hashed with foldhash: a lookup hashes every query's
-/// name, and the keys come from exported services, never from queries.
-type Nodes = imbl::GenericHashMap<
-    Key,
-    Arc<Node>,
-    foldhash::fast::RandomState,
-    imbl::shared_ptr::DefaultSharedPtr,
->;
+/// Names to nodes, as the writer keeps them. Hashed with foldhash: the keys
+/// come from exported services, never from queries.
+type Nodes = std::collections::HashMap<Key, Arc<Node>, foldhash::fast::RandomState>;
 
 /// Names changed since the flat index was built: `Some` added or replaced,
 /// `None` removed.
@@ -219,35 +221,46 @@ const OVERLAY_MIN: usize = 1024;
 #[cfg(test)]
 const OVERLAY_MIN: usize = 4;
 
-/// An immutable view of the zone. Unchanged services' nodes are shared
-/// between consecutive snapshots (persistent maps of `Arc`s), so a publish
-/// costs O(changed services), and a service's round-robin position carries
-/// over while its records stay the same.
+/// An immutable view of the zone: what lookups read. Unchanged names'
+/// nodes are shared between consecutive snapshots (a flat index built now
+/// and then, plus a persistent overlay of the names changed since), so a
+/// publish costs O(changed names), and a service's round-robin position
+/// carries over while its records stay the same.
 #[derive(Debug, Clone)]
 pub struct ZoneSnapshot {
     origin: Key,
-    origin_name: Name,
-    /// Lower-case zone without the trailing dot.
-    zone: String,
     ttl: u32,
     /// The SOA as an answer at the apex (owner: the question).
     soa_answer: Records,
     /// The SOA for the authority section of negative answers (owner: the
     /// apex, spelled out), and its record count (1).
     soa_authority: Box<[u8]>,
-    /// SOA MNAME and RNAME in wire form, to stamp a new serial on each publish.
-    soa_names: (Key, Key),
-    /// Every name, as publishes change them (persistent: cheap to copy).
-    nodes: Nodes,
-    /// What lookups read: `nodes` as of some publish, flat ...
+    /// Every name as of some publish, flat ...
     index: Arc<FlatIndex<Node>>,
     /// ... and the names changed since, consulted first.
     overlay: Overlay,
+}
+
+/// The zone as its one writer (the catalog's publisher) keeps it: every
+/// name and what each service put there, in plain maps only the writer
+/// touches (a change costs hash-map writes, not persistent-map copies),
+/// and the snapshot built from them.
+#[derive(Debug)]
+pub struct Zone {
+    origin_name: Name,
+    /// Lower-case zone without the trailing dot.
+    zone: String,
+    /// SOA MNAME and RNAME in wire form, to stamp a new serial on each publish.
+    soa_names: (Key, Key),
+    /// Every name.
+    nodes: Nodes,
     /// The names each service put into `nodes`, to take them out again.
-    owned: imbl::OrdMap<ServiceKey, Arc<Owned>>,
+    owned: std::collections::HashMap<ServiceKey, Owned>,
     /// Services with names per `<ns>.svc.<zone>`; the namespace node (and
     /// `svc.<zone>`) exist while a count is above zero.
-    namespaces: imbl::OrdMap<Key, usize>,
+    namespaces: std::collections::HashMap<Key, usize>,
+    /// What lookups read, as of the last change.
+    served: ZoneSnapshot,
 }
 
 /// What one service contributed to the zone.
@@ -290,106 +303,7 @@ fn soa_rdata(names: &(Key, Key), serial: u32, ttl: u32) -> Vec<u8> {
 impl ZoneSnapshot {
     /// Builds the zone from every service's computed backends.
     pub fn build(config: &DnsConfig, serial: u32, backends: &ServiceMap<ServiceBackends>) -> Self {
-        Self::empty(config, serial)
-            .with_changes(serial, backends.iter().map(|(k, b)| (k, Some(b.as_ref()))))
-    }
-
-    /// The zone with no services: apex, SOA and `dns-version`.
-    fn empty(config: &DnsConfig, serial: u32) -> Self {
-        let zone = config.zone.trim_end_matches('.').to_ascii_lowercase();
-        let ttl = config.ttl;
-        let origin_name = name(&format!("{zone}."))
-            .unwrap_or_else(|| Name::from_ascii("clusterset.local.").unwrap_or_default());
-        let soa_names = (
-            wire_name(&name(&format!("ns.{zone}.")).unwrap_or_else(|| origin_name.clone())),
-            wire_name(&name(&format!("hostmaster.{zone}.")).unwrap_or_else(|| origin_name.clone())),
-        );
-        let origin = wire_name(&origin_name);
-        let mut nodes = Nodes::default();
-        nodes.insert(origin.clone(), Arc::new(Node::Apex));
-        if let Some(n) = name(&format!("dns-version.{zone}.")) {
-            let mut rdata = vec![SCHEMA_VERSION.len() as u8];
-            rdata.extend_from_slice(SCHEMA_VERSION.as_bytes());
-            let txt = Records::from_parts(&[(rtype::TXT, ttl, rdata)]);
-            nodes.insert(wire_name(&n), Arc::new(Node::Txt(txt)));
-        }
-        let mut zone_snapshot = Self {
-            soa_answer: Records::default(),
-            soa_authority: Box::default(),
-            origin,
-            origin_name,
-            zone,
-            ttl,
-            soa_names,
-            nodes,
-            index: Arc::new(FlatIndex::build(0, std::iter::empty())),
-            overlay: Overlay::default(),
-            owned: imbl::OrdMap::new(),
-            namespaces: imbl::OrdMap::new(),
-        };
-        zone_snapshot.stamp(serial);
-        zone_snapshot.reindex();
-        zone_snapshot
-    }
-
-    /// Sets the SOA records for `serial`.
-    fn stamp(&mut self, serial: u32) {
-        let rdata = soa_rdata(&self.soa_names, serial, self.ttl);
-        self.soa_answer = Records::from_parts(&[(rtype::SOA, self.ttl, rdata.clone())]);
-        let mut authority = self.origin.to_vec();
-        push_fixed(&mut authority, rtype::SOA, self.ttl, &rdata);
-        self.soa_authority = authority.into_boxed_slice();
-    }
-
-    /// A new snapshot with `changes` applied: each service's old names are
-    /// removed and its new ones (from `Some(backends)`) added. Everything
-    /// else is shared with `self`.
-    pub fn with_changes<'a>(
-        &self,
-        serial: u32,
-        changes: impl IntoIterator<Item = (&'a ServiceKey, Option<&'a ServiceBackends>)>,
-    ) -> Self {
-        let mut next = self.clone();
-        next.stamp(serial);
-        for (key, backends) in changes {
-            match backends {
-                Some(b) => next.replace_service(key, b),
-                None => next.remove_service(key),
-            }
-        }
-        if let Ok(svc) = self.origin_name.prepend_label("svc") {
-            let svc = wire_name(&svc);
-            if next.namespaces.is_empty() {
-                next.unset(&svc);
-            } else if !next.nodes.contains_key(&svc) {
-                next.set(svc, Node::Empty);
-            }
-        }
-        if next.overlay.len() >= OVERLAY_MIN.max(next.nodes.len() / 8) {
-            next.reindex();
-        }
-        next
-    }
-
-    /// Adds or replaces a name.
-    fn set(&mut self, name: Key, node: Node) {
-        let node = Arc::new(node);
-        self.nodes.insert(name.clone(), node.clone());
-        self.overlay.insert(name, Some(node));
-    }
-
-    /// Removes a name.
-    fn unset(&mut self, name: &[u8]) {
-        if self.nodes.remove(name).is_some() {
-            self.overlay.insert(name.into(), None);
-        }
-    }
-
-    /// Builds the flat index of every name and empties the overlay.
-    fn reindex(&mut self) {
-        let entries = self.nodes.iter().map(|(k, v)| (&k[..], v));
-        self.index = Arc::new(FlatIndex::build(self.nodes.len(), entries));
-        self.overlay = Overlay::default();
+        Zone::build(config, serial, backends).snapshot()
     }
 
     /// The node of `qname`: the overlay's word, else the index's.
@@ -400,6 +314,119 @@ impl ZoneSnapshot {
             }
         }
         self.index.get(qname)
+    }
+}
+
+impl Zone {
+    /// The zone with no services: apex, SOA and `dns-version`.
+    pub fn new(config: &DnsConfig, serial: u32) -> Self {
+        let zone = config.zone.trim_end_matches('.').to_ascii_lowercase();
+        let ttl = config.ttl;
+        let origin_name = name(&format!("{zone}."))
+            .unwrap_or_else(|| Name::from_ascii("clusterset.local.").unwrap_or_default());
+        let soa_names = (
+            key(&name(&format!("ns.{zone}.")).unwrap_or_else(|| origin_name.clone())),
+            key(&name(&format!("hostmaster.{zone}.")).unwrap_or_else(|| origin_name.clone())),
+        );
+        let origin = key(&origin_name);
+        let mut nodes = Nodes::default();
+        nodes.insert(origin.clone(), Arc::new(Node::Apex));
+        if let Some(n) = name(&format!("dns-version.{zone}.")) {
+            let mut rdata = vec![SCHEMA_VERSION.len() as u8];
+            rdata.extend_from_slice(SCHEMA_VERSION.as_bytes());
+            let txt = Records::from_parts(&[(rtype::TXT, ttl, rdata)]);
+            nodes.insert(key(&n), Arc::new(Node::Txt(txt)));
+        }
+        let mut zone = Self {
+            origin_name,
+            zone,
+            soa_names,
+            nodes,
+            owned: Default::default(),
+            namespaces: Default::default(),
+            served: ZoneSnapshot {
+                origin,
+                ttl,
+                soa_answer: Records::default(),
+                soa_authority: Box::default(),
+                index: Arc::new(FlatIndex::build(0, std::iter::empty())),
+                overlay: Overlay::default(),
+            },
+        };
+        zone.stamp(serial);
+        zone.reindex();
+        zone
+    }
+
+    /// Builds the zone from every service's computed backends.
+    pub fn build(config: &DnsConfig, serial: u32, backends: &ServiceMap<ServiceBackends>) -> Self {
+        let mut zone = Self::new(config, serial);
+        zone.apply(serial, backends.iter().map(|(k, b)| (k, Some(b.as_ref()))));
+        zone
+    }
+
+    /// What lookups read now (cheap: shared index and overlay).
+    pub fn snapshot(&self) -> ZoneSnapshot {
+        self.served.clone()
+    }
+
+    /// Sets the SOA records for `serial`.
+    fn stamp(&mut self, serial: u32) {
+        let ttl = self.served.ttl;
+        let rdata = soa_rdata(&self.soa_names, serial, ttl);
+        self.served.soa_answer = Records::from_parts(&[(rtype::SOA, ttl, rdata.clone())]);
+        let mut authority = self.served.origin.to_vec();
+        push_fixed(&mut authority, rtype::SOA, ttl, &rdata);
+        self.served.soa_authority = authority.into_boxed_slice();
+    }
+
+    /// Applies `changes` under SOA serial `serial`: each service's changed
+    /// names are replaced, the names it no longer has removed, and a
+    /// removed service's names taken out (`None`).
+    pub fn apply<'a>(
+        &mut self,
+        serial: u32,
+        changes: impl IntoIterator<Item = (&'a ServiceKey, Option<&'a ServiceBackends>)>,
+    ) {
+        self.stamp(serial);
+        for (key, backends) in changes {
+            match backends {
+                Some(b) => self.replace_service(key, b),
+                None => self.remove_service(key),
+            }
+        }
+        if let Ok(svc) = self.origin_name.prepend_label("svc") {
+            let svc = key(&svc);
+            if self.namespaces.is_empty() {
+                self.unset(&svc);
+            } else if !self.nodes.contains_key(&svc) {
+                self.set(svc, Node::Empty);
+            }
+        }
+        if self.served.overlay.len() >= OVERLAY_MIN.max(self.nodes.len() / 8) {
+            self.reindex();
+        }
+    }
+
+    /// Adds or replaces a name.
+    fn set(&mut self, name: Key, node: Node) {
+        let node = Arc::new(node);
+        self.nodes.insert(name.clone(), node.clone());
+        self.served.overlay.insert(name, Some(node));
+    }
+
+    /// Removes a name.
+    fn unset(&mut self, name: &[u8]) {
+        if let Some((name, _)) = self.nodes.remove_entry(name) {
+            self.served.overlay.insert(name, None);
+        }
+    }
+
+    /// Builds the flat index of every name and empties the overlay.
+    fn reindex(&mut self) {
+        let entries = self.nodes.iter().map(|(k, v)| (&k[..], v));
+        self.served.index = Arc::new(FlatIndex::build(self.nodes.len(), entries));
+        self.served.overlay = Overlay::default();
     }
 
     fn remove_service(&mut self, key: &ServiceKey) {
@@ -426,12 +453,13 @@ impl ZoneSnapshot {
     /// records changed are written (an endpoint change touches a few names
     /// of a service, not all of them), names it no longer has are removed.
     fn replace_service(&mut self, key: &ServiceKey, b: &ServiceBackends) {
-        let Some(old) = self.owned.get(key).cloned() else {
+        let Some(old) = self.owned.remove(key) else {
             self.add_service(key, b);
             return;
         };
-        let new = service_nodes(&self.zone, self.ttl, b);
+        let new = service_nodes(&self.zone, self.served.ttl, b);
         let Some((namespace, nodes)) = new.filter(|(ns, _)| *ns == old.namespace) else {
+            self.owned.insert(key.clone(), old);
             self.remove_service(key);
             self.add_service(key, b);
             return;
@@ -470,12 +498,11 @@ impl ZoneSnapshot {
         for n in old.names.iter().filter(|n| !kept.contains(*n)) {
             self.unset(n);
         }
-        self.owned
-            .insert(key.clone(), Arc::new(Owned { names, namespace }));
+        self.owned.insert(key.clone(), Owned { names, namespace });
     }
 
     fn add_service(&mut self, key: &ServiceKey, b: &ServiceBackends) {
-        let Some((namespace, nodes)) = service_nodes(&self.zone, self.ttl, b) else {
+        let Some((namespace, nodes)) = service_nodes(&self.zone, self.served.ttl, b) else {
             return;
         };
         let mut names = Vec::with_capacity(nodes.len());
@@ -495,10 +522,11 @@ impl ZoneSnapshot {
         if !self.nodes.contains_key(&namespace) {
             self.set(namespace.clone(), Node::Empty);
         }
-        self.owned
-            .insert(key.clone(), Arc::new(Owned { names, namespace }));
+        self.owned.insert(key.clone(), Owned { names, namespace });
     }
+}
 
+impl ZoneSnapshot {
     /// The record TTL in force.
     pub fn ttl(&self) -> u32 {
         self.ttl
@@ -608,7 +636,7 @@ fn service_nodes(zone: &str, ttl: u32, b: &ServiceBackends) -> Option<(Key, Vec<
         ClusterRecords::default()
     };
     nodes.push((
-        wire_name(&svc_name),
+        key(&svc_name),
         Node::Service(ServiceNode {
             service_type: b.service_type,
             clusters,
@@ -635,7 +663,7 @@ fn service_nodes(zone: &str, ttl: u32, b: &ServiceBackends) -> Option<(Key, Vec<
         }
         for (text, addrs) in per_name {
             if let Some(n) = name(&text) {
-                let key = wire_name(&n);
+                let key = key(&n);
                 endpoint_targets.push(key.clone());
                 let records = address_records(ttl, addrs);
                 let any = Records::concat(&[&records.a, &records.aaaa]);
@@ -645,7 +673,7 @@ fn service_nodes(zone: &str, ttl: u32, b: &ServiceBackends) -> Option<(Key, Vec<
     }
 
     // SRV for named ports: _<port>._<proto>.<svc>...
-    let svc_key = wire_name(&svc_name);
+    let svc_key = key(&svc_name);
     for p in b.ports.iter().filter(|p| !p.name.is_empty()) {
         let Some(owner) = name(&format!(
             "_{}._{}.{svc}",
@@ -668,10 +696,10 @@ fn service_nodes(zone: &str, ttl: u32, b: &ServiceBackends) -> Option<(Key, Vec<
             vec![srv(100, &svc_key)]
         };
         if !parts.is_empty() {
-            nodes.push((wire_name(&owner), Node::Srv(Records::from_parts(&parts))));
+            nodes.push((key(&owner), Node::Srv(Records::from_parts(&parts))));
         }
     }
-    Some((wire_name(&namespace), nodes))
+    Some((key(&namespace), nodes))
 }
 
 #[cfg(test)]
@@ -966,7 +994,7 @@ mod tests {
     }
 
     /// Every name with its node, round-robin positions aside.
-    fn contents(z: &ZoneSnapshot) -> BTreeMap<String, String> {
+    fn contents(z: &Zone) -> BTreeMap<String, String> {
         z.nodes
             .iter()
             .map(|(n, node)| (display_name(n), format!("{node:?}")))
@@ -1024,8 +1052,9 @@ mod tests {
         ) {
             let config = DnsConfig::default();
             let mut backends: ServiceMap<ServiceBackends> = ServiceMap::new();
-            let mut zone = ZoneSnapshot::build(&config, 1, &backends);
+            let mut zone = Zone::build(&config, 1, &backends);
             let mut before_names = zone.nodes.clone();
+            let mut before_snapshot = zone.snapshot();
             for (serial, batch) in batches.into_iter().enumerate() {
                 let before = backends.clone();
                 for ((key, b), remove) in batch {
@@ -1040,16 +1069,20 @@ mod tests {
                     | imbl::ordmap::DiffItem::Update { new: (k, b), .. } => (k, Some(b.as_ref())),
                     imbl::ordmap::DiffItem::Remove(k, _) => (k, None),
                 });
-                zone = zone.with_changes(serial as u32 + 2, changes);
-                let full = ZoneSnapshot::build(&config, serial as u32 + 2, &backends);
+                zone.apply(serial as u32 + 2, changes);
+                let full = Zone::build(&config, serial as u32 + 2, &backends);
                 prop_assert_eq!(contents(&zone), contents(&full));
                 // What lookups read (index and overlay) is what `nodes` holds.
+                let snapshot = zone.snapshot();
                 for (name, node) in zone.nodes.iter() {
-                    prop_assert!(zone.node(name).is_some_and(|n| Arc::ptr_eq(n, node)));
+                    prop_assert!(snapshot.node(name).is_some_and(|n| Arc::ptr_eq(n, node)));
                 }
-                for (name, _) in before_names.iter() {
-                    prop_assert_eq!(zone.node(name).is_some(), zone.nodes.contains_key(&name[..]));
+                for name in before_names.keys() {
+                    prop_assert_eq!(snapshot.node(name).is_some(), zone.nodes.contains_key(name));
+                    // A snapshot handed out earlier still answers as it did.
+                    prop_assert!(before_snapshot.node(name).is_some_and(|n| Arc::ptr_eq(n, &before_names[name])));
                 }
+                before_snapshot = snapshot;
                 before_names = zone.nodes.clone();
             }
         }
@@ -1068,13 +1101,15 @@ mod tests {
             ServiceType::ClusterSetIP,
             vec![cluster("x", 1, vec![endpoint("127.0.0.2", None)])],
         );
-        let z = ZoneSnapshot::build(&config, 1, &ServiceMap::new());
-        let z = z.with_changes(2, [(&a, Some(&sa)), (&b, Some(&sb))]);
+        let mut zone = Zone::new(&config, 1);
+        zone.apply(2, [(&a, Some(&sa)), (&b, Some(&sb))]);
+        let z = zone.snapshot();
         assert_eq!(
             q(&z, "app.svc.clusterset.local.", RecordType::A).rcode,
             ResponseCode::NoError
         );
-        let z = z.with_changes(3, [(&a, None)]);
+        zone.apply(3, [(&a, None)]);
+        let z = zone.snapshot();
         assert_eq!(
             q(&z, "app.svc.clusterset.local.", RecordType::A).rcode,
             ResponseCode::NoError
@@ -1083,7 +1118,8 @@ mod tests {
             q(&z, "api.app.svc.clusterset.local.", RecordType::A).rcode,
             ResponseCode::NXDomain
         );
-        let z = z.with_changes(4, [(&b, None)]);
+        zone.apply(4, [(&b, None)]);
+        let z = zone.snapshot();
         assert_eq!(
             q(&z, "app.svc.clusterset.local.", RecordType::A).rcode,
             ResponseCode::NXDomain

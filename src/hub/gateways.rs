@@ -54,8 +54,8 @@ pub fn routes(state: &State, cluster: &str) -> Vec<proto::GatewayRoute> {
                 })
                 .collect();
             proto::GatewayRoute {
-                namespace: key.namespace.clone(),
-                name: key.name.clone(),
+                namespace: key.namespace.to_string(),
+                name: key.name.to_string(),
                 ports: b.ports.iter().map(port_to_proto).collect(),
                 listener: gateway
                     .and_then(|g| g.listeners.get(key))

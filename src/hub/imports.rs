@@ -12,8 +12,8 @@ use prost::Message as _;
 
 fn condition(key: &ServiceKey, c: &Condition) -> proto::ExportCondition {
     proto::ExportCondition {
-        namespace: key.namespace.clone(),
-        name: key.name.clone(),
+        namespace: key.namespace.to_string(),
+        name: key.name.to_string(),
         r#type: c.type_.clone(),
         status: c.status.clone(),
         reason: c.reason.clone(),
@@ -86,8 +86,8 @@ pub fn import_set(state: &State, cluster: &str) -> proto::ImportSet {
             })
             .collect();
         services.push(proto::ImportedService {
-            namespace: key.namespace.clone(),
-            name: key.name.clone(),
+            namespace: key.namespace.to_string(),
+            name: key.name.to_string(),
             r#type: b.service_type.to_string(),
             session_affinity: format!("{:?}", b.session_affinity),
             ports: b.ports.iter().map(port_to_proto).collect(),

@@ -164,8 +164,8 @@ fn import_view(state: &State, key: &ServiceKey, cluster: &str) -> Value {
     let metadata = declared
         .map(|d| d.metadata.clone())
         .unwrap_or_else(|| ObjectMeta {
-            name: key.name.clone(),
-            namespace: key.namespace.clone(),
+            name: key.name.to_string(),
+            namespace: key.namespace.to_string(),
             ..Default::default()
         });
     let si = ServiceImport {

@@ -383,8 +383,8 @@ impl AppliedObject {
             AppliedObject::MultiClusterService(o) => &o.metadata,
         };
         ServiceKey {
-            namespace: m.namespace.clone(),
-            name: m.name.clone(),
+            namespace: m.namespace.as_str().into(),
+            name: m.name.as_str().into(),
         }
     }
 
@@ -1246,8 +1246,8 @@ impl State {
         let mut kept = BTreeSet::new();
         for m in objects {
             let key = ServiceKey {
-                namespace: m.metadata.namespace.clone(),
-                name: m.metadata.name.clone(),
+                namespace: m.metadata.namespace.as_str().into(),
+                name: m.metadata.name.as_str().into(),
             };
             kept.insert(key.clone());
             let owner = self.mcs.get(&key).map(|e| {
@@ -1270,8 +1270,8 @@ impl State {
             };
             let result = match refusal {
                 Some((reason, message)) => RelayResult {
-                    namespace: key.namespace.clone(),
-                    name: key.name.clone(),
+                    namespace: key.namespace.to_string(),
+                    name: key.name.to_string(),
                     accepted: false,
                     reason: reason.to_string(),
                     message,
@@ -1284,8 +1284,8 @@ impl State {
                     let line =
                         self.store_object(&AppliedObject::MultiClusterService(m), now, touched);
                     RelayResult {
-                        namespace: key.namespace.clone(),
-                        name: key.name.clone(),
+                        namespace: key.namespace.to_string(),
+                        name: key.name.to_string(),
                         accepted: true,
                         reason: "Accepted".to_string(),
                         message: line,

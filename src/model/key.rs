@@ -3,6 +3,7 @@
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// A ClusterSet member's ID (the MCS cluster ID): a DNS-1123 label.
 pub type ClusterId = String;
@@ -83,10 +84,14 @@ pub fn host_port(text: &str) -> Result<String, String> {
 /// every cluster is the same service (namespace sameness).
 ///
 /// Serialized as the string `namespace/name`, so it can key JSON maps.
+///
+/// Both parts are shared strings: keys are copied whenever a persistent
+/// map copies a tree node (every applied change copies a few nodes of 64
+/// keys each), and a copy is then a reference count, not two allocations.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ServiceKey {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 impl ServiceKey {
@@ -95,8 +100,8 @@ impl ServiceKey {
         check_label("namespace", namespace)?;
         check_label("name", name)?;
         Ok(Self {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
+            namespace: namespace.into(),
+            name: name.into(),
         })
     }
 }
@@ -142,8 +147,8 @@ mod tests {
     #[test]
     fn parses_namespace_slash_name() {
         let k: ServiceKey = "app/api-v1".parse().unwrap();
-        assert_eq!(k.namespace, "app");
-        assert_eq!(k.name, "api-v1");
+        assert_eq!(&*k.namespace, "app");
+        assert_eq!(&*k.name, "api-v1");
         assert_eq!(k.to_string(), "app/api-v1");
     }
 

@@ -204,8 +204,8 @@ fn parse_value(doc: usize, value: Value) -> Result<Resource, ManifestError> {
 /// The ServiceImport key a MultiClusterService refers to.
 pub fn mcs_import_key(mcs: &MultiClusterService) -> ServiceKey {
     ServiceKey {
-        namespace: mcs.import_namespace().to_string(),
-        name: mcs.spec.service_import.name.clone(),
+        namespace: mcs.import_namespace().into(),
+        name: mcs.spec.service_import.name.as_str().into(),
     }
 }
 

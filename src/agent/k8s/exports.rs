@@ -50,7 +50,7 @@ pub fn compute(
     let mut out = Computed::default();
     for request in requests {
         let key = &request.service;
-        let Some(service) = services.get(&(key.namespace.clone(), key.name.clone())) else {
+        let Some(service) = services.get(&(key.namespace.to_string(), key.name.to_string())) else {
             out.valid.insert(
                 key.clone(),
                 Condition::new(
@@ -79,13 +79,13 @@ pub fn compute(
             .iter()
             .copied()
             .filter(|s| {
-                s.metadata.namespace.as_deref() == Some(key.namespace.as_str())
+                s.metadata.namespace.as_deref() == Some(&*key.namespace)
                     && s.metadata
                         .labels
                         .as_ref()
                         .and_then(|l| l.get(SERVICE_NAME_LABEL))
                         .map(String::as_str)
-                        == Some(key.name.as_str())
+                        == Some(&*key.name)
             })
             .collect();
         let export = Export {

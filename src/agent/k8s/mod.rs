@@ -405,8 +405,8 @@ async fn write_export_status(
         return;
     };
     let key = ServiceKey {
-        namespace: namespace.to_string(),
-        name: name.to_string(),
+        namespace: namespace.into(),
+        name: name.into(),
     };
     let desired = export_conditions(&key, computed, acked, conflicts);
     let existing: Vec<serde_json::Value> = object
