@@ -34,8 +34,9 @@
 //!
 //! `BENCH_SIZES` (default `1000,10000,100000`), `BENCH_ROUNDS` (3),
 //! `BENCH_SECS` (5), `BENCH_RATE`, `BENCH_ONLY` (a server's name),
-//! `BENCH_CHURN` (changes/s, 1000) and `BENCH_CHURN_BATCH` (changes per
-//! message, 10).
+//! `BENCH_CHURN` (changes/s, 1000), `BENCH_CHURN_BATCH` (changes per
+//! message, 10), `BENCH_NSD_REUSEPORT` (`yes`), `SWITCHYARD_BIN` (another
+//! build of switchyard to run).
 //!
 //! Before the churned rounds, the churn runs alone for `BENCH_SECS`: the
 //! hub's CPU over that window, per change, is the control plane's cost.
@@ -60,6 +61,12 @@ use switchyard::proto;
 use tokio_util::sync::CancellationToken;
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+/// The switchyard binary run: this build's, or `SWITCHYARD_BIN` (another
+/// build, to compare two in alternation with the same harness).
+fn bin() -> String {
+    std::env::var("SWITCHYARD_BIN").unwrap_or_else(|_| BIN.to_string())
+}
 const CLUSTERS: usize = 3;
 const ZONE: &str = "clusterset.local";
 
@@ -114,7 +121,7 @@ async fn start_switchyard(dir: &Path, n: usize) -> Server {
     let mut p = Processes(Vec::new());
     p.0.push(
         quiet(
-            Command::new(BIN)
+            Command::new(bin())
                 .args(["hub", "--id", "1", "--raft", &raft, "--api", &api])
                 .args(["--peers", &format!("1={raft}")])
                 .args(["--dns", &addr.to_string(), "--insecure"])
@@ -139,7 +146,7 @@ async fn start_switchyard(dir: &Path, n: usize) -> Server {
         std::fs::write(&path, file).unwrap();
         p.0.push(
             quiet(
-                Command::new(BIN)
+                Command::new(bin())
                     .args(["agent", "--hub", &api, "--insecure", "--file"])
                     .arg(&path),
             )
@@ -205,10 +212,13 @@ async fn start_nsd(dir: &Path, zone: &Path, n: usize) -> Server {
         .parse()
         .unwrap();
     let conf = dir.join("nsd.conf");
+    // `BENCH_NSD_REUSEPORT=no`: NSD's two servers share one socket (as
+    // switchyard's workers do) instead of one `SO_REUSEPORT` socket each.
+    let reuseport = std::env::var("BENCH_NSD_REUSEPORT").unwrap_or_else(|_| "yes".into());
     std::fs::write(
         &conf,
         format!(
-            "server:\n  ip-address: {}@{}\n  port: {}\n  server-count: 2\n  reuseport: yes\n  username: \"\"\n  database: \"\"\n  zonesdir: {d}\n  pidfile: {d}/nsd.pid\n  xfrdfile: {d}/xfrd.state\n  zonelistfile: {d}/zone.list\n  logfile: {d}/nsd.log\n  verbosity: 0\n  rrl-ratelimit: 0\n  rrl-whitelist-ratelimit: 0\nremote-control:\n  control-enable: no\nzone:\n  name: {ZONE}\n  zonefile: {}\n",
+            "server:\n  ip-address: {}@{}\n  port: {}\n  server-count: 2\n  reuseport: {reuseport}\n  username: \"\"\n  database: \"\"\n  zonesdir: {d}\n  pidfile: {d}/nsd.pid\n  xfrdfile: {d}/xfrd.state\n  zonelistfile: {d}/zone.list\n  logfile: {d}/nsd.log\n  verbosity: 0\n  rrl-ratelimit: 0\n  rrl-whitelist-ratelimit: 0\nremote-control:\n  control-enable: no\nzone:\n  name: {ZONE}\n  zonefile: {}\n",
             addr.ip(),
             addr.port(),
             addr.port(),

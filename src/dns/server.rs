@@ -46,9 +46,8 @@ const MAX_UDP_WORKERS: usize = 8;
 /// sockets by a hash of their address and port, so a few busy clients (a
 /// handful of resolvers, a load generator's 4 sockets) can leave one
 /// socket idle and another saturated; workers sharing a socket take
-/// whatever is queued, whoever is free. Past a few readers the socket's
-/// queue lock costs more than the imbalance, so larger machines get
-/// several sockets.
+/// whatever is queued, whoever is free. Readers of one socket contend on
+/// its receive queue, so larger machines get several sockets.
 const WORKERS_PER_SOCKET: usize = 4;
 
 /// The response codes counted, with their metric labels.
@@ -152,13 +151,17 @@ pub async fn serve(
     })?;
     let mut threads = Vec::with_capacity(workers);
     for i in 0..workers {
-        let socket = udp[i % udp.len()]
-            .try_clone()
-            .map_err(|source| DnsError::Bind {
-                transport: "UDP",
-                addr,
-                source,
-            })?;
+        let socket = match udp[i % udp.len()].try_clone() {
+            Ok(socket) => socket,
+            Err(source) => {
+                shutdown.cancel();
+                return Err(DnsError::Bind {
+                    transport: "UDP",
+                    addr,
+                    source,
+                });
+            }
+        };
         let (catalog, metrics, stop) = (catalog.clone(), metrics.clone(), shutdown.clone());
         let thread = std::thread::Builder::new()
             .name(format!("dns-udp-{i}"))

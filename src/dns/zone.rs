@@ -1,6 +1,7 @@
-//! The zone snapshot: every name of the ClusterSet zone with its answers
-//! already in DNS wire format, and the lookup of a query, computed without
-//! I/O, locks or allocation.
+//! The zone: every name of the ClusterSet zone with its answers already in
+//! DNS wire format. [`Zone`] is the one writer, which applies backend
+//! changes; each [`ZoneSnapshot`] it hands out is immutable, and looks a
+//! query up without I/O, locks or allocation.
 //!
 //! Names are keyed by their lower-cased wire form (`\x03api\x03app...\x00`),
 //! the form a query carries them in, so a lookup hashes the query's bytes
