@@ -282,7 +282,7 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        ZoneSnapshot::build(&DnsConfig::default(), 3, &backends)
+        crate::dns::Zone::build(&DnsConfig::default(), 3, &backends).snapshot()
     }
 
     fn query(name: &str, t: RecordType, edns: Option<(u16, u8)>) -> Message {

@@ -302,11 +302,6 @@ fn soa_rdata(names: &(Key, Key), serial: u32, ttl: u32) -> Vec<u8> {
 }
 
 impl ZoneSnapshot {
-    /// Builds the zone from every service's computed backends.
-    pub fn build(config: &DnsConfig, serial: u32, backends: &ServiceMap<ServiceBackends>) -> Self {
-        Zone::build(config, serial, backends).snapshot()
-    }
-
     /// The node of `qname`: the overlay's word, else the index's.
     fn node(&self, qname: &[u8]) -> Option<&Arc<Node>> {
         if !self.overlay.is_empty() {
@@ -815,7 +810,7 @@ mod tests {
         .into_iter()
         .map(|(k, b)| (k, Arc::new(b)))
         .collect();
-        ZoneSnapshot::build(&DnsConfig::default(), 7, &backends)
+        Zone::build(&DnsConfig::default(), 7, &backends).snapshot()
     }
 
     /// A decoded answer, as a client sees it.

@@ -91,7 +91,7 @@ pub fn routes(state: &State, cluster: &str) -> Vec<proto::GatewayRoute> {
 mod tests {
     use super::*;
     use crate::hub::state::{cidr_hosts, Command};
-    use crate::model::{fixtures, ClusterSpec};
+    use crate::model::{fixtures, ClusterSpec, Export, ServiceKey};
 
     fn state_with_gateways() -> State {
         let mut s = State::default();
@@ -149,6 +149,21 @@ mod tests {
         s
     }
 
+    /// Applies an export delta of cluster `a` at raft index and revision `index`.
+    fn sync_a(s: &mut State, index: u64, upserts: Vec<Export>, deletes: Vec<ServiceKey>) {
+        s.apply(
+            index,
+            &Command::SyncExports {
+                cluster: "a".into(),
+                revision: index,
+                full: false,
+                upserts,
+                deletes,
+            },
+        )
+        .unwrap();
+    }
+
     #[test]
     fn routes_know_local_endpoints_remote_gateways_and_listeners() {
         let s = state_with_gateways();
@@ -176,17 +191,7 @@ mod tests {
         let key = |n: &str| n.parse::<crate::model::ServiceKey>().unwrap();
         let add = |s: &mut State, index: u64, name: &str| {
             let e = fixtures::export("a", name, 80, ["10.0.1.9".parse().unwrap()]);
-            s.apply(
-                index,
-                &Command::SyncExports {
-                    cluster: "a".into(),
-                    revision: index,
-                    full: false,
-                    upserts: vec![e],
-                    deletes: vec![],
-                },
-            )
-            .unwrap();
+            sync_a(s, index, vec![e], vec![]);
         };
         add(&mut s, 20, "app/web");
         let first = s.gateways["a"].listeners.clone();
@@ -204,17 +209,7 @@ mod tests {
             ""
         );
         // Withdrawing web frees its address; api keeps its own.
-        s.apply(
-            22,
-            &Command::SyncExports {
-                cluster: "a".into(),
-                revision: 22,
-                full: false,
-                upserts: vec![],
-                deletes: vec![key("app/web")],
-            },
-        )
-        .unwrap();
+        sync_a(&mut s, 22, vec![], vec![key("app/web")]);
         let after = &s.gateways["a"].listeners;
         assert_eq!(after[&key("app/api")].to_string(), "127.0.1.129");
         assert_eq!(after[&key("app/zzz")].to_string(), "127.0.1.130");
@@ -280,21 +275,8 @@ mod tests {
             e.endpoint_ports = e.ports.clone();
             e
         };
-        let sync = |s: &mut State, index: u64, upserts, deletes| {
-            s.apply(
-                index,
-                &Command::SyncExports {
-                    cluster: "a".into(),
-                    revision: index,
-                    full: false,
-                    upserts,
-                    deletes,
-                },
-            )
-            .unwrap();
-        };
         // Two TCP ports get one each; the UDP port none.
-        sync(
+        sync_a(
             &mut s,
             31,
             vec![export(&[(80, "TCP"), (443, "TCP"), (53, "UDP")])],
@@ -306,12 +288,12 @@ mod tests {
         // The range is full: a third service gets no port.
         let mut other = fixtures::export("a", "app/zzz", 80, ["10.0.1.8".parse().unwrap()]);
         other.endpoint_ports = other.ports.clone();
-        sync(&mut s, 32, vec![other], vec![]);
+        sync_a(&mut s, 32, vec![other], vec![]);
         assert_eq!(ports(&s, "app/zzz"), None);
         assert!(s.gateways["a"].ports_exhausted);
         // A port dropped frees its listener port, which goes at once to
         // zzz, waiting for one; api and web:80 keep theirs.
-        sync(&mut s, 33, vec![export(&[(80, "TCP")])], vec![]);
+        sync_a(&mut s, 33, vec![export(&[(80, "TCP")])], vec![]);
         assert_eq!(
             ports(&s, "app/web")
                 .unwrap()
