@@ -177,6 +177,15 @@ impl World {
             .map(|h| format!("{}={}:7800", h.id, self.net.host_ip(&h.host)))
             .collect::<Vec<_>>()
             .join(",");
+        // Replicas authenticate each other with the ClusterSet CA from the
+        // first election on: made once, given to every replica.
+        let ca = self.root().join("ca");
+        let made = std::process::Command::new(BIN)
+            .args(["hub", "init-ca", "--out"])
+            .arg(&ca)
+            .status()
+            .expect("run switchyard hub init-ca");
+        assert!(made.success(), "switchyard hub init-ca failed");
         for i in 0..self.hubs.len() {
             let h = &self.hubs[i];
             let ip = self.net.host_ip(&h.host);
@@ -197,8 +206,12 @@ impl World {
                 &LEASE_MS.to_string(),
                 "--renew-ms",
                 &RENEW_MS.to_string(),
-                "--data-dir",
+                "--ca-cert",
             ]);
+            a.push(ca.join("ca.pem").into_os_string());
+            a.push("--ca-key".into());
+            a.push(ca.join("ca-key.pem").into_os_string());
+            a.push("--data-dir".into());
             a.push(data.into_os_string());
             let host = h.host.clone();
             self.procs.spawn(

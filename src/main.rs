@@ -356,17 +356,26 @@ struct HubArgs {
     /// Tests only: allow the fault hook that drops raft traffic.
     #[arg(long, hide = true)]
     enable_fault_injection: bool,
-    /// Serve the API without TLS or authentication (benchmarks, trusted
-    /// networks only).
+    /// Serve the API and the raft peer port without TLS or authentication:
+    /// anyone who reaches them can read and change everything (benchmarks
+    /// on a trusted machine only).
     #[arg(long)]
     insecure: bool,
+    /// Raft peer connections served at once; more are closed on arrival.
+    #[arg(long, default_value_t = 64)]
+    peer_max_connections: usize,
+    /// How long a peer's TLS handshake may take.
+    #[arg(long, default_value = "5s")]
+    peer_handshake_timeout: humantime::Duration,
     /// Names clients reach this replica by, for its certificate (IPs or DNS
     /// names, comma-separated); 127.0.0.1, localhost and the --api address
     /// are always in it.
     #[arg(long, value_delimiter = ',')]
     tls_san: Vec<String>,
-    /// Load the ClusterSet CA from these PEM files instead of generating one
-    /// (used only when the hub has no CA yet).
+    /// The ClusterSet CA (`switchyard hub init-ca`), PEM files: replicas
+    /// authenticate each other with it, and the hub's first leader records
+    /// it in the state. Required for a replicated hub; a hub of one
+    /// replica without it creates one in DATA_DIR/ca on first start.
     #[arg(long, requires = "ca_key")]
     ca_cert: Option<PathBuf>,
     #[arg(long, requires = "ca_cert")]
@@ -502,6 +511,14 @@ enum HubAction {
     Members {
         #[command(subcommand)]
         change: MemberChange,
+    },
+    /// Create the ClusterSet CA for a replicated hub, once: OUT/ca.pem and
+    /// OUT/ca-key.pem (mode 0600). Every replica starts with
+    /// --ca-cert OUT/ca.pem --ca-key OUT/ca-key.pem; in Kubernetes, make it
+    /// the switchyard-hub-ca Secret (docs/operations.md).
+    InitCa {
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -724,6 +741,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             MemberChange::Remove { id, hub } => cli::change_member(&target(&hub)?, id, None).await,
         },
+        Command::Hub {
+            action: Some(HubAction::InitCa { out }),
+            ..
+        } => {
+            switchyard::hub::trust::init_ca(&out)
+                .with_context(|| format!("cannot create the ClusterSet CA in {}", out.display()))?;
+            println!(
+                "created the ClusterSet CA: {}/{} and {}/{} (keep the key secret; give both to every replica)",
+                out.display(),
+                switchyard::hub::trust::CA_CERT_FILE,
+                out.display(),
+                switchyard::hub::trust::CA_KEY_FILE
+            );
+            Ok(())
+        }
         Command::Hub { action: None, run } => run_hub(*run, cli.log_format).await,
         Command::Token {
             action:
@@ -1019,6 +1051,10 @@ async fn run_hub(args: HubArgs, log_format: LogFormat) -> anyhow::Result<()> {
             join: args.join,
             snapshot_every: args.snapshot_every,
             fault_injection: args.enable_fault_injection,
+            limits: switchyard::hub::trust::PeerLimits {
+                max_connections: args.peer_max_connections,
+                handshake_timeout: *args.peer_handshake_timeout,
+            },
         }),
         tls: (!args.insecure).then(|| switchyard::hub::app::HubTls {
             sans: args.tls_san.clone(),

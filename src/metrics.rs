@@ -17,6 +17,14 @@ pub struct DnsLabels {
     pub transport: String,
 }
 
+/// Label set of refusals on the raft peer port.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerRefusalLabels {
+    /// `over_cap`, `handshake`, `handshake_timeout` (connections), or
+    /// `not_a_replica`, `not_a_member`, `forged_sender` (calls and messages).
+    pub reason: String,
+}
+
 /// Every metric a hub exports. Cheap to share: each field is an `Arc` inside.
 pub struct Metrics {
     registry: Registry,
@@ -33,6 +41,7 @@ pub struct Metrics {
     pub clusters: Gauge,
     pub agents_connected: Gauge,
     pub recompute_seconds: Histogram,
+    pub peer_refusals: Family<PeerRefusalLabels, Counter>,
 }
 
 impl Metrics {
@@ -126,6 +135,12 @@ impl Metrics {
             "Backend recomputation time per applied change",
             recompute_seconds.clone(),
         );
+        let peer_refusals = Family::<PeerRefusalLabels, Counter>::default();
+        target.register(
+            "peer_refusals",
+            "Connections, calls and raft messages the raft peer port refused, by reason",
+            peer_refusals.clone(),
+        );
         Self {
             registry,
             dns_queries,
@@ -141,6 +156,7 @@ impl Metrics {
             clusters,
             agents_connected,
             recompute_seconds,
+            peer_refusals,
         }
     }
 
@@ -161,5 +177,16 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+impl Metrics {
+    /// Counts one refusal on the raft peer port.
+    pub fn peer_refused(&self, reason: &'static str) {
+        self.peer_refusals
+            .get_or_create(&PeerRefusalLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 }

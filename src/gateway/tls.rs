@@ -8,9 +8,7 @@
 use crate::identity::{Identity, Issued, GATEWAY_SERVER_NAME};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
-use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use std::sync::Arc;
 
@@ -20,48 +18,23 @@ use std::sync::Arc;
 pub struct TlsError(String);
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    crate::identity::tls::provider()
 }
 
 fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>, TlsError> {
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        let cert = cert.map_err(|e| TlsError(format!("the CA does not parse: {e}")))?;
-        roots
-            .add(cert)
-            .map_err(|e| TlsError(format!("the CA is not usable: {e}")))?;
-    }
-    if roots.is_empty() {
-        return Err(TlsError("no CA certificate given".into()));
-    }
-    Ok(Arc::new(roots))
+    crate::identity::tls::root_store(ca_pem).map_err(|e| TlsError(e.0))
 }
 
 fn identity(
     issued: &Issued,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
-    let chain = CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError(format!("the gateway certificate does not parse: {e}")))?;
-    let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes())
-        .map_err(|e| TlsError(format!("the gateway key does not parse: {e}")))?;
-    Ok((chain, key))
+    crate::identity::tls::chain_and_key(issued).map_err(|e| TlsError(format!("gateway {}", e.0)))
 }
 
 /// The inbound listener's settings: TLS 1.3, a client certificate of the
 /// ClusterSet required.
 pub fn server_config(ca_pem: &str, issued: &Issued) -> Result<Arc<ServerConfig>, TlsError> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider())
-        .build()
-        .map_err(|e| TlsError(e.to_string()))?;
-    let (chain, key) = identity(issued)?;
-    let config = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| TlsError(e.to_string()))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| TlsError(e.to_string()))?;
-    Ok(Arc::new(config))
+    crate::identity::tls::mutual_server_config(ca_pem, issued, &[]).map_err(|e| TlsError(e.0))
 }
 
 /// Checks a peer gateway's chain against the CA under the name every

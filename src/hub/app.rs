@@ -9,6 +9,7 @@ use super::machine::Machine;
 use super::node::{self, NoPeers, NodeConfig};
 use super::peer::{PeerApi, PeerTransport, MAX_PEER_MESSAGE};
 use super::state::Command;
+use super::trust::PeerTls;
 use crate::dns::{self, Catalog, DnsConfig};
 use crate::identity::{Ca, Identity};
 use crate::metrics::Metrics;
@@ -59,6 +60,16 @@ pub struct HubTls {
     pub agent_cert_ttl: Duration,
 }
 
+impl HubTls {
+    /// The CA a replicated hub's peers authenticate each other with (see
+    /// [`super::trust::replica_ca`]); a group of one may create it.
+    fn replica_ca(&self, data_dir: &std::path::Path, r: &RaftOptions) -> anyhow::Result<Ca> {
+        let group_of_one = !r.join && r.peers.len() == 1;
+        super::trust::replica_ca(self.ca_files.as_ref(), data_dir, group_of_one)
+            .context("cannot set up mutual TLS between hub replicas")
+    }
+}
+
 impl Default for HubTls {
     fn default() -> Self {
         Self {
@@ -88,6 +99,8 @@ pub struct RaftOptions {
     pub snapshot_every: u64,
     /// Allow the test-only fault hook.
     pub fault_injection: bool,
+    /// Bounds on the peer port.
+    pub limits: super::trust::PeerLimits,
 }
 
 /// A started hub: where it listens and how to stop it.
@@ -149,6 +162,9 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Re
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let raft_dir = config.data_dir.join("raft");
+    // A replicated hub's peers authenticate each other with the ClusterSet
+    // CA from the start; its first leader records the same CA in the state.
+    let mut replica_ca = None;
     let (node_config, transport, raft_listener): (NodeConfig, Option<Arc<PeerTransport>>, _) =
         match &config.raft {
             None => (NodeConfig::single(raft_dir), None, None),
@@ -160,6 +176,24 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Re
                         r.listen
                     );
                 }
+                let peer_tls = match &config.tls {
+                    Some(tls) => {
+                        let ca = tls.replica_ca(&config.data_dir, r)?;
+                        let peer_tls = PeerTls::new(&ca, r.id)
+                            .context("cannot issue this replica's peer certificate")?;
+                        replica_ca = Some(ca);
+                        Some(peer_tls)
+                    }
+                    None => {
+                        tracing::warn!(
+                            raft = %r.listen,
+                            "--insecure: the raft peer port is plaintext and unauthenticated; anyone \
+                             who reaches it can join this hub and read its state. For benchmarks on \
+                             a trusted machine only"
+                        );
+                        None
+                    }
+                };
                 let listener = tokio::net::TcpListener::bind(r.listen)
                     .await
                     .with_context(|| format!("cannot listen on {} for raft peers", r.listen))?;
@@ -174,8 +208,13 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Re
                     snapshot_every: r.snapshot_every,
                     ..NodeConfig::single(PathBuf::new())
                 };
-                let transport = PeerTransport::new(r.id, &r.peers, shutdown.child_token());
-                (node_config, Some(transport), Some(listener))
+                let transport = PeerTransport::new(
+                    r.id,
+                    &r.peers,
+                    peer_tls.as_ref().map(|t| t.client().clone()),
+                    shutdown.child_token(),
+                );
+                (node_config, Some(transport), Some((listener, peer_tls)))
             }
         };
     let peer_transport: Arc<dyn node::Transport> = match &transport {
@@ -229,22 +268,24 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Re
     );
     tasks.spawn(lease::run(leases, hub.clone(), shutdown.child_token()));
 
-    if let (Some(transport), Some(listener), Some(r)) = (transport, raft_listener, &config.raft) {
+    if let (Some(transport), Some((listener, peer_tls)), Some(r)) =
+        (transport, raft_listener, &config.raft)
+    {
         let api = PeerApi {
             node,
             transport: transport.clone(),
             hub: hub.clone(),
+            authenticate: peer_tls.is_some(),
         };
+        // Messages up to MAX_PEER_MESSAGE (snapshots travel inline) are
+        // read only from callers past the mutual TLS handshake.
         let service = PeerServiceServer::new(api)
             .max_decoding_message_size(MAX_PEER_MESSAGE)
             .max_encoding_message_size(MAX_PEER_MESSAGE);
         let stop = shutdown.child_token();
+        let incoming =
+            super::trust::incoming(listener, peer_tls, r.limits, metrics.clone(), stop.clone());
         tasks.spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
-                conn.inspect(|tcp| {
-                    let _ = tcp.set_nodelay(true);
-                })
-            });
             if let Err(e) = tonic::transport::Server::builder()
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
@@ -276,7 +317,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Re
     let (hub, server_tls) = match &config.tls {
         None => (hub, None),
         Some(tls) => {
-            let ca = ensure_ca(&hub, tls, &shutdown).await?;
+            let ca = ensure_ca(&hub, tls, replica_ca, &shutdown).await?;
             let mut hosts = tls.sans.clone();
             hosts.extend(["127.0.0.1".to_string(), "localhost".to_string()]);
             if !api_addr.ip().is_unspecified() {
@@ -344,18 +385,25 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Re
 }
 
 /// The ClusterSet CA from the replicated state. The first leader creates
-/// it (or loads it from `tls.ca_files`) if the state has none yet; every
+/// it (or records `replica_ca`, the CA a replicated hub's peers already
+/// use, or loads it from `tls.ca_files`) if the state has none yet; every
 /// replica waits for it, since it cannot authenticate anyone without it.
-async fn ensure_ca(hub: &Hub, tls: &HubTls, shutdown: &CancellationToken) -> anyhow::Result<Ca> {
-    let wanted = match &tls.ca_files {
-        Some((cert, key)) => {
+async fn ensure_ca(
+    hub: &Hub,
+    tls: &HubTls,
+    replica_ca: Option<Ca>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Ca> {
+    let wanted = match (&replica_ca, &tls.ca_files) {
+        (Some(ca), _) => Some((ca.cert_pem().to_string(), ca.key_pem().to_string())),
+        (None, Some((cert, key))) => {
             let read = |p: &PathBuf| {
                 std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
             };
             let ca = Ca::from_pem(&read(cert)?, &read(key)?).context("--ca-cert/--ca-key")?;
             Some((ca.cert_pem().to_string(), ca.key_pem().to_string()))
         }
-        None => None,
+        (None, None) => None,
     };
     let mut view = hub.watch_state();
     let started = tokio::time::Instant::now();
@@ -366,7 +414,7 @@ async fn ensure_ca(hub: &Hub, tls: &HubTls, shutdown: &CancellationToken) -> any
             if let Some((cert, _)) = &wanted {
                 if *cert != record.cert_pem {
                     tracing::warn!(
-                        "--ca-cert is not the ClusterSet CA the hub already has; keeping the hub's"
+                        "the CA given to this replica (--ca-cert, or DATA_DIR/ca) is not the ClusterSet CA the hub's state holds: peer links use the given CA, agents, gateways and admins the state's"
                     );
                 }
             }

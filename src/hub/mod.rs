@@ -7,7 +7,9 @@
 //!   `imports`: what a cluster imports, streamed to its agent; `gateways`:
 //!   what a cluster's east-west gateway routes, streamed to it.
 //! - `lease`: cluster leases on the leader; `app`: wiring a running hub;
-//!   `authority`: who may call what, and the certificates agents get.
+//!   `authority`: who may call what, and the certificates agents get;
+//!   `peer`: the raft transport and peer service; `trust`: the peer port's
+//!   mutual TLS (the ClusterSet CA's replica certificates).
 
 pub mod api;
 pub mod app;
@@ -23,4 +25,5 @@ pub mod read;
 pub mod replica;
 pub mod state;
 pub mod storage;
+pub mod trust;
 pub mod wal;

@@ -3,6 +3,10 @@
 //! messages, forwarded membership changes, lease renewals and status
 //! requests.
 //!
+//! Links are mutual TLS between replicas ([`super::trust`]) unless the hub
+//! runs `--insecure`; every call checks that its caller is a replica of
+//! this hub, and every raft message that it comes from the caller.
+//!
 //! A test-only fault hook ([`PeerTransport::isolate`]) drops raft traffic to
 //! and from chosen replicas, to rehearse partitions without touching the
 //! network; a replica enables it only with `--enable-fault-injection`.
@@ -20,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status};
 
 /// Largest message between replicas (snapshots travel inline).
@@ -45,19 +49,28 @@ pub struct PeerTransport {
     /// One RPC client (one HTTP/2 connection) per peer for forwarded
     /// writes, lease renewals and status, reused across calls.
     rpc: Mutex<HashMap<u64, (String, PeerServiceClient<Channel>)>>,
+    /// How links dial peers: mutual TLS, or plain HTTP/2 (`--insecure`).
+    tls: Option<ClientTlsConfig>,
     shutdown: CancellationToken,
 }
 
 impl PeerTransport {
     /// A transport for replica `id` that knows `peers` (ID → raft address;
-    /// its own entry is ignored).
-    pub fn new(id: u64, peers: &BTreeMap<u64, String>, shutdown: CancellationToken) -> Arc<Self> {
+    /// its own entry is ignored) and dials them with `tls` (plain HTTP/2
+    /// without it).
+    pub fn new(
+        id: u64,
+        peers: &BTreeMap<u64, String>,
+        tls: Option<ClientTlsConfig>,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
         let t = Arc::new(Self {
             id,
             own: Mutex::new(String::new()),
             links: Mutex::new(HashMap::new()),
             isolated: RwLock::new(HashSet::new()),
             rpc: Mutex::new(HashMap::new()),
+            tls,
             shutdown,
         });
         t.set_peers(peers);
@@ -86,7 +99,13 @@ impl PeerTransport {
             }
             let (queue, rx) = mpsc::channel(QUEUE);
             let stop = self.shutdown.child_token();
-            tokio::spawn(run_link(*id, address.clone(), rx, stop.clone()));
+            tokio::spawn(run_link(
+                *id,
+                address.clone(),
+                self.tls.clone(),
+                rx,
+                stop.clone(),
+            ));
             links.insert(
                 *id,
                 Link {
@@ -118,7 +137,7 @@ impl PeerTransport {
                 return Some(c.clone());
             }
         }
-        let client = peer_client(&address).ok()?;
+        let client = peer_client(&address, self.tls.as_ref()).ok()?;
         rpc.insert(id, (address, client.clone()));
         Some(client)
     }
@@ -174,9 +193,19 @@ impl Transport for PeerTransport {
     }
 }
 
-/// A lazily connecting client for a peer's raft address.
-pub fn peer_client(address: &str) -> Result<PeerServiceClient<Channel>, tonic::transport::Error> {
-    let endpoint = Endpoint::from_shared(format!("http://{address}"))?
+/// A lazily connecting client for a peer's raft address, over mutual TLS
+/// with `tls` (plain HTTP/2 without it).
+pub fn peer_client(
+    address: &str,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<PeerServiceClient<Channel>, tonic::transport::Error> {
+    let endpoint = match tls {
+        Some(tls) => {
+            Endpoint::from_shared(format!("https://{address}"))?.tls_config(tls.clone())?
+        }
+        None => Endpoint::from_shared(format!("http://{address}"))?,
+    };
+    let endpoint = endpoint
         .connect_timeout(Duration::from_millis(500))
         .tcp_nodelay(true)
         // A peer cut off by the network does not close the connection:
@@ -195,12 +224,13 @@ pub fn peer_client(address: &str) -> Result<PeerServiceClient<Channel>, tonic::t
 async fn run_link(
     peer: u64,
     address: String,
+    tls: Option<ClientTlsConfig>,
     mut queue: mpsc::Receiver<Message>,
     stop: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(50);
     loop {
-        let Ok(mut client) = peer_client(&address) else {
+        let Ok(mut client) = peer_client(&address, tls.as_ref()) else {
             tracing::warn!(peer, %address, "invalid peer address");
             return;
         };
@@ -249,6 +279,62 @@ pub struct PeerApi {
     pub node: NodeHandle,
     pub transport: Arc<PeerTransport>,
     pub hub: super::api::Hub,
+    /// Whether callers must be replicas of this hub (false only with
+    /// `--insecure`, where nobody is authenticated).
+    pub authenticate: bool,
+}
+
+impl PeerApi {
+    /// The replica ID of a call's caller, checked: it presented a replica
+    /// certificate of the ClusterSet CA, and that replica belongs to this
+    /// hub (a replica not yet configured, started with `--join`, accepts
+    /// any replica of the CA: it learns its members from the leader).
+    /// `None` when the hub authenticates nobody (`--insecure`).
+    fn caller<T>(&self, req: &Request<T>) -> Result<Option<u64>, Status> {
+        if !self.authenticate {
+            return Ok(None);
+        }
+        let who = req
+            .extensions()
+            .get::<super::trust::PeerIdentity>()
+            .and_then(|p| p.identity.clone());
+        let Some(crate::identity::Identity::Replica(id)) = who else {
+            self.hub.metrics().peer_refused("not_a_replica");
+            let who = who.map_or("a caller without a certificate".to_string(), |i| {
+                i.to_string()
+            });
+            tracing::warn!(%who, "raft peer port: refused a call from something that is not a hub replica");
+            return Err(Status::permission_denied(format!(
+                "the raft peer port serves only this hub's replicas; {who} is not one"
+            )));
+        };
+        if !self.is_member(id) {
+            self.hub.metrics().peer_refused("not_a_member");
+            tracing::warn!(
+                replica = id,
+                "raft peer port: refused a call from a replica that is not a member"
+            );
+            return Err(Status::permission_denied(format!(
+                "replica {id} is not a member of this hub; an administrator adds it with `switchyard hub members add {id} ADDRESS`"
+            )));
+        }
+        Ok(Some(id))
+    }
+
+    /// True when replica `id` is a member: a voter or learner of the raft
+    /// configuration, a replica the member list records (added by an
+    /// administrator), or one of the initial `--peers`. A replica with no
+    /// configuration yet counts every replica of the CA as a member.
+    fn is_member(&self, id: u64) -> bool {
+        let status = self.hub.raft_status();
+        if status.voters.is_empty() && status.learners.is_empty() {
+            return true;
+        }
+        status.voters.contains(&id)
+            || status.learners.contains(&id)
+            || self.hub.state().members.contains_key(&id)
+            || self.transport.address(id).is_some()
+    }
 }
 
 #[tonic::async_trait]
@@ -257,6 +343,7 @@ impl PeerService for PeerApi {
         &self,
         req: Request<tonic::Streaming<proto::RaftMessages>>,
     ) -> Result<Response<proto::RaftAck>, Status> {
+        let caller = self.caller(&req)?;
         let mut inbound = req.into_inner();
         while let Some(item) = inbound.next().await {
             for bytes in item?.messages {
@@ -267,6 +354,12 @@ impl PeerService for PeerApi {
                         continue;
                     }
                 };
+                if caller.is_some_and(|id| id != msg.from) {
+                    // A replica speaks only for itself.
+                    self.hub.metrics().peer_refused("forged_sender");
+                    tracing::warn!(caller = ?caller, from = msg.from, "raft peer port: dropped a raft message sent in another replica's name");
+                    continue;
+                }
                 if self.transport.is_isolated(msg.from) {
                     continue;
                 }
@@ -280,6 +373,7 @@ impl PeerService for PeerApi {
         &self,
         req: Request<proto::ForwardRequest>,
     ) -> Result<Response<proto::ForwardReply>, Status> {
+        self.caller(&req)?;
         let change = req
             .into_inner()
             .member_change
@@ -300,6 +394,7 @@ impl PeerService for PeerApi {
         &self,
         req: Request<proto::LeaseRequest>,
     ) -> Result<Response<proto::LeaseResponse>, Status> {
+        self.caller(&req)?;
         let cluster = req.into_inner().cluster;
         // Leases live on the leader: a replica that no longer leads says so
         // and the sender tries the one that does.
@@ -316,8 +411,9 @@ impl PeerService for PeerApi {
 
     async fn local_status(
         &self,
-        _req: Request<proto::LocalStatusRequest>,
+        req: Request<proto::LocalStatusRequest>,
     ) -> Result<Response<proto::LocalStatusReply>, Status> {
+        self.caller(&req)?;
         let json = serde_json::to_string(&self.hub.raft_status())
             .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(proto::LocalStatusReply { json }))

@@ -105,10 +105,15 @@ impl Ca {
         dn.push(DnType::CommonName, identity.to_string());
         params.distinguished_name = dn;
         params.subject_alt_names = vec![SanType::URI(identity.uri().try_into()?)];
-        if matches!(identity, Identity::Gateway(_)) {
+        let fixed_name = match identity {
+            Identity::Gateway(_) => Some(super::GATEWAY_SERVER_NAME),
+            Identity::Replica(_) => Some(super::REPLICA_SERVER_NAME),
+            _ => None,
+        };
+        if let Some(name) = fixed_name {
             params
                 .subject_alt_names
-                .push(SanType::DnsName(super::GATEWAY_SERVER_NAME.try_into()?));
+                .push(SanType::DnsName(name.try_into()?));
         }
         for host in hosts {
             params.subject_alt_names.push(match host.parse::<IpAddr>() {

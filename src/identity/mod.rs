@@ -5,8 +5,10 @@
 //! An identity lives in a certificate's URI subject alternative name, in the
 //! SPIFFE form `spiffe://switchyard/cluster/<id>` (a cluster's agent),
 //! `spiffe://switchyard/cluster/<id>/gateway` (its east-west gateway),
-//! `spiffe://switchyard/admin` (an administrator) and
-//! `spiffe://switchyard/hub` (a hub replica's server certificate).
+//! `spiffe://switchyard/admin` (an administrator),
+//! `spiffe://switchyard/hub` (a hub replica's API server certificate) and
+//! `spiffe://switchyard/hub/replica/<id>` (a hub replica on its raft peer
+//! links, both ends of a mutual TLS connection).
 //!
 //! - `ca`: creating or loading the CA, issuing and signing certificates.
 //! - `token`: bootstrap tokens (format, hashing).
@@ -28,6 +30,12 @@ pub const TRUST_DOMAIN: &str = "spiffe://switchyard/";
 /// on its own): the TLS server name a connection uses is the service's.
 pub const GATEWAY_SERVER_NAME: &str = "gateway.switchyard.internal";
 
+/// The DNS name every replica certificate carries and every peer link
+/// checks: peers are dialled by whatever address `--peers` gives (an IP,
+/// a StatefulSet pod name), and only the CA's replica certificates hold
+/// this name. The caller's replica ID is then read from its URI.
+pub const REPLICA_SERVER_NAME: &str = "replica.switchyard.internal";
+
 /// Who a certificate speaks for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Identity {
@@ -37,8 +45,10 @@ pub enum Identity {
     Gateway(String),
     /// An administrator: may call the admin API.
     Admin,
-    /// A hub replica.
+    /// A hub replica's API server.
     Hub,
+    /// Hub replica N on the raft peer port.
+    Replica(u64),
 }
 
 impl Identity {
@@ -49,6 +59,7 @@ impl Identity {
             Identity::Gateway(id) => format!("{TRUST_DOMAIN}cluster/{id}/gateway"),
             Identity::Admin => format!("{TRUST_DOMAIN}admin"),
             Identity::Hub => format!("{TRUST_DOMAIN}hub"),
+            Identity::Replica(id) => format!("{TRUST_DOMAIN}hub/replica/{id}"),
         }
     }
 
@@ -58,6 +69,12 @@ impl Identity {
         match rest {
             "admin" => Some(Identity::Admin),
             "hub" => Some(Identity::Hub),
+            _ if rest.starts_with("hub/replica/") => {
+                let id = rest.strip_prefix("hub/replica/")?;
+                // Canonical decimal only: one URI per replica.
+                let n: u64 = id.parse().ok().filter(|n| *n != 0)?;
+                (n.to_string() == id).then_some(Identity::Replica(n))
+            }
             _ => {
                 let rest = rest.strip_prefix("cluster/")?;
                 let (id, gateway) = match rest.strip_suffix("/gateway") {
@@ -92,6 +109,7 @@ impl fmt::Display for Identity {
             Identity::Gateway(id) => write!(f, "the gateway of cluster {id}"),
             Identity::Admin => f.write_str("admin"),
             Identity::Hub => f.write_str("hub"),
+            Identity::Replica(id) => write!(f, "hub replica {id}"),
         }
     }
 }
@@ -117,8 +135,17 @@ mod tests {
             Identity::Gateway("us-east-1".into()),
             Identity::Admin,
             Identity::Hub,
+            Identity::Replica(3),
         ] {
             assert_eq!(Identity::from_uri(&id.uri()), Some(id));
+        }
+        for odd in [
+            "hub/replica/0",
+            "hub/replica/03",
+            "hub/replica/x",
+            "hub/replica/",
+        ] {
+            assert_eq!(Identity::from_uri(&format!("{TRUST_DOMAIN}{odd}")), None);
         }
         assert_eq!(Identity::from_uri("spiffe://other/admin"), None);
         assert_eq!(

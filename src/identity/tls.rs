@@ -4,7 +4,12 @@
 //! identity of the peer of a call.
 
 use super::{Identity, Issued};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, ServerTlsConfig};
 
@@ -118,6 +123,65 @@ pub fn server_tls(ca_pem: &str, server: &Issued) -> ServerTlsConfig {
         ))
         .client_ca_root(Certificate::from_pem(ca_pem))
         .client_auth_optional(true)
+}
+
+/// Why rustls settings cannot be built from the ClusterSet's PEM.
+#[derive(Debug, thiserror::Error)]
+#[error("TLS settings: {0}")]
+pub struct TlsSetupError(pub String);
+
+/// The crypto provider every rustls setting of the project uses.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The ClusterSet CA as a rustls trust store.
+pub fn root_store(ca_pem: &str) -> Result<Arc<RootCertStore>, TlsSetupError> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let cert = cert.map_err(|e| TlsSetupError(format!("the CA does not parse: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| TlsSetupError(format!("the CA is not usable: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(TlsSetupError("no CA certificate given".into()));
+    }
+    Ok(Arc::new(roots))
+}
+
+/// An issued certificate as a rustls chain and key.
+pub fn chain_and_key(
+    issued: &Issued,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsSetupError> {
+    let chain = CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsSetupError(format!("the certificate does not parse: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes())
+        .map_err(|e| TlsSetupError(format!("the key does not parse: {e}")))?;
+    Ok((chain, key))
+}
+
+/// A server that speaks TLS 1.3 only and requires a client certificate of
+/// the ClusterSet CA at the handshake (who the client is, is checked after
+/// it: [`Identity::of_certificate`]). `alpn` lists the protocols offered.
+pub fn mutual_server_config(
+    ca_pem: &str,
+    issued: &Issued,
+    alpn: &[&[u8]],
+) -> Result<Arc<ServerConfig>, TlsSetupError> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(root_store(ca_pem)?, provider())
+        .build()
+        .map_err(|e| TlsSetupError(e.to_string()))?;
+    let (chain, key) = chain_and_key(issued)?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsSetupError(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsSetupError(e.to_string()))?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
 }
 
 /// The identity of a call's TLS peer, if it presented a certificate of
