@@ -108,7 +108,31 @@ fn member_and_hub_manifests_validate_strictly() {
     ]);
     assert!(ok, "{err}");
     assert!(hub.contains("3=switchyard-hub-2.switchyard-hub-peers.switchyard-system.svc:7800"));
+    // Replicas authenticate each other with the CA from the Secret.
+    assert!(hub.contains("--ca-key=/etc/switchyard/ca/ca-key.pem"));
+    assert!(hub.contains("secretName: switchyard-hub-ca"));
+    assert!(!hub.contains("kind: Secret"), "no CA given, no Secret rendered");
     assert_eq!(validate(dir.path(), "hub.yaml", &hub), kinds(&hub).len());
+
+    // With --hub-ca, the CA from `hub init-ca` travels as that Secret.
+    let ca_dir = dir.path().join("hub-ca");
+    let (ok, _, err) = switchyard(&["hub", "init-ca", "--out", ca_dir.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let (ok, again, err) = switchyard(&["hub", "init-ca", "--out", ca_dir.to_str().unwrap()]);
+    assert!(!ok && again.is_empty() && err.contains("never overwritten"), "{err}");
+    let (ok, with_ca, err) = switchyard(&[
+        "install",
+        "--hub-replicas",
+        "3",
+        "--hub-ca",
+        ca_dir.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(with_ca.contains("name: switchyard-hub-ca") && with_ca.contains("BEGIN PRIVATE KEY"));
+    assert_eq!(
+        validate(dir.path(), "hub-ca.yaml", &with_ca),
+        kinds(&with_ca).len()
+    );
 
     // Bad input: one line, non-zero exit, nothing printed.
     for (args, why) in [

@@ -173,6 +173,11 @@ enum Command {
         /// Hub: extra names for its certificate (the load balancer's name).
         #[arg(long, value_delimiter = ',')]
         tls_san: Vec<String>,
+        /// Hub: the ClusterSet CA directory from `switchyard hub init-ca`,
+        /// put in the stream as the switchyard-hub-ca Secret the replicas
+        /// mount; without it, create that Secret first (docs/operations.md).
+        #[arg(long, requires = "hub_replicas")]
+        hub_ca: Option<PathBuf>,
         /// Run an east-west gateway (for clusters whose pods other clusters
         /// cannot reach): the ClusterSetIPs of imported services come from
         /// this range of the cluster's Service CIDR, which its apiserver
@@ -781,6 +786,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             service_type,
             storage,
             tls_san,
+            hub_ca,
             gateway_cidr,
             gateway_dns_ip,
             gateway_ports,
@@ -811,6 +817,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 service_type,
                 storage,
                 tls_sans: tls_san,
+                hub_ca,
                 gateway,
             };
             print!("{}", cli::install::install(&opts, &target(&hub)?).await?);

@@ -61,6 +61,7 @@ fn config(
 
 struct Group {
     _dir: tempfile::TempDir,
+    files: (PathBuf, PathBuf),
     ca: Ca,
     peers: BTreeMap<u64, String>,
     hubs: Vec<RunningHub>,
@@ -96,6 +97,7 @@ async fn three_replicas() -> Group {
         .unwrap();
     Group {
         _dir: dir,
+        files,
         ca,
         peers,
         hubs,
@@ -255,6 +257,41 @@ async fn strangers_get_nothing_from_the_peer_port_and_replication_works() {
     assert!(g.hubs[0].hub.raft_status().term < 1_000_000);
     assert!(g.hubs[0].hub.raft_status().term >= before);
 
+    // A replica an administrator adds (`hub members add`) joins over the
+    // same mutual TLS and catches up.
+    let raft4 = free_port().to_string();
+    let mut all = g.peers.clone();
+    all.insert(4, raft4.clone());
+    let mut joiner = config(
+        g._dir.path(),
+        4,
+        &all,
+        Some(g.files.clone()),
+        PeerLimits::default(),
+    );
+    if let Some(r) = joiner.raft.as_mut() {
+        r.join = true;
+    }
+    let joining = tokio::spawn(app::start(joiner, CancellationToken::new()));
+    let line = g.hubs[1].hub.change_member(4, &raft4).await.unwrap();
+    assert!(line.contains('4'), "{line}");
+    let fourth = tokio::time::timeout(Duration::from_secs(20), joining)
+        .await
+        .expect("the joiner starts once added")
+        .unwrap()
+        .unwrap();
+    eventually("the joiner has the state", || {
+        fourth.hub.state().tokens.contains_key("tok1")
+    })
+    .await;
+    for h in &g.hubs {
+        eventually("every replica counts the joiner a voter", || {
+            h.hub.raft_status().voters.contains(&4)
+        })
+        .await;
+    }
+
+    fourth.stop().await;
     for h in g.hubs {
         h.stop().await;
     }

@@ -52,6 +52,10 @@ pub struct InstallOptions {
     pub storage: String,
     /// Hub manifests: extra names for the hub's certificate.
     pub tls_sans: Vec<String>,
+    /// Hub manifests: a directory from `switchyard hub init-ca` whose CA
+    /// goes into the stream as the `switchyard-hub-ca` Secret; without it
+    /// the Secret must exist already (docs/operations.md).
+    pub hub_ca: Option<PathBuf>,
     /// The cluster's east-west gateway, when its network is not flat.
     pub gateway: Option<GatewayInstall>,
 }
@@ -340,7 +344,38 @@ fn hub_manifests(opts: &InstallOptions, replicas: u32) -> anyhow::Result<String>
         ("STORAGE", opts.storage.clone()),
     ]
     .into();
-    stream(&documents(&render(HUB, &values)?)?)
+    let mut docs = Vec::new();
+    if let Some(dir) = &opts.hub_ca {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read --hub-ca {}", path.display()))
+        };
+        let (cert, key) = (
+            read(crate::hub::trust::CA_CERT_FILE)?,
+            read(crate::hub::trust::CA_KEY_FILE)?,
+        );
+        crate::identity::Ca::from_pem(&cert, &key)
+            .with_context(|| format!("--hub-ca {} is not a ClusterSet CA", dir.display()))?;
+        let labels = serde_json::json!({"app.kubernetes.io/part-of": "switchyard"});
+        docs.push(serde_yaml::to_value(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "switchyard-hub-ca", "namespace": opts.namespace, "labels": labels},
+            "type": "Opaque",
+            "stringData": {
+                crate::hub::trust::CA_CERT_FILE: cert,
+                crate::hub::trust::CA_KEY_FILE: key,
+            },
+        }))?);
+    }
+    let mut rendered = documents(&render(HUB, &values)?)?;
+    // The Secret goes after the Namespace it lives in.
+    let at = usize::from(!rendered.is_empty());
+    for (i, doc) in docs.into_iter().enumerate() {
+        rendered.insert(at + i, doc);
+    }
+    stream(&rendered)
 }
 
 #[cfg(test)]
