@@ -111,7 +111,10 @@ fn member_and_hub_manifests_validate_strictly() {
     // Replicas authenticate each other with the CA from the Secret.
     assert!(hub.contains("--ca-key=/etc/switchyard/ca/ca-key.pem"));
     assert!(hub.contains("secretName: switchyard-hub-ca"));
-    assert!(!hub.contains("kind: Secret"), "no CA given, no Secret rendered");
+    assert!(
+        !hub.contains("kind: Secret"),
+        "no CA given, no Secret rendered"
+    );
     assert_eq!(validate(dir.path(), "hub.yaml", &hub), kinds(&hub).len());
 
     // With --hub-ca, the CA from `hub init-ca` travels as that Secret.
@@ -119,7 +122,10 @@ fn member_and_hub_manifests_validate_strictly() {
     let (ok, _, err) = switchyard(&["hub", "init-ca", "--out", ca_dir.to_str().unwrap()]);
     assert!(ok, "{err}");
     let (ok, again, err) = switchyard(&["hub", "init-ca", "--out", ca_dir.to_str().unwrap()]);
-    assert!(!ok && again.is_empty() && err.contains("never overwritten"), "{err}");
+    assert!(
+        !ok && again.is_empty() && err.contains("never overwritten"),
+        "{err}"
+    );
     let (ok, with_ca, err) = switchyard(&[
         "install",
         "--hub-replicas",
