@@ -106,8 +106,9 @@ impl Group {
                 &snapshot_every.to_string(),
             ])
             .args(r.join.then_some("--join"))
-            // Raft is what these tests are about: plain HTTP/2 (e2e/security.rs
-            // covers TLS and joining).
+            // Raft is what these tests are about: plain HTTP/2 (e2e/netns.rs
+            // runs replicas over mutual TLS; tests/peer_security.rs attacks
+            // the peer port and joins a replica over it).
             .args([
                 "--enable-fault-injection",
                 "--lease-ms",
