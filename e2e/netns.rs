@@ -644,6 +644,10 @@ fn exports_of(v: &serde_json::Value) -> Vec<String> {
 }
 
 /// Whether each cluster's share of `counts` is within `tol` of its weight's.
+/// True when only the weighted clusters answered, each within `tol` of its
+/// share, or within three standard deviations of it when there are too few
+/// samples for `tol` to be meaningful (a drain on a loaded machine can leave
+/// a window of 40 requests, where one deviation is 7 points).
 fn shares_within(counts: &BTreeMap<String, usize>, weights: &[(&str, u64)], tol: f64) -> bool {
     let total: usize = counts.values().sum();
     let sum: u64 = weights.iter().map(|(_, w)| w).sum();
@@ -651,7 +655,9 @@ fn shares_within(counts: &BTreeMap<String, usize>, weights: &[(&str, u64)], tol:
         && counts.keys().all(|c| weights.iter().any(|(w, _)| w == c))
         && weights.iter().all(|(c, w)| {
             let share = *counts.get(*c).unwrap_or(&0) as f64 / total as f64;
-            (share - *w as f64 / sum as f64).abs() <= tol
+            let want = *w as f64 / sum as f64;
+            let sigma = (want * (1.0 - want) / total as f64).sqrt();
+            (share - want).abs() <= tol.max(3.0 * sigma)
         })
 }
 
